@@ -1,0 +1,46 @@
+# nbprod — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Everything the demo writes (run store, Prefect home, BentoML store) stays in the project.
+NBPROD_HOME ?= $(CURDIR)/.nbprod
+export NBPROD_HOME
+export PREFECT_HOME ?= $(NBPROD_HOME)/prefect
+export BENTOML_HOME ?= $(NBPROD_HOME)/bentoml
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := true
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test lint lock clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv and install nbprod with pinned dependencies
+
+demo: $(STAMP) ## Run the training pipeline twice on the bundled data: an accepted model, then a rejected one
+	$(PY) -m flows.demo
+
+test: $(STAMP) ## Run the whole test suite (unit and integration)
+	$(PY) -m pytest tests
+
+lint: $(STAMP) ## Ruff, over the package, tests and bentos
+	$(VENV)/bin/ruff check flows tests bentos benchmarks
+	$(VENV)/bin/ruff format --check flows tests bentos benchmarks
+
+lock: $(STAMP) ## Rewrite constraints.txt from the current venv
+	( echo "# Exact versions installed by 'make' (pip install -c constraints.txt). Regenerate with 'make lock'."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^nbprod' ) > constraints.txt
+
+clean: ## Remove the demo's run store, Prefect home and BentoML store
+	rm -rf $(NBPROD_HOME)

@@ -1,0 +1,195 @@
+"""The ``nbprod`` command line.
+
+Only the standard library is imported at module level: ``nbprod --help`` must answer in well
+under half a second, and Prefect, Evidently and BentoML each take seconds to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+QUIET_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+    # The embedded server needs 15-25 s to start on small machines; Prefect's default is 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+class UsageError(Exception):
+    """A command-line value that cannot be used as given."""
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``k=v`` with v read as a Python literal when it is one (5, 0.1, True), else a string."""
+    if "=" not in text:
+        raise UsageError(f"--param {text!r} is not NAME=VALUE: write e.g. --param max_depth=4")
+    name, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name.strip(), value
+
+
+def _store(url: str | None) -> Any:
+    from flows.settings import load_settings
+    from flows.store import RunStore
+
+    return RunStore(url or load_settings().resolved_run_store_url)
+
+
+def _fmt_metric(record: dict[str, Any], name: str) -> str:
+    value = ((record.get("metrics") or {}).get("candidate") or {}).get(name)
+    return f"{value:.4f}" if isinstance(value, float) else "—"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import training_pipeline
+
+    train_params = dict(parse_assignment(p) for p in args.param)
+    prepare_params = dict(parse_assignment(p) for p in args.prepare_param)
+    record = training_pipeline(
+        data_path=args.data, reference_path=args.reference, start_date=args.start,
+        end_date=args.end, train_params=train_params, prepare_params=prepare_params,
+        policy_path=args.policy, run_store_url=args.store, triggered_by="cli",
+    )
+    print(render_run(record, _store(args.store)))
+    return 0
+
+
+def render_run(record: dict[str, Any], store: Any) -> str:
+    lines = [f"run {record['version']}: {record['status'].upper()}"]
+    for reason in record.get("reasons") or []:
+        lines.append(f"  - {reason}")
+    if record.get("error"):
+        lines.append(f"  error in {record.get('failed_step')}: {record['error']}")
+    lines.append(f"  roc_auc {_fmt_metric(record, 'roc_auc')}  f1 {_fmt_metric(record, 'f1')}  "
+                 f"log_loss {_fmt_metric(record, 'log_loss')}")
+    if record.get("bento_tag"):
+        lines.append(f"  model {record['model_tag']}  bento {record['bento_tag']}")
+    lines.append(f"  stored at {store.uri(record['version'])}")
+    return "\n".join(lines)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    runs = _store(args.store).list_runs()
+    if args.json:
+        print(json.dumps(runs, indent=2, default=str))
+        return 0
+    if not runs:
+        print("no runs yet: start one with `nbprod run`")
+        return 0
+    header = f"{'VERSION':<26} {'STATUS':<9} {'ROC_AUC':>8} {'F1':>7} {'STARTED':<26} REASON"
+    print(header)
+    for r in runs:
+        reason = (r.get("reasons") or [r.get("error") or ""])[0] if r["status"] != "accepted" \
+            else ""
+        print(f"{r['version']:<26} {r['status']:<9} {_fmt_metric(r, 'roc_auc'):>8} "
+              f"{_fmt_metric(r, 'f1'):>7} {r.get('started_at', ''):<26} {reason[:80]}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _store(args.store)
+    record = store.get_run(args.version)
+    if args.json:
+        print(json.dumps(record, indent=2, default=str))
+        return 0
+    print(render_run(record, store))
+    print("  files:")
+    for rel in store.files(args.version):
+        print(f"    {rel}")
+    return 0
+
+
+def cmd_champion(args: argparse.Namespace) -> int:
+    champion = _store(args.store).champion()
+    if champion is None:
+        print("no champion yet: the first accepted `nbprod run` becomes the champion")
+        return 0
+    if args.json:
+        print(json.dumps(champion, indent=2, default=str))
+        return 0
+    metrics = champion.get("metrics") or {}
+    print(f"champion {champion['version']} since {champion.get('since')} ({champion.get('reason')})")
+    print(f"  model {champion.get('model_tag')}  bento {champion.get('bento_tag')}")
+    print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbprod",
+        description="Run notebooks as a versioned, gated Prefect pipeline and package the "
+                    "accepted model as a BentoML bento.")
+    from flows import __version__
+
+    parser.add_argument("--version", action="version", version=f"nbprod {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--store", default=None, metavar="URL",
+                       help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL "
+                            "or .nbprod/runs)")
+        return p
+
+    run = with_store(sub.add_parser(
+        "run", help="run the training pipeline (embedded Prefect server unless "
+                    "PREFECT_API_URL is set)"))
+    run.add_argument("--data", default="data/loans.csv", help="raw input data (CSV)")
+    run.add_argument("--reference", default="data/reference.csv",
+                     help="reference-period data: schema and drift baseline")
+    run.add_argument("--start", default="2024-01-01", help="window start (inclusive)")
+    run.add_argument("--end", default="2024-10-01", help="window end (exclusive)")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="train notebook parameter, repeatable (e.g. --param max_depth=4)")
+    run.add_argument("--prepare-param", action="append", default=[], metavar="NAME=VALUE",
+                     help="prepare notebook parameter, repeatable")
+    run.add_argument("--policy", default=None, help="gate policy YAML "
+                                                    "(default deployments/policy.yaml)")
+    run.set_defaults(func=cmd_run)
+
+    runs = with_store(sub.add_parser("runs", help="list run versions with status and metrics"))
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.set_defaults(func=cmd_runs)
+
+    show = with_store(sub.add_parser("show", help="show one run version and its files"))
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_show)
+
+    champ = with_store(sub.add_parser("champion", help="show the current champion"))
+    champ.add_argument("--json", action="store_true", help="machine-readable output")
+    champ.set_defaults(func=cmd_champion)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    from flows.errors import NbprodError
+
+    try:
+        return int(args.func(args) or 0)
+    except (NbprodError, UsageError) as exc:
+        print(f"nbprod: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        print("nbprod: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user, details in Prefect's logs
+        print(f"nbprod: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

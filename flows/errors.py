@@ -1,0 +1,56 @@
+"""Domain errors. Each names the artifact at fault and the fix, so the CLI can print one line.
+
+Lower-level exceptions are re-raised with ``from exc`` so the cause stays in the logs.
+"""
+
+from __future__ import annotations
+
+
+class NbprodError(Exception):
+    """Base class: anything a user can fix. The CLI prints ``str(exc)`` and exits non-zero."""
+
+
+class ConfigError(NbprodError):
+    """A settings value, policy file or pipeline spec is malformed."""
+
+
+class DataValidationError(NbprodError):
+    """Input data does not match the schema derived from the reference data."""
+
+    def __init__(self, message: str, *, dataset: str, columns: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.columns = sorted(columns or [])
+
+
+class ParameterError(NbprodError):
+    """A notebook parameter is unknown or of the wrong type (raised before any kernel starts)."""
+
+
+class NotebookExecutionError(NbprodError):
+    """A notebook raised while executing; the executed copy is kept with the failing cell marked."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        notebook: str,
+        cell_index: int | None = None,
+        executed_path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+        self.cell_index = cell_index
+        self.executed_path = executed_path
+
+
+class OutputContractError(NbprodError):
+    """A notebook did not write the outputs the notebook contract requires."""
+
+
+class RunStoreError(NbprodError):
+    """The run store is unreadable, a version is missing, or a write would overwrite history."""
+
+
+class PackagingError(NbprodError):
+    """Saving the model to the BentoML store or building the bento failed."""

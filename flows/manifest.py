@@ -1,0 +1,109 @@
+"""Lineage: what a run was made from, so any version can be explained and reproduced.
+
+Hashes cover content, not file metadata: a notebook's hash ignores outputs and execution counts,
+so re-saving it in Jupyter after a run does not change its identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TRACKED_PACKAGES = (
+    "nbprod", "prefect", "papermill", "nbformat", "ipykernel", "evidently", "bentoml",
+    "scikit-learn", "pandas", "numpy", "pyarrow", "pydantic", "fsspec",
+)
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def notebook_content_hash(path: str | Path) -> str:
+    """Hash of cell types and sources only: outputs, counts and metadata do not count."""
+    raw = json.loads(Path(path).read_text())
+    cells = [
+        {"type": c.get("cell_type"),
+         "source": "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source")}
+        for c in raw.get("cells", [])
+    ]
+    canonical = json.dumps(cells, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def data_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Content hash plus shape, cheap enough for every input and output table."""
+    import pandas as pd
+
+    path = Path(path)
+    info: dict[str, Any] = {"path": str(path), "sha256": file_sha256(path),
+                            "bytes": path.stat().st_size}
+    try:
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        info.update(rows=len(frame), columns=list(map(str, frame.columns)))
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        info.update(rows=None, columns=None)
+    return info
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(repo: Path) -> dict[str, Any] | None:
+    """Commit and dirty flag of the project, or None outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def build_manifest(
+    *,
+    version: str,
+    notebooks: Mapping[str, Path],
+    parameters: Mapping[str, Mapping[str, Any]],
+    inputs: Mapping[str, Mapping[str, Any]],
+    champion: Mapping[str, Any] | None,
+    project_root: Path,
+) -> dict[str, Any]:
+    """The lineage record stored as ``manifest.json`` with every run version."""
+    return {
+        "version": version,
+        "notebooks": {name: {"path": str(path), "content_sha256": notebook_content_hash(path)}
+                      for name, path in notebooks.items()},
+        "parameters": {name: dict(values) for name, values in parameters.items()},
+        "inputs": {name: dict(fp) for name, fp in inputs.items()},
+        "environment": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "packages": package_versions(),
+        },
+        "git": git_state(project_root),
+        "champion_at_start": (
+            {"version": champion.get("version"), "model_tag": champion.get("model_tag")}
+            if champion else None
+        ),
+    }

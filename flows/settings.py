@@ -1,0 +1,63 @@
+"""Typed settings, read from ``NBPROD_*`` environment variables.
+
+One place decides where runs, scratch space and the policy live, so the CLI, the flow and the
+tests agree without passing paths through every call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class NbprodSettings(BaseSettings):
+    """Where nbprod keeps its state. Every field can be set as ``NBPROD_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="NBPROD_", extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".nbprod",
+        description="Root of local state: the default run store and scratch space.",
+    )
+    run_store_url: str | None = Field(
+        default=None,
+        description="Run store location: a local folder or any fsspec URL (memory://, s3://...). "
+        "Defaults to <home>/runs.",
+    )
+    notebooks_dir: Path = Field(
+        default=PROJECT_ROOT / "notebooks", description="Where the pipeline's notebooks live."
+    )
+    bentos_dir: Path = Field(
+        default=PROJECT_ROOT / "bentos", description="The BentoML service source packaged per model."
+    )
+    policy_path: Path = Field(
+        default=PROJECT_ROOT / "deployments" / "policy.yaml",
+        description="Acceptance-gate policy (floors and champion-change thresholds).",
+    )
+    kernel_name: str = Field(
+        default="python3",
+        description="Jupyter kernel for papermill; 'python3' resolves to this venv's interpreter.",
+    )
+    execution_timeout_s: int = Field(
+        default=600, gt=0, description="Per-cell execution timeout for notebooks, in seconds."
+    )
+    model_name: str = Field(
+        default="nbprod_loan_default", description="Name of the model in the BentoML model store."
+    )
+
+    @property
+    def resolved_run_store_url(self) -> str:
+        return self.run_store_url or str(self.home / "runs")
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.home / "scratch"
+
+
+def load_settings() -> NbprodSettings:
+    """Read settings fresh each call so tests and the CLI can change the environment."""
+    return NbprodSettings()

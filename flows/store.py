@@ -1,0 +1,190 @@
+"""The run store: one immutable folder per run version, and the champion pointer.
+
+A version is listed only once its ``run.json`` exists, and that file is written last, in one
+atomic step. So a crashed or running pipeline is never listed, and a listed run is never
+half-written. Any fsspec URL works; a plain path is a local folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from flows.errors import RunStoreError
+
+RunStatus = Literal["accepted", "rejected", "failed"]
+RUN_RECORD = "run.json"
+CHAMPION = "champion.json"
+HISTORY_DIR = "champion_history"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_version_id() -> str:
+    """Sortable by time (UTC), unique across concurrent runs, and a valid BentoML tag version."""
+    return f"v{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class RunStore:
+    """Versioned run outputs on any fsspec filesystem."""
+
+    def __init__(self, url: str | Path) -> None:
+        import fsspec
+
+        self.url = str(url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
+                                   else (self.fs.protocol,))
+
+    # -- paths -------------------------------------------------------------------------------
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts]])
+
+    def version_path(self, version: str, *parts: str) -> str:
+        return self._join("versions", version, *parts)
+
+    def uri(self, version: str, *parts: str) -> str:
+        """An address a person can open: file:// for local stores, the fsspec URL otherwise."""
+        path = self.version_path(version, *parts)
+        if self.is_local:
+            return Path(path).resolve().as_uri()
+        protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
+        return f"{protocol}://{path.lstrip('/')}" if "://" not in path else path
+
+    # -- writing -----------------------------------------------------------------------------
+    def _atomic_write(self, path: str, data: bytes) -> None:
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        if self.is_local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        else:
+            # One object PUT is atomic on object stores and in-memory filesystems.
+            self.fs.pipe_file(path, data)
+
+    def begin(self, version: str) -> None:
+        """Reserve a version folder; refuses to reuse one (versions are immutable)."""
+        path = self.version_path(version)
+        if self.fs.exists(path):
+            raise RunStoreError(f"run version {version} already exists in {self.url}: "
+                                "versions are immutable, start a new run")
+        self.fs.makedirs(path, exist_ok=False)
+
+    def _writable(self, version: str) -> None:
+        if self.fs.exists(self.version_path(version, RUN_RECORD)):
+            raise RunStoreError(f"run version {version} is finalised and immutable: "
+                                "write to a new version instead")
+
+    def put_file(self, version: str, rel: str, local: Path) -> str:
+        self._writable(version)
+        dest = self.version_path(version, rel)
+        self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(str(local), dest)
+        return dest
+
+    def put_tree(self, version: str, rel: str, local_dir: Path) -> list[str]:
+        written = []
+        for path in sorted(Path(local_dir).rglob("*")):
+            if path.is_file():
+                written.append(self.put_file(version, f"{rel}/{path.relative_to(local_dir)}", path))
+        return written
+
+    def put_json(self, version: str, rel: str, obj: Any) -> str:
+        self._writable(version)
+        dest = self.version_path(version, rel)
+        self._atomic_write(dest, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+        return dest
+
+    def finalize(self, version: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Write run.json last: from this moment the version is listed, and frozen."""
+        if record.get("status") not in ("accepted", "rejected", "failed"):
+            raise RunStoreError(f"run {version}: status must be accepted, rejected or failed")
+        self._writable(version)
+        full = {**record, "version": version, "finished_at": utc_now()}
+        self._atomic_write(self.version_path(version, RUN_RECORD),
+                           json.dumps(full, indent=2, sort_keys=True, default=str).encode())
+        return full
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_json(self, path: str) -> Any:
+        with self.fs.open(path, "rb") as fh:
+            return json.loads(fh.read())
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Finalised runs, oldest first. Folders without run.json are in progress or crashed."""
+        base = self._join("versions")
+        if not self.fs.exists(base):
+            return []
+        runs = []
+        for entry in sorted(self.fs.ls(base, detail=False)):
+            record = f"{entry.rstrip('/')}/{RUN_RECORD}"
+            if self.fs.exists(record):
+                runs.append(self.read_json(record))
+        return sorted(runs, key=lambda r: r["version"])
+
+    def get_run(self, version: str) -> dict[str, Any]:
+        record = self.version_path(version, RUN_RECORD)
+        if not self.fs.exists(record):
+            known = [r["version"] for r in self.list_runs()][-5:]
+            hint = f"recent versions: {', '.join(known)}" if known else "no runs stored yet"
+            raise RunStoreError(f"run version {version!r} not found in {self.url} ({hint})")
+        return self.read_json(record)
+
+    def files(self, version: str) -> list[str]:
+        base = self.version_path(version)
+        return sorted(p[len(base) + 1:] for p in self.fs.find(base))
+
+    def fetch(self, version: str, rel: str, local: Path) -> Path:
+        """Copy a stored file to a local path (papermill, joblib and Evidently need local files)."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        self.fs.get_file(self.version_path(version, rel), str(local))
+        return local
+
+    # -- champion ----------------------------------------------------------------------------
+    def champion(self) -> dict[str, Any] | None:
+        path = self._join(CHAMPION)
+        return self.read_json(path) if self.fs.exists(path) else None
+
+    def set_champion(self, record: dict[str, Any], *, expected: str | None, reason: str,
+                     triggered_by: str) -> dict[str, Any]:
+        """Move the pointer in one atomic write, after recording the change in the history.
+
+        ``expected`` is the champion version the caller saw when it started: if another run
+        moved the pointer meanwhile, refuse rather than silently overwrite its decision.
+        """
+        current = self.champion()
+        current_version = current["version"] if current else None
+        if current_version != expected:
+            raise RunStoreError(
+                f"champion moved from {expected} to {current_version} while this run was going: "
+                "re-run the pipeline against the new champion")
+        event = {
+            "at": utc_now(), "from_version": current_version, "to_version": record["version"],
+            "reason": reason, "triggered_by": triggered_by,
+            "model_tag": record.get("model_tag"), "bento_tag": record.get("bento_tag"),
+        }
+        # A sequence number, not a timestamp, orders the history: two changes can share a second.
+        sequence = len(self.champion_history()) + 1
+        history_path = self._join(HISTORY_DIR, f"{sequence:06d}-{new_version_id()}.json")
+        self._atomic_write(history_path, json.dumps(event, indent=2).encode())
+        pointer = {**record, "since": event["at"], "reason": reason}
+        self._atomic_write(self._join(CHAMPION), json.dumps(pointer, indent=2).encode())
+        return pointer
+
+    def champion_history(self) -> list[dict[str, Any]]:
+        base = self._join(HISTORY_DIR)
+        if not self.fs.exists(base):
+            return []
+        return [self.read_json(p) for p in sorted(self.fs.ls(base, detail=False))]
+

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.errors import RunStoreError
+from flows.store import RunStore, new_version_id
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
+    if request.param == "local":
+        return RunStore(tmp_path / "runs")
+    return RunStore(f"memory://nbprod-test-{new_version_id()}")
+
+
+def test_version_listed_only_after_finalize(store: RunStore, tmp_path: Path) -> None:
+    version = new_version_id()
+    store.begin(version)
+    store.put_json(version, "parameters.json", {"a": 1})
+    assert store.list_runs() == []  # in progress: never listed half-written
+    with pytest.raises(RunStoreError, match="not found"):
+        store.get_run(version)
+    store.finalize(version, {"status": "accepted"})
+    runs = store.list_runs()
+    assert [r["version"] for r in runs] == [version]
+    assert runs[0]["status"] == "accepted" and "finished_at" in runs[0]
+
+
+def test_finalised_version_is_immutable(store: RunStore, tmp_path: Path) -> None:
+    version = new_version_id()
+    store.begin(version)
+    store.finalize(version, {"status": "failed", "error": "boom"})
+    local = tmp_path / "x.txt"
+    local.write_text("x")
+    with pytest.raises(RunStoreError, match="immutable"):
+        store.put_file(version, "x.txt", local)
+    with pytest.raises(RunStoreError, match="immutable"):
+        store.finalize(version, {"status": "accepted"})
+    with pytest.raises(RunStoreError, match="already exists"):
+        store.begin(version)
+    assert store.get_run(version)["status"] == "failed"
+
+
+def test_status_must_be_known(store: RunStore) -> None:
+    version = new_version_id()
+    store.begin(version)
+    with pytest.raises(RunStoreError, match="status"):
+        store.finalize(version, {"status": "running"})
+
+
+def test_champion_moves_with_history_and_refuses_stale_expectation(store: RunStore) -> None:
+    assert store.champion() is None
+    store.set_champion({"version": "v1", "model_tag": "m:1"}, expected=None, reason="gate",
+                       triggered_by="t")
+    store.set_champion({"version": "v2", "model_tag": "m:2"}, expected="v1", reason="gate",
+                       triggered_by="t")
+    assert store.champion()["version"] == "v2"  # type: ignore[index]
+    with pytest.raises(RunStoreError, match="champion moved"):
+        store.set_champion({"version": "v3"}, expected="v1", reason="gate", triggered_by="t")
+    assert store.champion()["version"] == "v2"  # type: ignore[index]
+    history = store.champion_history()
+    assert [(h["from_version"], h["to_version"]) for h in history] == [(None, "v1"), ("v1", "v2")]
+
+
+def test_put_tree_and_files_and_fetch(store: RunStore, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.txt").write_text("b")
+    version = new_version_id()
+    store.begin(version)
+    store.put_tree(version, "outputs", src)
+    assert store.files(version) == ["outputs/a.txt", "outputs/sub/b.txt"]
+    got = store.fetch(version, "outputs/sub/b.txt", tmp_path / "back" / "b.txt")
+    assert got.read_text() == "b"
+
+
+def test_versions_are_unique_and_sortable() -> None:
+    ids = [new_version_id() for _ in range(50)]
+    assert len(set(ids)) == 50
+    assert all(i.startswith("v") and i == i.lower() for i in ids)

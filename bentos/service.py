@@ -145,7 +145,10 @@ class LoanDefaultClassifier:
         if not hasattr(self.pipeline, "predict_proba"):
             raise RuntimeError(f"Model {self.model_tag} has no predict_proba")
         self.positive_index = list(self.pipeline.classes_).index(1)
-        schema_columns = [*feature_schema.get("numerical", {}), *feature_schema.get("categorical", {})]
+        schema_columns = [
+            *feature_schema.get("numerical", {}),
+            *feature_schema.get("categorical", {}),
+        ]
         # sklearn refuses a DataFrame whose columns are not in fit order, so use that order.
         fitted = getattr(self.pipeline, "feature_names_in_", None)
         self.columns: list[str] = list(fitted) if fitted is not None else schema_columns

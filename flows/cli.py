@@ -172,9 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def prepare_environment() -> None:
+    """Quiet, patient defaults; and Prefect's home must exist or its SQLite file cannot open."""
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    for key in ("PREFECT_HOME", "BENTOML_HOME"):
+        if os.environ.get(key):
+            os.makedirs(os.path.expanduser(os.environ[key]), exist_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    prepare_environment()
     args = build_parser().parse_args(argv)
     from flows.errors import NbprodError
 

@@ -63,6 +63,7 @@ def save_model(
         raise PackagingError(
             f"Cannot save model {name!r}: pass a bare name, BentoML generates the version"
         )
+    _require_str_labels(labels, what=f"model {name!r}")
     _validate_feature_schema(feature_schema, name=name)
     _check_schema_matches_pipeline(model_path, feature_schema, name=name)
     # Deep copies: bentoml validates metadata in place (numpy scalars become Python numbers).
@@ -84,8 +85,8 @@ def save_model(
     except (bentoml.exceptions.BentoMLException, ValueError, TypeError, OSError) as exc:
         raise PackagingError(
             f"Saving model {name!r} from {model_path} to the BentoML store failed: {exc}; "
-            "fix: labels must be str->str, metadata JSON-like, name a valid BentoML tag "
-            "(lowercase letters, digits, '-', '_', '.')"
+            "fix: metadata must be JSON-like, the name a valid BentoML tag "
+            "(lowercase letters, digits, '-', '_', '.'; max 63)"
         ) from exc
     return str(bento_model.tag)
 
@@ -97,14 +98,17 @@ def build_bento(
     version: str,
     labels: dict[str, str] | None = None,
 ) -> str:
-    """Build a bento from the service in bentos_dir pinned to exactly model_tag; return the bento tag.
+    """Build a bento from the service in bentos_dir pinned to exactly model_tag; return its tag.
 
-    The build runs in this process (BentoML imports ``service.py`` to inspect it), from a copy of
-    ``bentos_dir`` holding the pin. Python requirements are pinned to the installed versions and
-    not locked with uv, so building needs no network. Rebuilding an existing ``name:version``
-    returns it when it pins the same model (a retried flow), and fails otherwise.
+    The build runs in this process from a copy of ``bentos_dir`` holding the pin. BentoML imports
+    ``service.py`` to inspect it and briefly ``os.chdir``s into the build context meanwhile, so do
+    not build concurrently with other threads that use relative paths. Python requirements are
+    pinned to the installed versions and not locked with uv, so building needs no network.
+    Rebuilding an existing ``name:version`` returns it when it pins the same model (a retried
+    flow), and fails otherwise.
     """
     _require_exact_tag(model_tag)
+    _require_str_labels(labels or {}, what=f"the bento for model {model_tag}")
     bentos_dir = Path(bentos_dir)
     bentofile = bentos_dir / BENTOFILE
     if not bentofile.is_file():
@@ -124,6 +128,13 @@ def build_bento(
         ) from exc
 
     bento_name = build_config.get("name")
+    try:
+        bentoml.Tag(bento_name or "bento", version)
+    except (ValueError, bentoml.exceptions.BentoMLException) as exc:
+        raise PackagingError(
+            f"Cannot build a bento for model {model_tag}: version {version!r} is not a valid "
+            f"BentoML tag version ({exc}); fix: use letters, digits, '-', '_', '.' (max 63)"
+        ) from exc
     if bento_name:
         existing = _existing_bento(f"{bento_name}:{version}")
         if existing is not None:
@@ -162,8 +173,6 @@ def build_bento(
                     labels=dict(labels or {}),
                     build_ctx=str(build_ctx),
                 )
-    except PackagingError:
-        raise
     except Exception as exc:
         # BentoML surfaces build problems as BentoMLException, but importing the service runs
         # user code (ImportError, RuntimeError from the pin check, ...): name the tag either way.
@@ -222,6 +231,16 @@ def _require_exact_tag(tag: str) -> None:
         raise PackagingError(
             f"Model tag {tag!r} is not an exact 'name:version'; fix: use the tag save_model "
             "returned (':latest' is refused: the newest model is not necessarily the approved one)"
+        )
+
+
+def _require_str_labels(labels: dict[str, str], *, what: str) -> None:
+    """BentoML would silently stringify non-str labels (1 -> '1'), breaking exact round-trips."""
+    bad = {k: v for k, v in labels.items() if not isinstance(k, str) or not isinstance(v, str)}
+    if bad:
+        raise PackagingError(
+            f"Cannot package {what}: labels must map str to str, got {bad!r}; "
+            "fix: convert them to str, or put structured values in metadata"
         )
 
 

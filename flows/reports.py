@@ -90,8 +90,8 @@ def write_data_summary_report(
 
     definition = _definition(numerical, categorical, datetimes)
     snapshot = Report([DataSummaryPreset()]).run(
-        _dataset(current, columns, datetimes, definition),
-        None if reference is None else _dataset(reference, columns, datetimes, definition),
+        _dataset(current, columns, definition),
+        None if reference is None else _dataset(reference, columns, definition),
         name="data_summary",
     )
 
@@ -148,8 +148,8 @@ def write_data_drift_report(
     # include_tests turns on the per-column drift verdicts; without it only scores come back.
     report = Report([DataDriftPreset(columns=features)], include_tests=True)
     snapshot = report.run(
-        _dataset(current, features, [], definition),
-        _dataset(reference, features, [], definition),
+        _dataset(current, features, definition),
+        _dataset(reference, features, definition),
         name="data_drift",
     )
 
@@ -221,10 +221,13 @@ def write_model_performance_report(
             ),
         ],
     )
+    label_columns = [roles.target, roles.prediction]
     report = Report([ClassificationPreset(), RocAuc(classification_name=_SCORES_TASK)])
     snapshot = report.run(
-        _dataset(current, columns, [], definition),
-        None if reference is None else _dataset(reference, columns, [], definition),
+        _dataset(_bool_labels_as_int(current, label_columns), columns, definition),
+        None
+        if reference is None
+        else _dataset(_bool_labels_as_int(reference, label_columns), columns, definition),
         name="model_performance",
     )
 
@@ -250,7 +253,7 @@ def write_model_performance_report(
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str], which: str, report: str) -> None:
-    """Fail before Evidently does: its own error for an absent column names neither side nor role."""
+    """Fail before Evidently does: its error for an absent column names neither side nor role."""
     missing = [column for column in dict.fromkeys(columns) if column not in frame.columns]
     if missing:
         raise ValueError(
@@ -272,17 +275,37 @@ def _definition(numerical: list[str], categorical: list[str], datetimes: list[st
     )
 
 
-def _dataset(frame: pd.DataFrame, columns: list[str], datetimes: list[str], definition: Any) -> Any:
-    """Hand Evidently only the role columns: extra columns would be profiled with guessed types."""
+def _dataset(frame: pd.DataFrame, columns: list[str], definition: Any) -> Any:
+    """Hand Evidently only the role columns, in the dtypes it copes with.
+
+    Extra columns would be profiled with guessed types. Categorical columns go in as plain
+    objects: with a pandas ``category`` dtype, a declared-but-unused category crashes 0.7.23's
+    summary rendering (KeyError) when reference and current have different category sets.
+    """
     import pandas as pd
     from evidently import Dataset
 
     data = frame.loc[:, list(dict.fromkeys(columns))].copy()
-    for column in datetimes:
+    for column in definition.categorical_columns or []:
+        if isinstance(data[column].dtype, pd.CategoricalDtype):
+            data[column] = data[column].astype(object)
+    for column in definition.datetime_columns or []:
         if not pd.api.types.is_datetime64_any_dtype(data[column]):
             # Parquet/CSV round trips can leave dates as strings; Evidently needs real datetimes.
             data[column] = pd.to_datetime(data[column], errors="coerce")
     return Dataset.from_pandas(data, data_definition=definition)
+
+
+def _bool_labels_as_int(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Turn True/False labels into 1/0.
+
+    With a bool target 0.7.23's ROC AUC fails ("mix of binary and continuous targets"), because
+    the positive label defaults to 1.
+    """
+    bools = [column for column in columns if frame[column].dtype == bool]
+    if not bools:
+        return frame
+    return frame.astype({column: int for column in bools})
 
 
 def _metric_entries(snapshot: Snapshot) -> list[dict[str, Any]]:

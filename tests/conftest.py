@@ -29,6 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "PREFECT_LOGGING_TO_API_ENABLED": "false",
     })
     os.environ.pop("PREFECT_API_URL", None)
+    for sub in ("prefect", "bentoml", "nbprod"):
+        (base / sub).mkdir()
 
 
 @pytest.fixture(scope="session")

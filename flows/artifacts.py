@@ -83,5 +83,11 @@ def publish_run_artifacts(record: Mapping[str, Any], links: Mapping[str, str]) -
         create_table_artifact(table=rows, key=METRICS_KEY,
                               description=f"Holdout metrics of run {version} vs the champion")
     for name, url in links.items():
-        create_link_artifact(link=url, link_text=name,
+        create_link_artifact(link=url, link_text=name, key=artifact_key(name),
                              description=f"run {version}: {name}")
+
+
+def artifact_key(name: str) -> str:
+    """Prefect keys allow lowercase letters, digits and dashes only."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+    return "nbprod-" + "-".join(part for part in slug.split("-") if part)

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from flows import gate as gate_mod
-from flows.errors import NbprodError, PackagingError, RunStoreError
+from flows.errors import NbprodError, PackagingError, ParameterError, RunStoreError
 from flows.manifest import build_manifest, data_fingerprint
 from flows.notebook import NotebookOutputs, check_parameters, execute_notebook, read_outputs
 from flows.schema import DataSchema, derive_schema, read_table, validate_frame
@@ -206,6 +206,7 @@ def training_pipeline(
             "output_dir": str(out / "train")}
 
         state.step = "check-parameters"  # before any kernel starts
+        check_not_reserved(prepare_params, train_params)
         check_parameters(prep_nb, state.parameters["prepare"])
         check_parameters(train_nb, state.parameters["train"])
         policy = gate_mod.load_policy(Path(policy_path) if policy_path else settings.policy_path)
@@ -222,6 +223,9 @@ def training_pipeline(
                                 state.parameters["prepare"], settings.kernel_name,
                                 settings.execution_timeout_s, ("train", "test"))
         state.step = "train"
+        # The prepare notebook's declared outputs, not assumed paths, feed the train notebook.
+        state.parameters["train"].update(train_path=str(prepared.outputs["train"]),
+                                         test_path=str(prepared.outputs["test"]))
         trained = run_notebook("train", train_nb, state.workdir / "notebooks" / "train.ipynb",
                                state.parameters["train"], settings.kernel_name,
                                settings.execution_timeout_s, ("model", "predictions"))
@@ -298,6 +302,24 @@ def training_pipeline(
     except BaseException as exc:
         _record_failure(store, state, record, links, exc, logger)
         raise
+
+
+RESERVED = {
+    "prepare": ("data_path", "start_date", "end_date", "output_dir"),
+    "train": ("train_path", "test_path", "output_dir"),
+}
+
+
+def check_not_reserved(prepare_params: dict[str, Any] | None,
+                       train_params: dict[str, Any] | None) -> None:
+    """Paths and windows are wired by the pipeline; a user value would be silently overridden."""
+    clashes = [f"{nb}.{name}" for nb, given in (("prepare", prepare_params),
+                                                 ("train", train_params))
+               for name in RESERVED[nb] if name in (given or {})]
+    if clashes:
+        raise ParameterError(
+            f"parameter(s) {', '.join(clashes)} are set by the pipeline itself: use the flow's "
+            "data_path / start_date / end_date arguments (nbprod run --data/--start/--end)")
 
 
 def _resolve(path: str) -> Path:

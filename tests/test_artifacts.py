@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from flows.artifacts import metrics_rows, summary_markdown
+from flows.artifacts import artifact_key, metrics_rows, summary_markdown
 
 RECORD = {
     "version": "v1", "status": "rejected", "decision": "rejected",
@@ -32,3 +32,8 @@ def test_failed_summary_shows_error_and_step() -> None:
 
 def test_metrics_rows() -> None:
     assert metrics_rows(RECORD) == [{"metric": "roc_auc", "candidate": 0.7, "champion": 0.8}]
+
+
+def test_artifact_keys_are_prefect_safe() -> None:
+    assert artifact_key("train notebook (html)") == "nbprod-train-notebook-html"
+    assert artifact_key("data_drift report") == "nbprod-data-drift-report"

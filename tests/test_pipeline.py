@@ -1,0 +1,281 @@
+"""The training pipeline on the real stack: Prefect server, papermill kernels, Evidently, BentoML.
+
+One module-scoped store is shared so the expensive accepted run happens once; each later test
+checks that its failure leaves that store's champion untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import nbformat
+import pandas as pd
+import pytest
+
+from flows.errors import DataValidationError, NotebookExecutionError, ParameterError
+from flows.store import RunStore
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+DEGRADED = {"n_estimators": 5, "max_depth": 1, "learning_rate": 0.05, "train_fraction": 0.05}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pipeline-home")
+
+
+@pytest.fixture(scope="module")
+def store(home: Path) -> RunStore:
+    return RunStore(home / "runs")
+
+
+@pytest.fixture
+def env(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NBPROD_HOME", str(home))
+    monkeypatch.delenv("NBPROD_NOTEBOOKS_DIR", raising=False)
+    return home
+
+
+@pytest.fixture(scope="module")
+def accepted(prefect_server: None, home: Path) -> dict[str, Any]:
+    from flows.pipeline import training_pipeline
+
+    os.environ["NBPROD_HOME"] = str(home)
+    try:
+        return training_pipeline(triggered_by="test")
+    finally:
+        os.environ.pop("NBPROD_HOME", None)
+
+
+def read_artifacts(flow_run_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
+
+
+def test_first_run_is_accepted_versioned_and_packaged(accepted: dict[str, Any],
+                                                      store: RunStore) -> None:
+    assert accepted["status"] == "accepted"
+    assert accepted["decision"] == "accepted"
+    assert any("no champion yet" in r for r in accepted["reasons"])
+    version = accepted["version"]
+    files = set(store.files(version))
+    for required in (
+        "notebooks/prepare.ipynb", "notebooks/prepare.html", "notebooks/train.ipynb",
+        "notebooks/train.html", "parameters.json", "fingerprints.json", "metrics.json",
+        "gate.json", "manifest.json", "schema.json", "run.json",
+        "outputs/train/model.joblib", "outputs/prepare/train.parquet",
+        *(f"reports/{name}.{ext}" for name in ("data_summary", "data_drift",
+                                               "model_performance") for ext in ("html", "json")),
+    ):
+        assert required in files, required
+    champion = store.champion()
+    assert champion is not None and champion["version"] == version
+    assert champion["model_tag"] == accepted["model_tag"]
+
+
+def test_lineage_manifest_names_notebooks_data_params_env_and_git(accepted: dict[str, Any],
+                                                                  store: RunStore) -> None:
+    from flows.manifest import file_sha256, notebook_content_hash
+
+    manifest = store.read_json(store.version_path(accepted["version"], "manifest.json"))
+    assert manifest["notebooks"]["train"]["content_sha256"] == notebook_content_hash(
+        ROOT / "notebooks" / "train.ipynb")
+    assert manifest["inputs"]["data"]["sha256"] == file_sha256(ROOT / "data" / "loans.csv")
+    assert manifest["inputs"]["data"]["rows"] == 24000
+    assert manifest["parameters"]["prepare"]["start_date"] == "2024-01-01"
+    assert manifest["environment"]["packages"]["evidently"] == "0.7.23"
+    assert manifest["champion_at_start"] is None
+    if (ROOT / ".git").exists():
+        assert len(manifest["git"]["commit"]) == 40
+
+
+def test_bento_pins_the_exact_model_with_run_metadata(accepted: dict[str, Any]) -> None:
+    import bentoml
+
+    model = bentoml.models.get(accepted["model_tag"])
+    assert model.info.labels["run_version"] == accepted["version"]
+    assert model.info.metadata["run_version"] == accepted["version"]
+    assert model.info.metadata["metrics"]["roc_auc"] == pytest.approx(
+        accepted["metrics"]["candidate"]["roc_auc"])
+    assert len(model.info.metadata["data_sha256"]) == 64
+    bento = bentoml.get(accepted["bento_tag"])
+    assert [str(m.tag) for m in bento.info.all_models] == [accepted["model_tag"]]
+    pin = json.loads((Path(bento.path) / "src" / "model_pin.json").read_text())
+    assert pin["model_tag"] == accepted["model_tag"]
+
+
+def test_reports_are_real_evidently_snapshots(accepted: dict[str, Any], store: RunStore) -> None:
+    summaries = store.read_json(store.version_path(accepted["version"],
+                                                   "reports/summaries.json"))
+    assert summaries["data_summary"]["rows"] == 18000
+    assert summaries["data_drift"]["n_columns"] == 11
+    perf = summaries["model_performance"]
+    assert perf["reference"] is None  # no champion on the first run
+    assert perf["current"]["roc_auc"] == pytest.approx(
+        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6)
+    html = Path(store.version_path(accepted["version"], "reports/data_drift.html")).read_text()
+    assert "<html" in html.lower()
+
+
+def test_prefect_artifacts_summarise_the_run(accepted: dict[str, Any]) -> None:
+    artifacts = read_artifacts(accepted["flow_run_id"])
+    by_type: dict[str, list[Any]] = {}
+    for artifact in artifacts:
+        by_type.setdefault(artifact.type, []).append(artifact)
+    summary = next(a for a in by_type["markdown"] if a.key == "nbprod-run-summary")
+    assert "**ACCEPTED**" in summary.data and accepted["version"] in summary.data
+    assert "no champion yet" in summary.data
+    table = by_type["table"][0]
+    assert "roc_auc" in json.dumps(table.data)
+    # Prefect 3 stores link artifacts as markdown "[text](url)", keyed so the UI lists them.
+    links = {a.key: a.data for a in by_type["markdown"] if a.key != "nbprod-run-summary"}
+    assert links["nbprod-data-drift-report"].endswith("reports/data_drift.html)")
+    assert links["nbprod-train-notebook-html"].endswith("notebooks/train.html)")
+    assert "nbprod-model-performance-report" in links
+
+
+def test_degraded_run_is_rejected_through_cli_on_a_given_server(
+        accepted: dict[str, Any], store: RunStore, home: Path) -> None:
+    """`nbprod run` uses the server in PREFECT_API_URL rather than an embedded one."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "NBPROD_HOME": str(home), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    args = [sys.executable, "-m", "flows.cli", "run"]
+    for name, value in DEGRADED.items():
+        args += ["--param", f"{name}={value}"]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REJECTED" in proc.stdout
+    assert "Starting temporary server" not in proc.stdout + proc.stderr
+    rejected = store.list_runs()[-1]
+    assert rejected["status"] == "rejected"
+    assert any("roc_auc" in r and "regressed" in r for r in rejected["reasons"])
+    assert rejected["metrics"]["champion"]["roc_auc"] == pytest.approx(
+        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-9)  # same holdout rows
+    assert store.champion()["version"] == accepted["version"]  # type: ignore[index]
+    assert "bento_tag" not in rejected
+    perf = store.read_json(store.version_path(rejected["version"], "reports/summaries.json"))
+    assert perf["model_performance"]["reference"]["roc_auc"] == pytest.approx(
+        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6)
+    artifacts = read_artifacts(rejected["flow_run_id"])  # recorded on the given server
+    assert any(a.key == "nbprod-run-summary" and "**REJECTED**" in a.data for a in artifacts)
+
+
+def failing_notebooks(tmp_path: Path) -> Path:
+    nb_dir = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", nb_dir)
+    nb = nbformat.read(nb_dir / "train.ipynb", as_version=4)
+    nb.cells.insert(3, nbformat.v4.new_code_cell(
+        "raise RuntimeError('feature store unavailable')"))
+    nbformat.write(nb, nb_dir / "train.ipynb")
+    return nb_dir
+
+
+def test_raising_notebook_is_kept_with_the_cell_marked(
+        accepted: dict[str, Any], store: RunStore, env: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pipeline import training_pipeline
+
+    monkeypatch.setenv("NBPROD_NOTEBOOKS_DIR", str(failing_notebooks(tmp_path)))
+    with pytest.raises(NotebookExecutionError, match=r"train.ipynb failed in cell In \[\d+\]"
+                       r".*RuntimeError: feature store unavailable") as info:
+        training_pipeline(triggered_by="test")
+    failed = store.list_runs()[-1]
+    assert failed["status"] == "failed" and failed["failed_step"] == "train"
+    assert "feature store unavailable" in failed["error"]
+    executed = nbformat.reads(
+        store.fs.cat_file(store.version_path(failed["version"], "notebooks/train.ipynb")),
+        as_version=4)
+    marked = [c for c in executed.cells if "papermill-error-cell-tag" in c.metadata.get("tags", [])]
+    assert marked, "papermill marks the failing cell"
+    errored = [c for c in executed.cells if c.cell_type == "code"
+               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert errored and "feature store unavailable" in errored[0].source
+    assert "notebooks/train.html" in store.files(failed["version"])
+    assert info.value.cell_index is not None
+    assert store.champion()["version"] == accepted["version"]  # type: ignore[index]
+    assert "run.json" in store.files(failed["version"])
+
+
+def bad_data(tmp_path: Path, kind: str) -> Path:
+    frame = pd.read_csv(ROOT / "data" / "loans.csv")
+    path = tmp_path / f"{kind}.csv"
+    if kind == "missing-column":
+        frame.drop(columns=["credit_score"]).to_csv(path, index=False)
+    elif kind == "wrong-type":
+        frame.assign(annual_income="unknown").to_csv(path, index=False)
+    else:
+        path.write_text("")
+    return path
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("missing-column", "credit_score: missing column"),
+    ("wrong-type", "annual_income: expected float"),
+    ("empty", "is empty"),
+])
+def test_bad_data_stops_before_training(accepted: dict[str, Any], store: RunStore, env: Path,
+                                        tmp_path: Path, kind: str, message: str) -> None:
+    from flows.pipeline import training_pipeline
+
+    before = len(store.list_runs())
+    with pytest.raises(DataValidationError, match=message):
+        training_pipeline(data_path=str(bad_data(tmp_path, kind)), triggered_by="test")
+    runs = store.list_runs()
+    assert len(runs) == before + 1
+    assert runs[-1]["status"] == "failed" and runs[-1]["failed_step"] == "validate-input-data"
+    assert not any(f.startswith("notebooks/") for f in store.files(runs[-1]["version"]))
+    assert [r["version"] for r in runs if r["status"] == "accepted"] == [accepted["version"]]
+    assert store.champion()["version"] == accepted["version"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"n_estimator": 10}, r"unknown parameter\(s\) n_estimator \(declared: .*n_estimators: int"),
+    ({"max_depth": "deep"}, "parameter 'max_depth' expects int"),
+])
+def test_bad_parameters_fail_before_any_kernel(accepted: dict[str, Any], store: RunStore,
+                                               env: Path, params: dict[str, Any],
+                                               message: str) -> None:
+    from flows.pipeline import training_pipeline
+
+    with pytest.raises(ParameterError, match=message):
+        training_pipeline(train_params=params, triggered_by="test")
+    failed = store.list_runs()[-1]
+    assert failed["status"] == "failed" and failed["failed_step"] == "check-parameters"
+    assert not any(f.startswith("notebooks/") for f in store.files(failed["version"]))
+    assert store.champion()["version"] == accepted["version"]  # type: ignore[index]
+
+
+def test_cli_lists_shows_and_reports_champion(accepted: dict[str, Any], home: Path) -> None:
+    env = {**os.environ, "NBPROD_HOME": str(home)}
+
+    def nbprod(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    runs = nbprod("runs")
+    assert runs.returncode == 0
+    assert accepted["version"] in runs.stdout and "accepted" in runs.stdout
+    listed = json.loads(nbprod("runs", "--json").stdout)
+    assert all(r["status"] in ("accepted", "rejected", "failed") for r in listed)
+    show = nbprod("show", accepted["version"])
+    assert show.returncode == 0 and "reports/data_drift.html" in show.stdout
+    champion = nbprod("champion", "--json")
+    assert json.loads(champion.stdout)["version"] == accepted["version"]
+    missing = nbprod("show", "v-does-not-exist")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0 and "not found" in missing.stderr
+    assert "Traceback" not in missing.stderr

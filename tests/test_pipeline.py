@@ -279,3 +279,19 @@ def test_cli_lists_shows_and_reports_champion(accepted: dict[str, Any], home: Pa
     assert missing.returncode == 1
     assert missing.stderr.strip().count("\n") == 0 and "not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_fsspec_store_and_drifted_window(prefect_server: None, env: Path) -> None:
+    """Any fsspec URL works as the run store; data from Q4 2024 drifts from the reference."""
+    from flows.pipeline import training_pipeline
+
+    url = "memory://nbprod-it-store"
+    record = training_pipeline(start_date="2024-07-01", end_date="2025-01-01",
+                               run_store_url=url, triggered_by="test")
+    remote = RunStore(url)
+    assert [r["version"] for r in remote.list_runs()] == [record["version"]]
+    assert remote.champion()["version"] == record["version"]  # type: ignore[index]
+    assert "reports/data_drift.html" in remote.files(record["version"])
+    assert record["drift"]["n_drifted"] >= 3
+    assert {"interest_rate", "credit_score"} <= set(record["drift"]["drifted_columns"])
+    assert not (env / "runs" / "versions" / record["version"]).exists()  # nothing local

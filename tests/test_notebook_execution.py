@@ -1,0 +1,101 @@
+"""Real kernels through papermill: outputs read back, failures kept and marked, dead kernels retried."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from flows.errors import NotebookExecutionError, ParameterError
+from flows.notebook import execute_notebook
+
+pytestmark = pytest.mark.integration
+
+BODY = '''
+import json, os, pathlib
+out = pathlib.Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+with open(attempts, "a") as fh:
+    fh.write("x\\n")
+n_attempts = len(pathlib.Path(attempts).read_text().splitlines())
+if mode == "die_once" and n_attempts == 1:
+    os._exit(1)
+if mode == "raise":
+    raise ValueError("bad value in cell")
+(out / "result.txt").write_text(str(value * 2))
+(out / "outputs.json").write_text(json.dumps({
+    "outputs": {"result": "result.txt"}, "metrics": {"double": value * 2.0}, "values": {}}))
+'''
+
+
+def make_notebook(tmp_path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell(
+        'value = 1\nmode = "ok"\nattempts = "attempts.txt"\noutput_dir = "out"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(BODY)]
+    path = tmp_path / "step.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def params(tmp_path: Path, **extra: object) -> dict[str, object]:
+    return {"attempts": str(tmp_path / "attempts.txt"), "output_dir": str(tmp_path / "out"),
+            **extra}
+
+
+def test_execute_writes_executed_copy_and_html(tmp_path: Path) -> None:
+    nb = make_notebook(tmp_path)
+    executed = tmp_path / "run" / "step.ipynb"
+    execute_notebook(nb, executed, params(tmp_path, value=21))
+    assert (tmp_path / "out" / "result.txt").read_text() == "42"
+    assert executed.exists() and executed.with_suffix(".html").exists()
+    injected = nbformat.read(executed, as_version=4).cells[1]
+    assert "injected-parameters" in injected.metadata.get("tags", [])
+
+
+def test_cell_error_names_cell_and_keeps_marked_copy(tmp_path: Path) -> None:
+    nb = make_notebook(tmp_path)
+    executed = tmp_path / "run" / "step.ipynb"
+    with pytest.raises(NotebookExecutionError,
+                       match=r"step.ipynb failed in cell In \[\d+\].*ValueError: bad value") as info:
+        execute_notebook(nb, executed, params(tmp_path, mode="raise"))
+    assert info.value.executed_path == str(executed)
+    kept = nbformat.read(executed, as_version=4)
+    assert any("papermill-error-cell-tag" in c.metadata.get("tags", []) for c in kept.cells)
+    assert "bad value in cell" in executed.with_suffix(".html").read_text()
+
+
+def test_wrong_parameter_type_rejected_before_kernel_starts(tmp_path: Path) -> None:
+    nb = make_notebook(tmp_path)
+    with pytest.raises(ParameterError, match="parameter 'value' expects int"):
+        execute_notebook(nb, tmp_path / "run.ipynb", params(tmp_path, value="21"))
+    assert not (tmp_path / "attempts.txt").exists()  # no kernel ever ran the notebook
+
+
+def test_task_retries_a_dead_kernel_but_not_a_cell_error(tmp_path: Path,
+                                                         prefect_server: None) -> None:
+    from prefect import flow
+
+    from flows.pipeline import run_notebook
+
+    nb = make_notebook(tmp_path)
+
+    @flow
+    def one_step(mode: str, attempts: str) -> float:
+        got = run_notebook("step", nb, tmp_path / f"{mode}.ipynb",
+                           {**params(tmp_path, value=5, mode=mode), "attempts": attempts},
+                           "python3", 120, ("result",))
+        return got.metrics["double"]
+
+    died = tmp_path / "died.txt"
+    assert one_step("die_once", str(died)) == 10.0
+    assert len(died.read_text().splitlines()) == 2  # first kernel died, the retry succeeded
+
+    raised = tmp_path / "raised.txt"
+    with pytest.raises(NotebookExecutionError):
+        one_step("raise", str(raised))
+    assert len(raised.read_text().splitlines()) == 1  # a cell error is not retried

@@ -35,8 +35,8 @@ test: $(STAMP) ## Run the whole test suite (unit and integration)
 	$(PY) -m pytest tests
 
 lint: $(STAMP) ## Ruff, over the package, tests and bentos
-	$(VENV)/bin/ruff check flows tests bentos benchmarks
-	$(VENV)/bin/ruff format --check flows tests bentos benchmarks
+	$(VENV)/bin/ruff check flows tests bentos
+	$(VENV)/bin/ruff format --check flows tests bentos
 
 lock: $(STAMP) ## Rewrite constraints.txt from the current venv
 	( echo "# Exact versions installed by 'make' (pip install -c constraints.txt). Regenerate with 'make lock'."; \

@@ -37,23 +37,34 @@ def summary_markdown(record: Mapping[str, Any], links: Mapping[str, str]) -> str
     candidate = (record.get("metrics") or {}).get("candidate") or {}
     champion = (record.get("metrics") or {}).get("champion") or {}
     if candidate:
-        lines += ["## Metrics on the holdout", "", "| metric | candidate | champion |",
-                  "|---|---|---|"]
+        lines += [
+            "## Metrics on the holdout",
+            "",
+            "| metric | candidate | champion |",
+            "|---|---|---|",
+        ]
         lines += [f"| {m} | {_fmt(v)} | {_fmt(champion.get(m))} |" for m, v in candidate.items()]
         lines.append("")
     drift = record.get("drift") or {}
     if drift:
-        lines += ["## Data drift against the reference", "",
-                  f"- drift share: {_fmt(drift.get('drift_share'))} "
-                  f"({drift.get('n_drifted')} of {drift.get('n_columns')} columns)",
-                  f"- drifted columns: {', '.join(drift.get('drifted_columns') or []) or 'none'}",
-                  ""]
-    lines += ["## Champion", "",
-              f"- before: {_champion_label(record.get('champion_before'))}",
-              f"- after: {_champion_label(record.get('champion_after'))}"]
+        lines += [
+            "## Data drift against the reference",
+            "",
+            f"- drift share: {_fmt(drift.get('drift_share'))} "
+            f"({drift.get('n_drifted')} of {drift.get('n_columns')} columns)",
+            f"- drifted columns: {', '.join(drift.get('drifted_columns') or []) or 'none'}",
+            "",
+        ]
+    lines += [
+        "## Champion",
+        "",
+        f"- before: {_champion_label(record.get('champion_before'))}",
+        f"- after: {_champion_label(record.get('champion_after'))}",
+    ]
     if record.get("bento_tag"):
-        lines.append(f"- bento: `{record['bento_tag']}` (serve: `bentoml serve "
-                     f"{record['bento_tag']}`)")
+        lines.append(
+            f"- bento: `{record['bento_tag']}` (serve: `bentoml serve {record['bento_tag']}`)"
+        )
     lines.append("")
     if links:
         lines += ["## Files", ""] + [f"- [{name}]({url})" for name, url in links.items()]
@@ -63,8 +74,14 @@ def summary_markdown(record: Mapping[str, Any], links: Mapping[str, str]) -> str
 def metrics_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     candidate = (record.get("metrics") or {}).get("candidate") or {}
     champion = (record.get("metrics") or {}).get("champion") or {}
-    return [{"metric": m, "candidate": round(v, 6) if isinstance(v, float) else v,
-             "champion": champion.get(m)} for m, v in candidate.items()]
+    return [
+        {
+            "metric": m,
+            "candidate": round(v, 6) if isinstance(v, float) else v,
+            "champion": champion.get(m),
+        }
+        for m, v in candidate.items()
+    ]
 
 
 def publish_run_artifacts(record: Mapping[str, Any], links: Mapping[str, str]) -> None:
@@ -76,15 +93,22 @@ def publish_run_artifacts(record: Mapping[str, Any], links: Mapping[str, str]) -
     )
 
     version = record.get("version")
-    create_markdown_artifact(markdown=summary_markdown(record, links), key=SUMMARY_KEY,
-                             description=f"nbprod run {version}: {record.get('status')}")
+    create_markdown_artifact(
+        markdown=summary_markdown(record, links),
+        key=SUMMARY_KEY,
+        description=f"nbprod run {version}: {record.get('status')}",
+    )
     rows = metrics_rows(record)
     if rows:
-        create_table_artifact(table=rows, key=METRICS_KEY,
-                              description=f"Holdout metrics of run {version} vs the champion")
+        create_table_artifact(
+            table=rows,
+            key=METRICS_KEY,
+            description=f"Holdout metrics of run {version} vs the champion",
+        )
     for name, url in links.items():
-        create_link_artifact(link=url, link_text=name, key=artifact_key(name),
-                             description=f"run {version}: {name}")
+        create_link_artifact(
+            link=url, link_text=name, key=artifact_key(name), description=f"run {version}: {name}"
+        )
 
 
 def artifact_key(name: str) -> str:

@@ -69,9 +69,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_not_reserved(prepare_params, train_params)
     record = training_pipeline(
-        data_path=args.data, reference_path=args.reference, start_date=args.start,
-        end_date=args.end, train_params=train_params, prepare_params=prepare_params,
-        policy_path=args.policy, run_store_url=args.store, triggered_by="cli",
+        data_path=args.data,
+        reference_path=args.reference,
+        start_date=args.start,
+        end_date=args.end,
+        train_params=train_params,
+        prepare_params=prepare_params,
+        policy_path=args.policy,
+        run_store_url=args.store,
+        triggered_by="cli",
     )
     print(render_run(record, _store(args.store)))
     return 0
@@ -83,8 +89,10 @@ def render_run(record: dict[str, Any], store: Any) -> str:
         lines.append(f"  - {reason}")
     if record.get("error"):
         lines.append(f"  error in {record.get('failed_step')}: {record['error']}")
-    lines.append(f"  roc_auc {_fmt_metric(record, 'roc_auc')}  f1 {_fmt_metric(record, 'f1')}  "
-                 f"log_loss {_fmt_metric(record, 'log_loss')}")
+    lines.append(
+        f"  roc_auc {_fmt_metric(record, 'roc_auc')}  f1 {_fmt_metric(record, 'f1')}  "
+        f"log_loss {_fmt_metric(record, 'log_loss')}"
+    )
     if record.get("bento_tag"):
         lines.append(f"  model {record['model_tag']}  bento {record['bento_tag']}")
     lines.append(f"  stored at {store.uri(record['version'])}")
@@ -102,10 +110,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     header = f"{'VERSION':<26} {'STATUS':<9} {'ROC_AUC':>8} {'F1':>7} {'STARTED':<26} REASON"
     print(header)
     for r in runs:
-        reason = (r.get("reasons") or [r.get("error") or ""])[0] if r["status"] != "accepted" \
-            else ""
-        print(f"{r['version']:<26} {r['status']:<9} {_fmt_metric(r, 'roc_auc'):>8} "
-              f"{_fmt_metric(r, 'f1'):>7} {r.get('started_at', ''):<26} {reason[:80]}")
+        reason = (
+            (r.get("reasons") or [r.get("error") or ""])[0] if r["status"] != "accepted" else ""
+        )
+        print(
+            f"{r['version']:<26} {r['status']:<9} {_fmt_metric(r, 'roc_auc'):>8} "
+            f"{_fmt_metric(r, 'f1'):>7} {r.get('started_at', ''):<26} {reason[:80]}"
+        )
     return 0
 
 
@@ -131,7 +142,9 @@ def cmd_champion(args: argparse.Namespace) -> int:
         print(json.dumps(champion, indent=2, default=str))
         return 0
     metrics = champion.get("metrics") or {}
-    print(f"champion {champion['version']} since {champion.get('since')} ({champion.get('reason')})")
+    print(
+        f"champion {champion['version']} since {champion.get('since')} ({champion.get('reason')})"
+    )
     print(f"  model {champion.get('model_tag')}  bento {champion.get('bento_tag')}")
     print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return 0
@@ -141,32 +154,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbprod",
         description="Run notebooks as a versioned, gated Prefect pipeline and package the "
-                    "accepted model as a BentoML bento.")
+        "accepted model as a BentoML bento.",
+    )
     from flows import __version__
 
     parser.add_argument("--version", action="version", version=f"nbprod {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--store", default=None, metavar="URL",
-                       help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL "
-                            "or .nbprod/runs)")
+        p.add_argument(
+            "--store",
+            default=None,
+            metavar="URL",
+            help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL or .nbprod/runs)",
+        )
         return p
 
-    run = with_store(sub.add_parser(
-        "run", help="run the training pipeline (embedded Prefect server unless "
-                    "PREFECT_API_URL is set)"))
+    run = with_store(
+        sub.add_parser(
+            "run",
+            help="run the training pipeline (embedded Prefect server unless "
+            "PREFECT_API_URL is set)",
+        )
+    )
     run.add_argument("--data", default="data/loans.csv", help="raw input data (CSV)")
-    run.add_argument("--reference", default="data/reference.csv",
-                     help="reference-period data: schema and drift baseline")
+    run.add_argument(
+        "--reference",
+        default="data/reference.csv",
+        help="reference-period data: schema and drift baseline",
+    )
     run.add_argument("--start", default="2024-01-01", help="window start (inclusive)")
     run.add_argument("--end", default="2024-10-01", help="window end (exclusive)")
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="train notebook parameter, repeatable (e.g. --param max_depth=4)")
-    run.add_argument("--prepare-param", action="append", default=[], metavar="NAME=VALUE",
-                     help="prepare notebook parameter, repeatable")
-    run.add_argument("--policy", default=None, help="gate policy YAML "
-                                                    "(default deployments/policy.yaml)")
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="train notebook parameter, repeatable (e.g. --param max_depth=4)",
+    )
+    run.add_argument(
+        "--prepare-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="prepare notebook parameter, repeatable",
+    )
+    run.add_argument(
+        "--policy", default=None, help="gate policy YAML (default deployments/policy.yaml)"
+    )
     run.set_defaults(func=cmd_run)
 
     runs = with_store(sub.add_parser("runs", help="list run versions with status and metrics"))
@@ -206,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nbprod: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line for the user, details in Prefect's logs
+    except Exception as exc:
         print(f"nbprod: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

@@ -51,16 +51,20 @@ def run_demo() -> int:
     for record in (first, second):
         v = record["version"]
         print(f"  run {v} [{record['status']}]")
-        print(f"    reports:    {store.uri(v, 'reports')}/"
-              "{data_summary,data_drift,model_performance}.html")
+        print(
+            f"    reports:    {store.uri(v, 'reports')}/"
+            "{data_summary,data_drift,model_performance}.html"
+        )
         print(f"    notebooks:  {store.uri(v, 'notebooks')}/{{prepare,train}}.html (and .ipynb)")
         print(f"    lineage:    {store.uri(v, 'manifest.json')}")
     if champion:
         print(f"\nChampion: {champion['version']}  model {champion['model_tag']}")
         print(f"  bento:    {champion['bento_tag']}  at {_bento_path(champion['bento_tag'])}")
         print("\nServe it (answers on http://127.0.0.1:3000, POST /predict):")
-        print(f"  BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')} "
-              f".venv/bin/bentoml serve {champion['bento_tag']} --host 127.0.0.1 --port 3000")
+        print(
+            f"  BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')} "
+            f".venv/bin/bentoml serve {champion['bento_tag']} --host 127.0.0.1 --port 3000"
+        )
     print("\nList runs: .venv/bin/nbprod runs    Inspect one: .venv/bin/nbprod show VERSION")
     ok = first["status"] == "accepted" and second["status"] == "rejected"
     if not ok:

@@ -89,7 +89,9 @@ def load_policy(path: Path) -> GatePolicy:
         raw = yaml.safe_load(Path(path).read_text()) or {}
         return GatePolicy.model_validate(raw)
     except FileNotFoundError as exc:
-        raise ConfigError(f"gate policy {path} not found: create it or set NBPROD_POLICY_PATH") from exc
+        raise ConfigError(
+            f"gate policy {path} not found: create it or set NBPROD_POLICY_PATH"
+        ) from exc
     except (yaml.YAMLError, ValidationError) as exc:
         detail = str(exc).splitlines()[0:3]
         raise ConfigError(f"gate policy {path} is invalid: {' '.join(detail)}") from exc
@@ -105,20 +107,41 @@ def _floor_checks(metrics: Mapping[str, float], floors: Mapping[str, Floor]) -> 
         value = metrics.get(metric)
         if not _usable(value):
             checks.append(
-                GateCheck("floor", metric, False, None, floor.min if floor.min is not None
-                          else floor.max,
-                          f"{metric} is missing or not a finite number in the candidate's metrics;"
-                          " the train notebook must write it to outputs.json")
+                GateCheck(
+                    "floor",
+                    metric,
+                    False,
+                    None,
+                    floor.min if floor.min is not None else floor.max,
+                    f"{metric} is missing or not a finite number in the candidate's metrics;"
+                    " the train notebook must write it to outputs.json",
+                )
             )
             continue
         if floor.min is not None:
             ok = value >= floor.min
-            checks.append(GateCheck("floor", metric, ok, value, floor.min,
-                                    f"{metric} {value:.4f} {'>=' if ok else '<'} floor {floor.min}"))
+            checks.append(
+                GateCheck(
+                    "floor",
+                    metric,
+                    ok,
+                    value,
+                    floor.min,
+                    f"{metric} {value:.4f} {'>=' if ok else '<'} floor {floor.min}",
+                )
+            )
         if floor.max is not None:
             ok = value <= floor.max
-            checks.append(GateCheck("floor", metric, ok, value, floor.max,
-                                    f"{metric} {value:.4f} {'<=' if ok else '>'} ceiling {floor.max}"))
+            checks.append(
+                GateCheck(
+                    "floor",
+                    metric,
+                    ok,
+                    value,
+                    floor.max,
+                    f"{metric} {value:.4f} {'<=' if ok else '>'} ceiling {floor.max}",
+                )
+            )
     return checks
 
 
@@ -131,20 +154,34 @@ def _champion_checks(
     for metric, rule in rules.items():
         new, old = metrics.get(metric), champion.get(metric)
         if not (_usable(new) and _usable(old)):
-            checks.append(GateCheck("champion", metric, False, new if _usable(new) else None, None,
-                                    f"{metric} cannot be compared with the champion: missing on "
-                                    f"{'candidate' if not _usable(new) else 'champion'}"))
+            checks.append(
+                GateCheck(
+                    "champion",
+                    metric,
+                    False,
+                    new if _usable(new) else None,
+                    None,
+                    f"{metric} cannot be compared with the champion: missing on "
+                    f"{'candidate' if not _usable(new) else 'champion'}",
+                )
+            )
             continue
         # Positive regression means the candidate is worse, whatever the metric's direction.
         regression = (old - new) if rule.direction == "higher_is_better" else (new - old)
         ok = regression <= rule.max_regression + 1e-12
         change = new - old
-        checks.append(GateCheck(
-            "champion", metric, ok, new, old,
-            f"{metric} {new:.4f} vs champion {old:.4f} (change {change:+.4f}, "
-            f"{rule.direction.replace('_', ' ')}, allowed regression {rule.max_regression})"
-            + ("" if ok else f": regressed by {regression:.4f}"),
-        ))
+        checks.append(
+            GateCheck(
+                "champion",
+                metric,
+                ok,
+                new,
+                old,
+                f"{metric} {new:.4f} vs champion {old:.4f} (change {change:+.4f}, "
+                f"{rule.direction.replace('_', ' ')}, allowed regression {rule.max_regression})"
+                + ("" if ok else f": regressed by {regression:.4f}"),
+            )
+        )
     return checks
 
 
@@ -160,8 +197,16 @@ def evaluate_gate(
     """
     checks = _floor_checks(candidate, policy.floors)
     if champion is None:
-        checks.append(GateCheck("champion", "*", True, None, None,
-                                "no champion yet: change checks skipped (first accepted model)"))
+        checks.append(
+            GateCheck(
+                "champion",
+                "*",
+                True,
+                None,
+                None,
+                "no champion yet: change checks skipped (first accepted model)",
+            )
+        )
     else:
         checks.extend(_champion_checks(candidate, champion, policy.champion))
     return GateDecision(

@@ -17,8 +17,19 @@ from pathlib import Path
 from typing import Any
 
 TRACKED_PACKAGES = (
-    "nbprod", "prefect", "papermill", "nbformat", "ipykernel", "evidently", "bentoml",
-    "scikit-learn", "pandas", "numpy", "pyarrow", "pydantic", "fsspec",
+    "nbprod",
+    "prefect",
+    "papermill",
+    "nbformat",
+    "ipykernel",
+    "evidently",
+    "bentoml",
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "pydantic",
+    "fsspec",
 )
 _CHUNK = 1 << 20
 
@@ -35,8 +46,12 @@ def notebook_content_hash(path: str | Path) -> str:
     """Hash of cell types and sources only: outputs, counts and metadata do not count."""
     raw = json.loads(Path(path).read_text())
     cells = [
-        {"type": c.get("cell_type"),
-         "source": "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source")}
+        {
+            "type": c.get("cell_type"),
+            "source": "".join(c["source"])
+            if isinstance(c.get("source"), list)
+            else c.get("source"),
+        }
         for c in raw.get("cells", [])
     ]
     canonical = json.dumps(cells, sort_keys=True, separators=(",", ":")).encode()
@@ -48,8 +63,11 @@ def data_fingerprint(path: str | Path) -> dict[str, Any]:
     import pandas as pd
 
     path = Path(path)
-    info: dict[str, Any] = {"path": str(path), "sha256": file_sha256(path),
-                            "bytes": path.stat().st_size}
+    info: dict[str, Any] = {
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+    }
     try:
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
         info.update(rows=len(frame), columns=list(map(str, frame.columns)))
@@ -71,10 +89,25 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 def git_state(repo: Path) -> dict[str, Any] | None:
     """Commit and dirty flag of the project, or None outside a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
-                               text=True, timeout=10, check=True).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain"],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": dirty}
@@ -92,8 +125,10 @@ def build_manifest(
     """The lineage record stored as ``manifest.json`` with every run version."""
     return {
         "version": version,
-        "notebooks": {name: {"path": str(path), "content_sha256": notebook_content_hash(path)}
-                      for name, path in notebooks.items()},
+        "notebooks": {
+            name: {"path": str(path), "content_sha256": notebook_content_hash(path)}
+            for name, path in notebooks.items()
+        },
         "parameters": {name: dict(values) for name, values in parameters.items()},
         "inputs": {name: dict(fp) for name, fp in inputs.items()},
         "environment": {
@@ -104,6 +139,7 @@ def build_manifest(
         "git": git_state(project_root),
         "champion_at_start": (
             {"version": champion.get("version"), "model_tag": champion.get("model_tag")}
-            if champion else None
+            if champion
+            else None
         ),
     }

@@ -12,8 +12,11 @@ import pandas as pd
 GATE_METRICS = ("roc_auc", "accuracy", "precision", "recall", "f1", "log_loss")
 
 
-def classification_metrics(y_true: pd.Series | np.ndarray, prediction: pd.Series | np.ndarray,
-                           probability: pd.Series | np.ndarray) -> dict[str, float]:
+def classification_metrics(
+    y_true: pd.Series | np.ndarray,
+    prediction: pd.Series | np.ndarray,
+    probability: pd.Series | np.ndarray,
+) -> dict[str, float]:
     from sklearn import metrics as skm
 
     y = np.asarray(y_true).astype(int)

@@ -21,8 +21,12 @@ from flows.errors import NotebookExecutionError, OutputContractError, ParameterE
 
 OUTPUTS_FILE = "outputs.json"
 _TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-    "list": (list, tuple), "dict": (dict,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list, tuple),
+    "dict": (dict,),
 }
 
 
@@ -57,7 +61,8 @@ def _parameters_cell(path: Path) -> str:
             return "".join(src) if isinstance(src, list) else src
     raise ParameterError(
         f"notebook {path.name} has no cell tagged 'parameters': in Jupyter, select the cell "
-        "holding the defaults, open the property inspector and add the tag 'parameters'")
+        "holding the defaults, open the property inspector and add the tag 'parameters'"
+    )
 
 
 def declared_parameters(path: str | Path) -> dict[str, ParameterSpec]:
@@ -67,7 +72,9 @@ def declared_parameters(path: str | Path) -> dict[str, ParameterSpec]:
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise ParameterError(f"notebook {path.name}: parameters cell does not parse: {exc}") from exc
+        raise ParameterError(
+            f"notebook {path.name}: parameters cell does not parse: {exc}"
+        ) from exc
     specs: dict[str, ParameterSpec] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -111,8 +118,10 @@ def check_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[st
         if ok and isinstance(value, float) and not math.isfinite(value):
             ok = False
         if not ok:
-            problems.append(f"parameter {name!r} expects {spec.type_name} (default "
-                            f"{spec.default!r}), got {type(value).__name__} {value!r}")
+            problems.append(
+                f"parameter {name!r} expects {spec.type_name} (default "
+                f"{spec.default!r}), got {type(value).__name__} {value!r}"
+            )
     if problems:
         raise ParameterError(f"notebook {path.name}: " + "; ".join(problems))
     return specs
@@ -150,8 +159,13 @@ def execute_notebook(
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
         papermill.execute_notebook(
-            str(notebook), str(executed), parameters=dict(parameters), kernel_name=kernel_name,
-            execution_timeout=timeout_s, cwd=str(cwd or notebook.parent), progress_bar=False,
+            str(notebook),
+            str(executed),
+            parameters=dict(parameters),
+            kernel_name=kernel_name,
+            execution_timeout=timeout_s,
+            cwd=str(cwd or notebook.parent),
+            progress_bar=False,
             log_output=False,
         )
     except PapermillExecutionError as exc:
@@ -162,7 +176,9 @@ def execute_notebook(
             f"(cell #{exc.cell_index}: {first_line[0] if first_line else ''!s}): "
             f"{exc.ename}: {exc.evalue}. The executed notebook with the failing cell marked is "
             f"kept at {executed}",
-            notebook=notebook.name, cell_index=exc.cell_index, executed_path=str(executed),
+            notebook=notebook.name,
+            cell_index=exc.cell_index,
+            executed_path=str(executed),
         ) from exc
     except Exception:
         if executed.exists():
@@ -172,19 +188,22 @@ def execute_notebook(
     return executed
 
 
-def read_outputs(notebook: str, output_dir: Path, *, required: tuple[str, ...] = ()
-                 ) -> NotebookOutputs:
+def read_outputs(
+    notebook: str, output_dir: Path, *, required: tuple[str, ...] = ()
+) -> NotebookOutputs:
     """Read outputs.json back and check every declared file exists."""
     manifest = output_dir / OUTPUTS_FILE
     if not manifest.exists():
         raise OutputContractError(
             f"notebook {notebook} wrote no {OUTPUTS_FILE} in its output_dir {output_dir}: "
-            f"its last cell must write {{'outputs': ..., 'metrics': ..., 'values': ...}} there")
+            f"its last cell must write {{'outputs': ..., 'metrics': ..., 'values': ...}} there"
+        )
     try:
         raw = json.loads(manifest.read_text())
     except json.JSONDecodeError as exc:
-        raise OutputContractError(f"notebook {notebook}: {manifest} is not valid JSON: {exc}"
-                                  ) from exc
+        raise OutputContractError(
+            f"notebook {notebook}: {manifest} is not valid JSON: {exc}"
+        ) from exc
     outputs = {name: output_dir / rel for name, rel in (raw.get("outputs") or {}).items()}
     missing_files = sorted(name for name, path in outputs.items() if not path.exists())
     missing_names = sorted(set(required) - set(outputs))
@@ -192,7 +211,9 @@ def read_outputs(notebook: str, output_dir: Path, *, required: tuple[str, ...] =
         raise OutputContractError(
             f"notebook {notebook} broke the output contract: "
             + (f"declares {missing_files} but the files do not exist; " if missing_files else "")
-            + (f"does not declare required outputs {missing_names}" if missing_names else ""))
-    metrics = {k: float(v) for k, v in (raw.get("metrics") or {}).items()
-               if isinstance(v, int | float)}
+            + (f"does not declare required outputs {missing_names}" if missing_names else "")
+        )
+    metrics = {
+        k: float(v) for k, v in (raw.get("metrics") or {}).items() if isinstance(v, int | float)
+    }
     return NotebookOutputs(notebook, output_dir, outputs, metrics, raw.get("values") or {})

@@ -70,26 +70,36 @@ class DataSchema:
         """The serving contract: what a request record may contain (features only)."""
         return {
             "numerical": {
-                c.name: {"dtype": c.dtype, "min": c.min, "max": c.max,
-                         "nullable": c.max_missing_share > 0}
-                for c in self.columns.values() if c.kind == "numerical"
+                c.name: {
+                    "dtype": c.dtype,
+                    "min": c.min,
+                    "max": c.max,
+                    "nullable": c.max_missing_share > 0,
+                }
+                for c in self.columns.values()
+                if c.kind == "numerical"
             },
             "categorical": {
-                c.name: {"categories": list(c.categories or []),
-                         "nullable": c.max_missing_share > 0}
-                for c in self.columns.values() if c.kind == "categorical"
+                c.name: {
+                    "categories": list(c.categories or []),
+                    "nullable": c.max_missing_share > 0,
+                }
+                for c in self.columns.values()
+                if c.kind == "categorical"
             },
             "target": self.target,
         }
 
 
-def read_table(path: str | Path, *, dataset: str, datetime_column: str | None = None
-               ) -> pd.DataFrame:
+def read_table(
+    path: str | Path, *, dataset: str, datetime_column: str | None = None
+) -> pd.DataFrame:
     """Read a CSV or Parquet file, turning pandas' low-level failures into a named error."""
     path = Path(path)
     if not path.exists():
-        raise DataValidationError(f"{dataset} data {path} does not exist: check the path",
-                                  dataset=dataset)
+        raise DataValidationError(
+            f"{dataset} data {path} does not exist: check the path", dataset=dataset
+        )
     try:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
@@ -98,10 +108,13 @@ def read_table(path: str | Path, *, dataset: str, datetime_column: str | None = 
     except pd.errors.EmptyDataError as exc:
         raise DataValidationError(
             f"{dataset} data {path} is empty (no header, no rows): supply a CSV with a header row "
-            "and data", dataset=dataset) from exc
+            "and data",
+            dataset=dataset,
+        ) from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise DataValidationError(f"{dataset} data {path} cannot be parsed: {exc}",
-                                  dataset=dataset) from exc
+        raise DataValidationError(
+            f"{dataset} data {path} cannot be parsed: {exc}", dataset=dataset
+        ) from exc
     if datetime_column and datetime_column in frame.columns:
         parsed = pd.to_datetime(frame[datetime_column], errors="coerce")
         # Keep the raw column when it does not parse so validation can name it.
@@ -123,12 +136,14 @@ def _dtype_of(series: pd.Series) -> Literal["int", "float", "str", "datetime"]:
     return "str"
 
 
-def derive_schema(reference: pd.DataFrame, *, target: str | None = None,
-                  datetime_column: str | None = None) -> DataSchema:
+def derive_schema(
+    reference: pd.DataFrame, *, target: str | None = None, datetime_column: str | None = None
+) -> DataSchema:
     """Learn the schema from the reference data."""
     if reference.empty:
-        raise DataValidationError("reference data has no rows: cannot derive a schema",
-                                  dataset="reference")
+        raise DataValidationError(
+            "reference data has no rows: cannot derive a schema", dataset="reference"
+        )
     columns: dict[str, ColumnSchema] = {}
     for name in reference.columns:
         series = reference[name]
@@ -147,8 +162,9 @@ def derive_schema(reference: pd.DataFrame, *, target: str | None = None,
             kind = "numerical"
         col = ColumnSchema(name=name, kind=kind, dtype=dtype, max_missing_share=allowed)
         if kind == "numerical":
-            col = ColumnSchema(**{**asdict(col), "min": float(series.min()),
-                                  "max": float(series.max())})
+            col = ColumnSchema(
+                **{**asdict(col), "min": float(series.min()), "max": float(series.max())}
+            )
         elif kind == "categorical":
             cats = sorted(str(v) for v in series.dropna().unique())
             col = ColumnSchema(**{**asdict(col), "categories": cats})
@@ -184,21 +200,25 @@ def find_violations(frame: pd.DataFrame, schema: DataSchema) -> dict[str, str]:
             continue
         missing = float(series.isna().mean()) if len(series) else 0.0
         if missing > col.max_missing_share + 1e-12:
-            problems[name] = (f"{missing:.1%} missing values, more than the "
-                              f"{col.max_missing_share:.1%} allowed by the reference data")
+            problems[name] = (
+                f"{missing:.1%} missing values, more than the "
+                f"{col.max_missing_share:.1%} allowed by the reference data"
+            )
     return problems
 
 
 def validate_frame(frame: pd.DataFrame, schema: DataSchema, *, dataset: str) -> None:
     """Raise one DataValidationError naming every offending column, or return quietly."""
     if frame.empty:
-        raise DataValidationError(f"{dataset} data has no rows: supply at least one row",
-                                  dataset=dataset)
+        raise DataValidationError(
+            f"{dataset} data has no rows: supply at least one row", dataset=dataset
+        )
     problems = find_violations(frame, schema)
     if problems:
         detail = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
         raise DataValidationError(
             f"{dataset} data does not match the reference schema: {detail}. "
             "Fix the data (or the reference) and run again.",
-            dataset=dataset, columns=list(problems),
+            dataset=dataset,
+            columns=list(problems),
         )

@@ -32,7 +32,8 @@ class NbprodSettings(BaseSettings):
         default=PROJECT_ROOT / "notebooks", description="Where the pipeline's notebooks live."
     )
     bentos_dir: Path = Field(
-        default=PROJECT_ROOT / "bentos", description="The BentoML service source packaged per model."
+        default=PROJECT_ROOT / "bentos",
+        description="The BentoML service source packaged per model.",
     )
     policy_path: Path = Field(
         default=PROJECT_ROOT / "deployments" / "policy.yaml",

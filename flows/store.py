@@ -40,8 +40,9 @@ class RunStore:
 
         self.url = str(url)
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
-                                   else (self.fs.protocol,))
+        self.is_local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
 
     # -- paths -------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -77,14 +78,17 @@ class RunStore:
         """Reserve a version folder; refuses to reuse one (versions are immutable)."""
         path = self.version_path(version)
         if self.fs.exists(path):
-            raise RunStoreError(f"run version {version} already exists in {self.url}: "
-                                "versions are immutable, start a new run")
+            raise RunStoreError(
+                f"run version {version} already exists in {self.url}: "
+                "versions are immutable, start a new run"
+            )
         self.fs.makedirs(path, exist_ok=False)
 
     def _writable(self, version: str) -> None:
         if self.fs.exists(self.version_path(version, RUN_RECORD)):
-            raise RunStoreError(f"run version {version} is finalised and immutable: "
-                                "write to a new version instead")
+            raise RunStoreError(
+                f"run version {version} is finalised and immutable: write to a new version instead"
+            )
 
     def put_file(self, version: str, rel: str, local: Path) -> str:
         self._writable(version)
@@ -112,8 +116,10 @@ class RunStore:
             raise RunStoreError(f"run {version}: status must be accepted, rejected or failed")
         self._writable(version)
         full = {**record, "version": version, "finished_at": utc_now()}
-        self._atomic_write(self.version_path(version, RUN_RECORD),
-                           json.dumps(full, indent=2, sort_keys=True, default=str).encode())
+        self._atomic_write(
+            self.version_path(version, RUN_RECORD),
+            json.dumps(full, indent=2, sort_keys=True, default=str).encode(),
+        )
         return full
 
     # -- reading -----------------------------------------------------------------------------
@@ -143,7 +149,7 @@ class RunStore:
 
     def files(self, version: str) -> list[str]:
         base = self.version_path(version)
-        return sorted(p[len(base) + 1:] for p in self.fs.find(base))
+        return sorted(p[len(base) + 1 :] for p in self.fs.find(base))
 
     def fetch(self, version: str, rel: str, local: Path) -> Path:
         """Copy a stored file to a local path (papermill, joblib and Evidently need local files)."""
@@ -156,8 +162,9 @@ class RunStore:
         path = self._join(CHAMPION)
         return self.read_json(path) if self.fs.exists(path) else None
 
-    def set_champion(self, record: dict[str, Any], *, expected: str | None, reason: str,
-                     triggered_by: str) -> dict[str, Any]:
+    def set_champion(
+        self, record: dict[str, Any], *, expected: str | None, reason: str, triggered_by: str
+    ) -> dict[str, Any]:
         """Move the pointer in one atomic write, after recording the change in the history.
 
         ``expected`` is the champion version the caller saw when it started: if another run
@@ -168,11 +175,16 @@ class RunStore:
         if current_version != expected:
             raise RunStoreError(
                 f"champion moved from {expected} to {current_version} while this run was going: "
-                "re-run the pipeline against the new champion")
+                "re-run the pipeline against the new champion"
+            )
         event = {
-            "at": utc_now(), "from_version": current_version, "to_version": record["version"],
-            "reason": reason, "triggered_by": triggered_by,
-            "model_tag": record.get("model_tag"), "bento_tag": record.get("bento_tag"),
+            "at": utc_now(),
+            "from_version": current_version,
+            "to_version": record["version"],
+            "reason": reason,
+            "triggered_by": triggered_by,
+            "model_tag": record.get("model_tag"),
+            "bento_tag": record.get("bento_tag"),
         }
         # A sequence number, not a timestamp, orders the history: two changes can share a second.
         sequence = len(self.champion_history()) + 1
@@ -187,4 +199,3 @@ class RunStore:
         if not self.fs.exists(base):
             return []
         return [self.read_json(p) for p in sorted(self.fs.ls(base, detail=False))]
-

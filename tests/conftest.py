@@ -18,16 +18,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config: pytest.Config) -> None:
     base = Path(tempfile.mkdtemp(prefix="nbprod-tests-"))
-    os.environ.update({
-        "PREFECT_HOME": str(base / "prefect"),
-        "BENTOML_HOME": str(base / "bentoml"),
-        "NBPROD_HOME": str(base / "nbprod"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "PREFECT_LOGGING_TO_API_ENABLED": "false",
-    })
+    os.environ.update(
+        {
+            "PREFECT_HOME": str(base / "prefect"),
+            "BENTOML_HOME": str(base / "bentoml"),
+            "NBPROD_HOME": str(base / "nbprod"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "BENTOML_DO_NOT_TRACK": "true",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+            "PREFECT_LOGGING_TO_API_ENABLED": "false",
+        }
+    )
     os.environ.pop("PREFECT_API_URL", None)
     for sub in ("prefect", "bentoml", "nbprod"):
         (base / sub).mkdir()

@@ -3,13 +3,14 @@ from __future__ import annotations
 from flows.artifacts import artifact_key, metrics_rows, summary_markdown
 
 RECORD = {
-    "version": "v1", "status": "rejected", "decision": "rejected",
+    "version": "v1",
+    "status": "rejected",
+    "decision": "rejected",
     "reasons": ["roc_auc 0.7000 vs champion 0.8000: regressed by 0.1000"],
     "metrics": {"candidate": {"roc_auc": 0.7}, "champion": {"roc_auc": 0.8}},
     "champion_before": {"version": "v0", "model_tag": "m:0"},
     "champion_after": {"version": "v0", "model_tag": "m:0"},
-    "drift": {"drift_share": 0.5, "n_drifted": 2, "n_columns": 4,
-              "drifted_columns": ["a", "b"]},
+    "drift": {"drift_share": 0.5, "n_drifted": 2, "n_columns": 4, "drifted_columns": ["a", "b"]},
 }
 
 
@@ -24,8 +25,9 @@ def test_summary_names_outcome_reasons_champion_and_links() -> None:
 
 
 def test_failed_summary_shows_error_and_step() -> None:
-    text = summary_markdown({"version": "v2", "status": "failed", "failed_step": "train",
-                             "error": "boom"}, {})
+    text = summary_markdown(
+        {"version": "v2", "status": "failed", "failed_step": "train", "error": "boom"}, {}
+    )
     assert "**FAILED**" in text and "step `train`: boom" in text
     assert "before: none" in text
 

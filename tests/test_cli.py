@@ -13,27 +13,37 @@ HEAVY = ("prefect", "evidently", "bentoml", "papermill", "pandas", "sklearn", "p
 
 
 def test_help_imports_no_heavy_library() -> None:
-    """The --help budget (< 0.5 s) holds because nothing heavy is imported; timing is benchmarked."""
-    code = ("import sys\nfrom flows.cli import build_parser\nbuild_parser().format_help()\n"
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    """--help stays under 0.5 s because nothing heavy is imported (timing is benchmarked)."""
+    code = (
+        "import sys\nfrom flows.cli import build_parser\nbuild_parser().format_help()\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_help_lists_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True,
-                         text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0
     for command in ("run", "runs", "show", "champion"):
         assert command in out.stdout
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("max_depth=4", ("max_depth", 4)), ("learning_rate=0.05", ("learning_rate", 0.05)),
-    ("flag=True", ("flag", True)), ("name=abc", ("name", "abc")), ("s='4'", ("s", "4")),
-    ("expr=a=b", ("expr", "a=b")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_depth=4", ("max_depth", 4)),
+        ("learning_rate=0.05", ("learning_rate", 0.05)),
+        ("flag=True", ("flag", True)),
+        ("name=abc", ("name", "abc")),
+        ("s='4'", ("s", "4")),
+        ("expr=a=b", ("expr", "a=b")),
+    ],
+)
 def test_parse_assignment(text: str, expected: tuple[str, object]) -> None:
     assert parse_assignment(text) == expected
 
@@ -43,8 +53,9 @@ def test_parse_assignment_needs_equals() -> None:
         parse_assignment("max_depth")
 
 
-def test_run_rejects_bad_parameters_in_one_line(capsys: pytest.CaptureFixture[str],
-                                                nbprod_home: Path) -> None:
+def test_run_rejects_bad_parameters_in_one_line(
+    capsys: pytest.CaptureFixture[str], nbprod_home: Path
+) -> None:
     assert main(["run", "--param", "n_estimators=many"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
@@ -54,8 +65,9 @@ def test_run_rejects_bad_parameters_in_one_line(capsys: pytest.CaptureFixture[st
     assert "set by the pipeline" in capsys.readouterr().err
 
 
-def test_empty_store_commands_explain_next_step(capsys: pytest.CaptureFixture[str],
-                                                nbprod_home: Path) -> None:
+def test_empty_store_commands_explain_next_step(
+    capsys: pytest.CaptureFixture[str], nbprod_home: Path
+) -> None:
     assert main(["runs"]) == 0
     assert "no runs yet" in capsys.readouterr().out
     assert main(["champion"]) == 0

@@ -8,13 +8,15 @@ import pytest
 from flows.errors import ConfigError
 from flows.gate import GatePolicy, evaluate_gate, load_policy
 
-POLICY = GatePolicy.model_validate({
-    "floors": {"roc_auc": {"min": 0.7}, "log_loss": {"max": 0.6}},
-    "champion": {
-        "roc_auc": {"direction": "higher_is_better", "max_regression": 0.01},
-        "log_loss": {"direction": "lower_is_better", "max_regression": 0.02},
-    },
-})
+POLICY = GatePolicy.model_validate(
+    {
+        "floors": {"roc_auc": {"min": 0.7}, "log_loss": {"max": 0.6}},
+        "champion": {
+            "roc_auc": {"direction": "higher_is_better", "max_regression": 0.01},
+            "log_loss": {"direction": "lower_is_better", "max_regression": 0.02},
+        },
+    }
+)
 
 
 def test_first_run_passes_floors_and_skips_champion_checks() -> None:
@@ -37,8 +39,9 @@ def test_ceiling_failure_for_lower_is_better_floor() -> None:
 
 
 def test_regression_beyond_allowance_rejects() -> None:
-    decision = evaluate_gate({"roc_auc": 0.78, "log_loss": 0.40},
-                             {"roc_auc": 0.80, "log_loss": 0.40}, POLICY)
+    decision = evaluate_gate(
+        {"roc_auc": 0.78, "log_loss": 0.40}, {"roc_auc": 0.80, "log_loss": 0.40}, POLICY
+    )
     assert not decision.accepted
     assert len(decision.reasons) == 1
     assert "roc_auc" in decision.reasons[0] and "regressed by 0.0200" in decision.reasons[0]
@@ -46,15 +49,17 @@ def test_regression_beyond_allowance_rejects() -> None:
 
 def test_regression_within_allowance_and_direction_respected() -> None:
     # log_loss went down (better) and roc_auc dropped only 0.005 (allowed 0.01).
-    decision = evaluate_gate({"roc_auc": 0.795, "log_loss": 0.30},
-                             {"roc_auc": 0.80, "log_loss": 0.40}, POLICY)
+    decision = evaluate_gate(
+        {"roc_auc": 0.795, "log_loss": 0.30}, {"roc_auc": 0.80, "log_loss": 0.40}, POLICY
+    )
     assert decision.accepted
     assert decision.champion_compared
 
 
 def test_lower_is_better_regression_rejects() -> None:
-    decision = evaluate_gate({"roc_auc": 0.80, "log_loss": 0.45},
-                             {"roc_auc": 0.80, "log_loss": 0.40}, POLICY)
+    decision = evaluate_gate(
+        {"roc_auc": 0.80, "log_loss": 0.45}, {"roc_auc": 0.80, "log_loss": 0.40}, POLICY
+    )
     assert not decision.accepted
     assert "log_loss" in decision.reasons[0]
 
@@ -68,8 +73,9 @@ def test_missing_or_non_numeric_metric_rejects(bad: object) -> None:
 
 
 def test_decision_dict_records_every_check() -> None:
-    record = evaluate_gate({"roc_auc": 0.8, "log_loss": 0.4},
-                           {"roc_auc": 0.8, "log_loss": 0.4}, POLICY).to_dict()
+    record = evaluate_gate(
+        {"roc_auc": 0.8, "log_loss": 0.4}, {"roc_auc": 0.8, "log_loss": 0.4}, POLICY
+    ).to_dict()
     assert record["decision"] == "accepted"
     assert {c["metric"] for c in record["checks"]} == {"roc_auc", "log_loss"}
     assert len(record["checks"]) == 4

@@ -50,10 +50,14 @@ def test_git_state_inside_and_outside_a_repo(tmp_path: Path) -> None:
     assert git_state(tmp_path) is None
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "f").write_text("1")
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "f"],
-                   cwd=tmp_path, check=True)
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "m"],
-                   cwd=tmp_path, check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "f"], cwd=tmp_path, check=True
+    )
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "m"],
+        cwd=tmp_path,
+        check=True,
+    )
     state = git_state(tmp_path)
     assert state is not None and len(state["commit"]) == 40 and state["dirty"] is False
     (tmp_path / "f").write_text("2")
@@ -65,9 +69,13 @@ def test_build_manifest_has_full_lineage(tmp_path: Path) -> None:
     data = tmp_path / "d.csv"
     data.write_text("a\n1\n")
     manifest = build_manifest(
-        version="v1", notebooks={"train": nb}, parameters={"train": {"seed": 1}},
+        version="v1",
+        notebooks={"train": nb},
+        parameters={"train": {"seed": 1}},
         inputs={"data": data_fingerprint(data)},
-        champion={"version": "v0", "model_tag": "m:abc", "metrics": {}}, project_root=tmp_path)
+        champion={"version": "v0", "model_tag": "m:abc", "metrics": {}},
+        project_root=tmp_path,
+    )
     assert manifest["notebooks"]["train"]["content_sha256"] == notebook_content_hash(nb)
     assert manifest["parameters"] == {"train": {"seed": 1}}
     assert manifest["inputs"]["data"]["sha256"] == file_sha256(data)

@@ -12,8 +12,11 @@ from flows.notebook import check_parameters, declared_parameters, read_outputs
 
 def notebook_with(tmp_path: Path, params_source: str | None, name: str = "nb.ipynb") -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     cells = []
     if params_source is not None:
         cell = nbformat.v4.new_code_cell(params_source)
@@ -32,8 +35,14 @@ PARAMS = 'n = 3\nrate = 0.1\nname = "x"\nflag = True\nitems = [1, 2]\nlimit: int
 def test_declared_parameters_types_from_literals(tmp_path: Path) -> None:
     specs = declared_parameters(notebook_with(tmp_path, PARAMS))
     assert {n: s.type_name for n, s in specs.items()} == {
-        "n": "int", "rate": "float", "name": "str", "flag": "bool", "items": "list",
-        "limit": "int", "x": "any"}
+        "n": "int",
+        "rate": "float",
+        "name": "str",
+        "flag": "bool",
+        "items": "list",
+        "limit": "int",
+        "x": "any",
+    }
     assert specs["rate"].default == 0.1
 
 
@@ -43,10 +52,18 @@ def test_unknown_parameter_lists_declared(tmp_path: Path) -> None:
         check_parameters(nb, {"nn": 1})
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("n", "3"), ("n", 2.5), ("n", True), ("rate", "fast"), ("flag", 1), ("name", 4),
-    ("rate", float("nan")),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("n", "3"),
+        ("n", 2.5),
+        ("n", True),
+        ("rate", "fast"),
+        ("flag", 1),
+        ("name", 4),
+        ("rate", float("nan")),
+    ],
+)
 def test_wrong_type_rejected(tmp_path: Path, name: str, value: object) -> None:
     nb = notebook_with(tmp_path, PARAMS)
     with pytest.raises(ParameterError, match=f"parameter '{name}' expects"):
@@ -55,8 +72,9 @@ def test_wrong_type_rejected(tmp_path: Path, name: str, value: object) -> None:
 
 def test_compatible_values_accepted(tmp_path: Path) -> None:
     nb = notebook_with(tmp_path, PARAMS)
-    check_parameters(nb, {"n": 4, "rate": 1, "name": "y", "flag": False, "items": [3],
-                          "x": {"any": "thing"}})
+    check_parameters(
+        nb, {"n": 4, "rate": 1, "name": "y", "flag": False, "items": [3], "x": {"any": "thing"}}
+    )
 
 
 def test_missing_parameters_cell_explains_fix(tmp_path: Path) -> None:
@@ -69,8 +87,9 @@ def test_read_outputs_checks_declared_files(tmp_path: Path) -> None:
     out.mkdir()
     with pytest.raises(OutputContractError, match="wrote no outputs.json"):
         read_outputs("train.ipynb", out)
-    (out / "outputs.json").write_text(json.dumps({
-        "outputs": {"model": "model.joblib"}, "metrics": {"auc": 0.8, "note": "x"}}))
+    (out / "outputs.json").write_text(
+        json.dumps({"outputs": {"model": "model.joblib"}, "metrics": {"auc": 0.8, "note": "x"}})
+    )
     with pytest.raises(OutputContractError, match=r"declares \['model'\] but the files"):
         read_outputs("train.ipynb", out)
     (out / "model.joblib").write_text("m")

@@ -1,4 +1,4 @@
-"""Real kernels through papermill: outputs read back, failures kept and marked, dead kernels retried."""
+"""Real kernels via papermill: outputs read back, failures kept and marked, dead kernels retried."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from flows.notebook import execute_notebook
 
 pytestmark = pytest.mark.integration
 
-BODY = '''
+BODY = """
 import json, os, pathlib
 out = pathlib.Path(output_dir)
 out.mkdir(parents=True, exist_ok=True)
@@ -26,15 +26,19 @@ if mode == "raise":
 (out / "result.txt").write_text(str(value * 2))
 (out / "outputs.json").write_text(json.dumps({
     "outputs": {"result": "result.txt"}, "metrics": {"double": value * 2.0}, "values": {}}))
-'''
+"""
 
 
 def make_notebook(tmp_path: Path) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     params = nbformat.v4.new_code_cell(
-        'value = 1\nmode = "ok"\nattempts = "attempts.txt"\noutput_dir = "out"')
+        'value = 1\nmode = "ok"\nattempts = "attempts.txt"\noutput_dir = "out"'
+    )
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(BODY)]
     path = tmp_path / "step.ipynb"
@@ -43,8 +47,11 @@ def make_notebook(tmp_path: Path) -> Path:
 
 
 def params(tmp_path: Path, **extra: object) -> dict[str, object]:
-    return {"attempts": str(tmp_path / "attempts.txt"), "output_dir": str(tmp_path / "out"),
-            **extra}
+    return {
+        "attempts": str(tmp_path / "attempts.txt"),
+        "output_dir": str(tmp_path / "out"),
+        **extra,
+    }
 
 
 def test_execute_writes_executed_copy_and_html(tmp_path: Path) -> None:
@@ -60,8 +67,9 @@ def test_execute_writes_executed_copy_and_html(tmp_path: Path) -> None:
 def test_cell_error_names_cell_and_keeps_marked_copy(tmp_path: Path) -> None:
     nb = make_notebook(tmp_path)
     executed = tmp_path / "run" / "step.ipynb"
-    with pytest.raises(NotebookExecutionError,
-                       match=r"step.ipynb failed in cell In \[\d+\].*ValueError: bad value") as info:
+    with pytest.raises(
+        NotebookExecutionError, match=r"step.ipynb failed in cell In \[\d+\].*ValueError: bad value"
+    ) as info:
         execute_notebook(nb, executed, params(tmp_path, mode="raise"))
     assert info.value.executed_path == str(executed)
     kept = nbformat.read(executed, as_version=4)
@@ -76,8 +84,9 @@ def test_wrong_parameter_type_rejected_before_kernel_starts(tmp_path: Path) -> N
     assert not (tmp_path / "attempts.txt").exists()  # no kernel ever ran the notebook
 
 
-def test_task_retries_a_dead_kernel_but_not_a_cell_error(tmp_path: Path,
-                                                         prefect_server: None) -> None:
+def test_task_retries_a_dead_kernel_but_not_a_cell_error(
+    tmp_path: Path, prefect_server: None
+) -> None:
     from prefect import flow
 
     from flows.pipeline import run_notebook
@@ -86,9 +95,15 @@ def test_task_retries_a_dead_kernel_but_not_a_cell_error(tmp_path: Path,
 
     @flow
     def one_step(mode: str, attempts: str) -> float:
-        got = run_notebook("step", nb, tmp_path / f"{mode}.ipynb",
-                           {**params(tmp_path, value=5, mode=mode), "attempts": attempts},
-                           "python3", 120, ("result",))
+        got = run_notebook(
+            "step",
+            nb,
+            tmp_path / f"{mode}.ipynb",
+            {**params(tmp_path, value=5, mode=mode), "attempts": attempts},
+            "python3",
+            120,
+            ("result",),
+        )
         return got.metrics["double"]
 
     died = tmp_path / "died.txt"

@@ -60,24 +60,40 @@ def read_artifacts(flow_run_id: str) -> list[Any]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+            )
+        )
 
 
-def test_first_run_is_accepted_versioned_and_packaged(accepted: dict[str, Any],
-                                                      store: RunStore) -> None:
+def test_first_run_is_accepted_versioned_and_packaged(
+    accepted: dict[str, Any], store: RunStore
+) -> None:
     assert accepted["status"] == "accepted"
     assert accepted["decision"] == "accepted"
     assert any("no champion yet" in r for r in accepted["reasons"])
     version = accepted["version"]
     files = set(store.files(version))
     for required in (
-        "notebooks/prepare.ipynb", "notebooks/prepare.html", "notebooks/train.ipynb",
-        "notebooks/train.html", "parameters.json", "fingerprints.json", "metrics.json",
-        "gate.json", "manifest.json", "schema.json", "run.json",
-        "outputs/train/model.joblib", "outputs/prepare/train.parquet",
-        *(f"reports/{name}.{ext}" for name in ("data_summary", "data_drift",
-                                               "model_performance") for ext in ("html", "json")),
+        "notebooks/prepare.ipynb",
+        "notebooks/prepare.html",
+        "notebooks/train.ipynb",
+        "notebooks/train.html",
+        "parameters.json",
+        "fingerprints.json",
+        "metrics.json",
+        "gate.json",
+        "manifest.json",
+        "schema.json",
+        "run.json",
+        "outputs/train/model.joblib",
+        "outputs/prepare/train.parquet",
+        *(
+            f"reports/{name}.{ext}"
+            for name in ("data_summary", "data_drift", "model_performance")
+            for ext in ("html", "json")
+        ),
     ):
         assert required in files, required
     champion = store.champion()
@@ -85,13 +101,15 @@ def test_first_run_is_accepted_versioned_and_packaged(accepted: dict[str, Any],
     assert champion["model_tag"] == accepted["model_tag"]
 
 
-def test_lineage_manifest_names_notebooks_data_params_env_and_git(accepted: dict[str, Any],
-                                                                  store: RunStore) -> None:
+def test_lineage_manifest_names_notebooks_data_params_env_and_git(
+    accepted: dict[str, Any], store: RunStore
+) -> None:
     from flows.manifest import file_sha256, notebook_content_hash
 
     manifest = store.read_json(store.version_path(accepted["version"], "manifest.json"))
     assert manifest["notebooks"]["train"]["content_sha256"] == notebook_content_hash(
-        ROOT / "notebooks" / "train.ipynb")
+        ROOT / "notebooks" / "train.ipynb"
+    )
     assert manifest["inputs"]["data"]["sha256"] == file_sha256(ROOT / "data" / "loans.csv")
     assert manifest["inputs"]["data"]["rows"] == 24000
     assert manifest["parameters"]["prepare"]["start_date"] == "2024-01-01"
@@ -108,8 +126,12 @@ def test_bento_pins_the_exact_model_with_run_metadata(accepted: dict[str, Any]) 
     assert model.info.labels["run_version"] == accepted["version"]
     assert model.info.metadata["run_version"] == accepted["version"]
     assert model.info.metadata["metrics"]["roc_auc"] == pytest.approx(
-        accepted["metrics"]["candidate"]["roc_auc"])
+        accepted["metrics"]["candidate"]["roc_auc"]
+    )
     assert len(model.info.metadata["data_sha256"]) == 64
+    lineage = model.info.metadata["lineage"]
+    assert set(lineage["notebooks"]) == {"prepare", "train"}
+    assert lineage["inputs"]["data"] == model.info.metadata["data_sha256"]
     bento = bentoml.get(accepted["bento_tag"])
     assert [str(m.tag) for m in bento.info.all_models] == [accepted["model_tag"]]
     pin = json.loads((Path(bento.path) / "src" / "model_pin.json").read_text())
@@ -117,14 +139,14 @@ def test_bento_pins_the_exact_model_with_run_metadata(accepted: dict[str, Any]) 
 
 
 def test_reports_are_real_evidently_snapshots(accepted: dict[str, Any], store: RunStore) -> None:
-    summaries = store.read_json(store.version_path(accepted["version"],
-                                                   "reports/summaries.json"))
+    summaries = store.read_json(store.version_path(accepted["version"], "reports/summaries.json"))
     assert summaries["data_summary"]["rows"] == 18000
     assert summaries["data_drift"]["n_columns"] == 11
     perf = summaries["model_performance"]
     assert perf["reference"] is None  # no champion on the first run
     assert perf["current"]["roc_auc"] == pytest.approx(
-        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6)
+        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6
+    )
     html = Path(store.version_path(accepted["version"], "reports/data_drift.html")).read_text()
     assert "<html" in html.lower()
 
@@ -147,7 +169,8 @@ def test_prefect_artifacts_summarise_the_run(accepted: dict[str, Any]) -> None:
 
 
 def test_degraded_run_is_rejected_through_cli_on_a_given_server(
-        accepted: dict[str, Any], store: RunStore, home: Path) -> None:
+    accepted: dict[str, Any], store: RunStore, home: Path
+) -> None:
     """`nbprod run` uses the server in PREFECT_API_URL rather than an embedded one."""
     from prefect.settings import PREFECT_API_URL
 
@@ -155,8 +178,7 @@ def test_degraded_run_is_rejected_through_cli_on_a_given_server(
     args = [sys.executable, "-m", "flows.cli", "run"]
     for name, value in DEGRADED.items():
         args += ["--param", f"{name}={value}"]
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "REJECTED" in proc.stdout
     assert "Starting temporary server" not in proc.stdout + proc.stderr
@@ -164,12 +186,14 @@ def test_degraded_run_is_rejected_through_cli_on_a_given_server(
     assert rejected["status"] == "rejected"
     assert any("roc_auc" in r and "regressed" in r for r in rejected["reasons"])
     assert rejected["metrics"]["champion"]["roc_auc"] == pytest.approx(
-        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-9)  # same holdout rows
+        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-9
+    )  # same holdout rows
     assert store.champion()["version"] == accepted["version"]  # type: ignore[index]
     assert "bento_tag" not in rejected
     perf = store.read_json(store.version_path(rejected["version"], "reports/summaries.json"))
     assert perf["model_performance"]["reference"]["roc_auc"] == pytest.approx(
-        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6)
+        accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6
+    )
     artifacts = read_artifacts(rejected["flow_run_id"])  # recorded on the given server
     assert any(a.key == "nbprod-run-summary" and "**REJECTED**" in a.data for a in artifacts)
 
@@ -178,31 +202,42 @@ def failing_notebooks(tmp_path: Path) -> Path:
     nb_dir = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", nb_dir)
     nb = nbformat.read(nb_dir / "train.ipynb", as_version=4)
-    nb.cells.insert(3, nbformat.v4.new_code_cell(
-        "raise RuntimeError('feature store unavailable')"))
+    nb.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('feature store unavailable')"))
     nbformat.write(nb, nb_dir / "train.ipynb")
     return nb_dir
 
 
 def test_raising_notebook_is_kept_with_the_cell_marked(
-        accepted: dict[str, Any], store: RunStore, env: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    accepted: dict[str, Any],
+    store: RunStore,
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from flows.pipeline import training_pipeline
 
     monkeypatch.setenv("NBPROD_NOTEBOOKS_DIR", str(failing_notebooks(tmp_path)))
-    with pytest.raises(NotebookExecutionError, match=r"train.ipynb failed in cell In \[\d+\]"
-                       r".*RuntimeError: feature store unavailable") as info:
+    with pytest.raises(
+        NotebookExecutionError,
+        match=r"train.ipynb failed in cell In \[\d+\]"
+        r".*RuntimeError: feature store unavailable",
+    ) as info:
         training_pipeline(triggered_by="test")
     failed = store.list_runs()[-1]
     assert failed["status"] == "failed" and failed["failed_step"] == "train"
     assert "feature store unavailable" in failed["error"]
     executed = nbformat.reads(
         store.fs.cat_file(store.version_path(failed["version"], "notebooks/train.ipynb")),
-        as_version=4)
+        as_version=4,
+    )
     marked = [c for c in executed.cells if "papermill-error-cell-tag" in c.metadata.get("tags", [])]
     assert marked, "papermill marks the failing cell"
-    errored = [c for c in executed.cells if c.cell_type == "code"
-               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    errored = [
+        c
+        for c in executed.cells
+        if c.cell_type == "code"
+        and any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     assert errored and "feature store unavailable" in errored[0].source
     assert "notebooks/train.html" in store.files(failed["version"])
     assert info.value.cell_index is not None
@@ -222,13 +257,17 @@ def bad_data(tmp_path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("kind", "message"), [
-    ("missing-column", "credit_score: missing column"),
-    ("wrong-type", "annual_income: expected float"),
-    ("empty", "is empty"),
-])
-def test_bad_data_stops_before_training(accepted: dict[str, Any], store: RunStore, env: Path,
-                                        tmp_path: Path, kind: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing-column", "credit_score: missing column"),
+        ("wrong-type", "annual_income: expected float"),
+        ("empty", "is empty"),
+    ],
+)
+def test_bad_data_stops_before_training(
+    accepted: dict[str, Any], store: RunStore, env: Path, tmp_path: Path, kind: str, message: str
+) -> None:
     from flows.pipeline import training_pipeline
 
     before = len(store.list_runs())
@@ -242,13 +281,19 @@ def test_bad_data_stops_before_training(accepted: dict[str, Any], store: RunStor
     assert store.champion()["version"] == accepted["version"]  # type: ignore[index]
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"n_estimator": 10}, r"unknown parameter\(s\) n_estimator \(declared: .*n_estimators: int"),
-    ({"max_depth": "deep"}, "parameter 'max_depth' expects int"),
-])
-def test_bad_parameters_fail_before_any_kernel(accepted: dict[str, Any], store: RunStore,
-                                               env: Path, params: dict[str, Any],
-                                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"n_estimator": 10},
+            r"unknown parameter\(s\) n_estimator \(declared: .*n_estimators: int",
+        ),
+        ({"max_depth": "deep"}, "parameter 'max_depth' expects int"),
+    ],
+)
+def test_bad_parameters_fail_before_any_kernel(
+    accepted: dict[str, Any], store: RunStore, env: Path, params: dict[str, Any], message: str
+) -> None:
     from flows.pipeline import training_pipeline
 
     with pytest.raises(ParameterError, match=message):
@@ -263,8 +308,14 @@ def test_cli_lists_shows_and_reports_champion(accepted: dict[str, Any], home: Pa
     env = {**os.environ, "NBPROD_HOME": str(home)}
 
     def nbprod(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
 
     runs = nbprod("runs")
     assert runs.returncode == 0
@@ -286,8 +337,9 @@ def test_fsspec_store_and_drifted_window(prefect_server: None, env: Path) -> Non
     from flows.pipeline import training_pipeline
 
     url = "memory://nbprod-it-store"
-    record = training_pipeline(start_date="2024-07-01", end_date="2025-01-01",
-                               run_store_url=url, triggered_by="test")
+    record = training_pipeline(
+        start_date="2024-07-01", end_date="2025-01-01", run_store_url=url, triggered_by="test"
+    )
     remote = RunStore(url)
     assert [r["version"] for r in remote.list_runs()] == [record["version"]]
     assert remote.champion()["version"] == record["version"]  # type: ignore[index]

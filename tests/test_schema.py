@@ -12,14 +12,16 @@ from flows.schema import DataSchema, derive_schema, read_table, validate_frame
 
 @pytest.fixture
 def reference() -> pd.DataFrame:
-    return pd.DataFrame({
-        "application_id": [f"A{i}" for i in range(6)],
-        "application_date": pd.date_range("2024-01-01", periods=6, freq="D"),
-        "income": [10.5, 20.0, np.nan, 30.25, 12.0, 15.0],
-        "age": [30, 40, 50, 60, 25, 33],
-        "purpose": ["car", "home", "car", "home", "car", "edu"],
-        "defaulted": [0, 1, 0, 0, 1, 0],
-    })
+    return pd.DataFrame(
+        {
+            "application_id": [f"A{i}" for i in range(6)],
+            "application_date": pd.date_range("2024-01-01", periods=6, freq="D"),
+            "income": [10.5, 20.0, np.nan, 30.25, 12.0, 15.0],
+            "age": [30, 40, 50, 60, 25, 33],
+            "purpose": ["car", "home", "car", "home", "car", "edu"],
+            "defaulted": [0, 1, 0, 0, 1, 0],
+        }
+    )
 
 
 def schema_of(reference: pd.DataFrame) -> DataSchema:
@@ -29,9 +31,14 @@ def schema_of(reference: pd.DataFrame) -> DataSchema:
 def test_derive_schema_kinds_ranges_and_categories(reference: pd.DataFrame) -> None:
     schema = schema_of(reference)
     kinds = {n: c.kind for n, c in schema.columns.items()}
-    assert kinds == {"application_id": "id", "application_date": "datetime",
-                     "income": "numerical", "age": "numerical", "purpose": "categorical",
-                     "defaulted": "target"}
+    assert kinds == {
+        "application_id": "id",
+        "application_date": "datetime",
+        "income": "numerical",
+        "age": "numerical",
+        "purpose": "categorical",
+        "defaulted": "target",
+    }
     assert schema.columns["age"].dtype == "int"
     assert schema.columns["income"].dtype == "float"
     assert schema.columns["purpose"].categories == ["car", "edu", "home"]

@@ -52,10 +52,12 @@ def test_status_must_be_known(store: RunStore) -> None:
 
 def test_champion_moves_with_history_and_refuses_stale_expectation(store: RunStore) -> None:
     assert store.champion() is None
-    store.set_champion({"version": "v1", "model_tag": "m:1"}, expected=None, reason="gate",
-                       triggered_by="t")
-    store.set_champion({"version": "v2", "model_tag": "m:2"}, expected="v1", reason="gate",
-                       triggered_by="t")
+    store.set_champion(
+        {"version": "v1", "model_tag": "m:1"}, expected=None, reason="gate", triggered_by="t"
+    )
+    store.set_champion(
+        {"version": "v2", "model_tag": "m:2"}, expected="v1", reason="gate", triggered_by="t"
+    )
     assert store.champion()["version"] == "v2"  # type: ignore[index]
     with pytest.raises(RunStoreError, match="champion moved"):
         store.set_champion({"version": "v3"}, expected="v1", reason="gate", triggered_by="t")

@@ -1,13 +1,37 @@
 """BentoML service that serves one approved loan-default model.
 
-The model is pinned by an exact ``name:version`` tag: ``flows.packaging.build_bento`` writes
-``model_pin.json`` next to this file in the build context, so the bento carries its pin. Never
-``:latest`` — the newest saved model is not necessarily the approved one.
+Pinning: the model is pinned by an exact ``name:version`` tag. ``flows.packaging.build_bento``
+writes ``model_pin.json`` next to this file in the build context, so the bento carries its pin.
+Never ``:latest`` — the newest saved model is not necessarily the approved one. This module must
+not import the ``flows`` package: a bento only contains this directory.
 
-This module must not import the ``flows`` package: a bento only contains this directory.
-The per-record request schema comes from the feature schema stored in the model's metadata, so
-it is built once in ``__init__`` rather than at import (the class-level input spec only checks
-the envelope).
+Request schema: built from the feature schema stored in the pinned model's metadata (derived from
+the training data by ``flows.schema``). It has to exist when the class is defined — BentoML
+validates a request before adaptive batching merges it with others, and only validation at that
+point can refuse one bad request without failing the good requests batched with it. So the
+module reads the pinned model's metadata (a YAML file in the local model store; nothing is
+written) at import.
+
+API (all POST, JSON):
+
+- ``/predict`` ``{"records": [{<feature>: <value>, ...}, ...]}`` (1..``MAX_RECORDS`` records)
+  returns ``[{"prediction": 0|1, "probability": P(default)}, ...]`` in input order, with headers
+  ``X-Request-ID`` (also the inference-log key) and ``X-Model-Tag``. Adaptive batching merges
+  concurrent requests into one model call.
+- ``/metadata`` ``{}`` returns the model tag, run version, metrics, lineage, feature schema and
+  the request limits.
+- BentoML's ``GET /livez``, ``/healthz`` and ``/readyz``.
+
+Bad requests get a 4xx whose ``error`` names the field (``records.3.purpose: Input should be
+...``) and whose ``detail`` lists every problem with its ``loc``.
+
+Inference log: every successful /predict is appended as one JSON line (request id, timestamp,
+model tag, run version, latency, the request body and the response body) to
+``$NBPROD_INFERENCE_LOG_DIR`` (default ``$BENTOML_HOME/inference_logs``, BentoML's own default
+home being ``~/bentoml``), one file per worker process. The line is handed to the kernel (one
+``write`` on an ``O_APPEND`` descriptor) before the response is sent, so a client that got its
+prediction knows it is logged and a worker crash loses nothing; the file is fsynced at shutdown.
+``flows.serving.read_inference_log`` reads these files back as a DataFrame.
 """
 
 from __future__ import annotations
@@ -15,18 +39,54 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 PIN_FILE = Path(__file__).with_name("model_pin.json")
 PIN_ENV_VAR = "NBPROD_MODEL_TAG"
-# Upper bound on records per request: one request must not be able to pin a worker for long.
-MAX_RECORDS = 10_000
 # Key under which flows.packaging.save_model stores the feature schema in the model metadata.
 FEATURE_SCHEMA_KEY = "feature_schema"
+MODEL_FILE = "model.joblib"
+SERVICE_NAME = "nbprod_classifier"
+PREDICT_ROUTE = "/predict"
+# One request must not be able to pin a worker for long nor exhaust its memory.
+MAX_RECORDS = 10_000
+MAX_BODY_BYTES = 8 * 1024 * 1024
+# Adaptive batching: records per model call, and the queueing delay beyond which BentoML sheds
+# load with a 503 instead of letting requests pile up until the 30 s traffic timeout.
+MAX_BATCH_SIZE = 1_000
+MAX_LATENCY_MS = 5_000
+# Accepted range of a numeric feature: the training range widened by this share of its width on
+# each side, never below zero for a column that was never negative. Drifted but plausible data
+# is served (and logged for the monitoring flow); absurd values are refused.
+RANGE_SLACK = 0.5
+LOG_DIR_ENV_VAR = "NBPROD_INFERENCE_LOG_DIR"
+LOG_SUBDIR = "inference_logs"
+# BentoML picks a non-JSON parser for these; on /predict they are refused with a 415 instead.
+NON_JSON_MEDIA_TYPES = frozenset(
+    {
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+        "application/vnd.bentoml+pickle",
+    }
+)
+MAX_ERRORS_IN_MESSAGE = 5
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def resolve_model_tag(pin_file: Path = PIN_FILE, env: dict[str, str] | None = None) -> str:
@@ -61,17 +121,82 @@ def resolve_model_tag(pin_file: Path = PIN_FILE, env: dict[str, str] | None = No
     return str(tag)
 
 
+def load_model_metadata(tag: str) -> dict[str, Any]:
+    """Read the pinned model's metadata from the local model store, without loading the model.
+
+    ``bentoml.models.get`` looks only at the local store: a missing model must fail here with a
+    clear message rather than make BentoML try to pull it from BentoCloud.
+    """
+    try:
+        stored = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound as exc:
+        raise RuntimeError(
+            f"Model {tag} is not in the BentoML model store under $BENTOML_HOME "
+            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}): import it, or serve with the "
+            "BENTOML_HOME the bento was built with"
+        ) from exc
+    metadata = dict(stored.info.metadata)
+    if not isinstance(metadata.get(FEATURE_SCHEMA_KEY), dict):
+        raise RuntimeError(
+            f"Model {tag} has no {FEATURE_SCHEMA_KEY!r} metadata: "
+            "save it with flows.packaging.save_model"
+        )
+    return metadata
+
+
+def accepted_range(spec: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The sane range of a numeric feature: its training range, widened (see RANGE_SLACK)."""
+    low, high = spec.get("min"), spec.get("max")
+    if low is None or high is None:
+        return low, high
+    width = high - low or max(abs(high), 1.0)
+    lower = low - RANGE_SLACK * width
+    if low >= 0:
+        lower = max(lower, 0.0)
+    upper = high + RANGE_SLACK * width
+    if spec.get("dtype") == "int":
+        return float(math.floor(lower)), float(math.ceil(upper))
+    return lower, upper
+
+
+def _whole_number(value: float) -> int:
+    """Accept 35 and 35.0 for an int feature (pandas writes ints with gaps as floats), not 35.5."""
+    if not value.is_integer():
+        raise ValueError("Input should be a whole number")
+    return int(value)
+
+
+def _integer_schema(low: float | None, high: float | None) -> dict[str, Any]:
+    """JSON schema of an int feature (validated as a float, see ``_whole_number``)."""
+    schema: dict[str, Any] = {"type": "integer"}
+    if low is not None:
+        schema["minimum"] = int(low)
+    if high is not None:
+        schema["maximum"] = int(high)
+    return schema
+
+
 def build_record_model(feature_schema: dict[str, Any]) -> type[BaseModel]:
     """Build the pydantic model for one record from the stored feature schema.
 
-    Strict types so ``"35"``/``true``/``35.5`` are not silently coerced into an int feature;
-    NaN/inf rejected; unknown fields rejected so a typo in a column name is an error, not a
-    silently imputed missing value. Nullable fields may be omitted (missing means null).
+    Strict types so ``"35"``/``true`` are not silently coerced into a number and ``35.5`` not
+    into an int feature; NaN/inf rejected; ranges checked (see ``accepted_range``); unknown
+    fields rejected so a typo in a column name is an error, not a silently imputed missing value.
+    Nullable fields may be omitted (missing means null).
     """
     fields: dict[str, Any] = {}
     for column, spec in feature_schema.get("numerical", {}).items():
-        base: type = int if spec.get("dtype") == "int" else float
-        annotated: Any = Annotated[base, Field(ge=spec.get("min"), le=spec.get("max"))]
+        low, high = accepted_range(spec)
+        annotated: Any
+        if spec.get("dtype") == "int":
+            annotated = Annotated[
+                float,
+                Field(ge=low, le=high),
+                AfterValidator(_whole_number),
+                WithJsonSchema(_integer_schema(low, high)),
+            ]
+        else:
+            annotated = Annotated[float, Field(ge=low, le=high)]
         if spec.get("nullable", False):
             fields[column] = (annotated | None, None)
         else:
@@ -92,7 +217,7 @@ def build_record_model(feature_schema: dict[str, Any]) -> type[BaseModel]:
 def build_request_model(record_model: type[BaseModel]) -> type[BaseModel]:
     """Wrap the record model so validation errors are located as ``records.<i>.<field>``."""
     return create_model(
-        "LoanRecords",
+        "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
         records=(
             Annotated[list[record_model], Field(min_length=1, max_length=MAX_RECORDS)],
@@ -101,54 +226,342 @@ def build_request_model(record_model: type[BaseModel]) -> type[BaseModel]:
     )
 
 
-class PredictRequest(BaseModel):
-    """Request envelope; each record is validated against the model's feature schema."""
+class Prediction(BaseModel):
+    """The prediction for one input record."""
 
-    model_config = ConfigDict(extra="forbid")
+    prediction: int = Field(description="Predicted class: 1 = will default")
+    probability: float = Field(ge=0, le=1, description="Predicted probability of default")
 
-    records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_RECORDS)
+
+# --- inference log -------------------------------------------------------------------------------
 
 
-class PredictResponse(BaseModel):
-    """One prediction and one probability of default per input record, in input order."""
+def inference_log_dir(env: dict[str, str] | None = None) -> Path:
+    """Where inference logs go: $NBPROD_INFERENCE_LOG_DIR, else $BENTOML_HOME/inference_logs."""
+    env = os.environ if env is None else env
+    if env.get(LOG_DIR_ENV_VAR):
+        return Path(env[LOG_DIR_ENV_VAR]).expanduser()
+    home = env.get("BENTOML_HOME") or str(Path("~/bentoml"))
+    return Path(home).expanduser() / LOG_SUBDIR
 
-    predictions: list[int]
-    probabilities: list[float]
-    model_tag: str
 
+class InferenceLog:
+    """Append-only JSONL file owned by one worker process.
+
+    One file per process means no two writers share a file, so no locking and no interleaving
+    across processes. Each line goes to the kernel with a single ``write`` on an ``O_APPEND``
+    descriptor, so a record is durable against a worker crash as soon as ``write`` returns;
+    fsync (which costs milliseconds) happens only at shutdown.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> Path:
+        """Open this process's file (again after a fork); fail now if the folder is unusable."""
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                return self.path  # type: ignore[return-value]
+            self.directory.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            name = f"inference-{stamp}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+            self.path = self.directory / f"{name}.jsonl"
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
+            return self.path
+
+    def write(self, line: bytes) -> None:
+        """Append one complete line; loops on short writes so a line is never cut."""
+        if self._fd is None or self._pid != os.getpid():
+            self.open()
+        view = memoryview(line)
+        while view:
+            written = os.write(self._fd, view)  # type: ignore[arg-type]
+            view = view[written:]
+
+    def close(self) -> None:
+        """Flush to disk and close; safe to call twice."""
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                try:
+                    os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+            self._fd = None
+
+
+_INFERENCE_LOG: InferenceLog | None = None
+
+
+def inference_log() -> InferenceLog:
+    """The per-process inference log shared by the middleware and the service's hooks."""
+    global _INFERENCE_LOG
+    if _INFERENCE_LOG is None:
+        _INFERENCE_LOG = InferenceLog(inference_log_dir())
+    return _INFERENCE_LOG
+
+
+# --- request guard: limits, error messages, request ids, inference logging ------------------------
+
+
+def _error_body(errors: list[dict[str, Any]]) -> bytes:
+    """A 4xx body whose ``error`` names the fields: ``records.1.purpose: Input should be ...``."""
+    shown = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
+    message = "; ".join(shown[:MAX_ERRORS_IN_MESSAGE])
+    if len(shown) > MAX_ERRORS_IN_MESSAGE:
+        message += f" (and {len(shown) - MAX_ERRORS_IN_MESSAGE} more)"
+    return json.dumps({"error": f"invalid request: {message}", "detail": errors}).encode()
+
+
+def rewrite_client_error(body: bytes) -> bytes:
+    """Turn BentoML's 4xx body into one that names each field in its message.
+
+    BentoML's own message is "N validation errors for PredictRequest"; the field is only in
+    ``detail[].loc``, and an invalid-JSON error has an empty ``loc``. Only error responses pay
+    for this parse.
+    """
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
+        errors = [
+            {
+                "loc": list(item.get("loc") or ["body"]),
+                "msg": str(item.get("msg", "invalid")),
+                "type": str(item.get("type", "invalid")),
+            }
+            for item in parsed["detail"]
+            if isinstance(item, dict)
+        ]
+        if errors:
+            return _error_body(errors)
+    if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
+        parsed = parsed[0]  # BentoMLException 4xx bodies are a one-element list
+    message = parsed.get("error") if isinstance(parsed, dict) else None
+    return _error_body(
+        [{"loc": ["body"], "msg": str(message or body[:200]), "type": "bad_request"}]
+    )
+
+
+class RequestGuard:
+    """Pure ASGI middleware in front of the BentoML app.
+
+    It does what BentoML's request handling does not: refuses oversized bodies (413) and non-JSON
+    content types (415) before parsing, gives each /predict a request id, rewrites 4xx bodies so
+    the message names the field, and logs every successful prediction before its response is
+    sent. It works on raw bytes — the log line splices the request and response bodies instead
+    of re-encoding them — so the hot path pays microseconds.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        model_tag: str,
+        run_version: str | None,
+        predict_route: str = PREDICT_ROUTE,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.app = app
+        self.predict_route = predict_route
+        self.max_body_bytes = max_body_bytes
+        self.model_tag_header = model_tag.encode()
+        # Constant middle of every log line, encoded once.
+        self.log_constant = (
+            json.dumps({"model_tag": model_tag, "run_version": run_version})[1:-1].encode() + b","
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Guard POST bodies; add request ids, readable errors and logging to /predict."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        is_predict = scope["path"] == self.predict_route
+        content_length, media_type = None, ""
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                content_length = value
+            elif key == b"content-type":
+                media_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+        if is_predict and media_type in NON_JSON_MEDIA_TYPES:
+            await self._reject(
+                send,
+                415,
+                "content-type",
+                f"unsupported media type {media_type!r}: send JSON with "
+                "'Content-Type: application/json'",
+                "unsupported_media_type",
+            )
+            return
+        if content_length is not None and (
+            not content_length.isdigit() or int(content_length) > self.max_body_bytes
+        ):
+            await self._reject_oversized(send)
+            return
+        body = await self._read_body(receive)
+        if body is None:
+            await self._reject_oversized(send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if not is_predict:
+            await self.app(scope, replay, send)
+            return
+        await self._guard_predict(scope, replay, send, body)
+
+    async def _guard_predict(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+        """Hold the response until it is complete: log it (200) or rewrite it (4xx), then send."""
+        request_id = uuid.uuid4().hex
+        arrived = datetime.now(UTC)
+        started = time.perf_counter()
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            status = start["status"]
+            payload = b"".join(chunks)
+            if status == 200:
+                self._log(request_id, arrived, started, body, payload)
+            elif 400 <= status < 500:
+                payload = rewrite_client_error(payload)
+            headers = [
+                (k, v)
+                for k, v in start.get("headers", [])
+                if k not in (b"content-length", b"content-type")
+            ]
+            headers += [
+                (b"content-length", str(len(payload)).encode()),
+                (b"content-type", b"application/json"),
+                (b"x-request-id", request_id.encode()),
+                (b"x-model-tag", self.model_tag_header),
+            ]
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+        await self.app(scope, receive, capture)
+
+    def _log(
+        self, request_id: str, arrived: datetime, started: float, request: bytes, response: bytes
+    ) -> None:
+        """Append one JSON line; raw JSON bodies are spliced in (newlines are only whitespace)."""
+        latency_ms = (time.perf_counter() - started) * 1000
+        line = b"".join(
+            (
+                b'{"request_id":"',
+                request_id.encode(),
+                b'","timestamp":"',
+                arrived.isoformat(timespec="microseconds").encode(),
+                b'",',
+                self.log_constant,
+                b'"latency_ms":',
+                f"{latency_ms:.3f}".encode(),
+                b',"request":',
+                request.replace(b"\n", b" ").replace(b"\r", b" "),
+                b',"response":',
+                response.replace(b"\n", b" ").replace(b"\r", b" "),
+                b"}\n",
+            )
+        )
+        inference_log().write(line)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it exceeds the limit (chunked uploads too)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # client went away; the app will see an empty body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _reject_oversized(self, send: Send) -> None:
+        await self._reject(
+            send,
+            413,
+            "body",
+            f"request body is larger than {self.max_body_bytes} bytes: "
+            f"send at most {MAX_RECORDS} records per request",
+            "payload_too_large",
+        )
+
+    @staticmethod
+    async def _reject(send: Send, status: int, field: str, message: str, kind: str) -> None:
+        payload = _error_body([{"loc": [field], "msg": message, "type": kind}])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+# --- the service ---------------------------------------------------------------------------------
 
 MODEL_TAG = resolve_model_tag()
+MODEL_METADATA = load_model_metadata(MODEL_TAG)
+LoanRecord = build_record_model(MODEL_METADATA[FEATURE_SCHEMA_KEY])
+PredictRequest = build_request_model(LoanRecord)
 
 
-@bentoml.service(name="nbprod_classifier", workers=1, traffic={"timeout": 30})
+@bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 30})
 class LoanDefaultClassifier:
     """Serves the pinned scikit-learn pipeline behind /predict and /metadata."""
 
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        """Load the pipeline and build the request schema once per worker, not per request."""
+        """Do all per-model work once per worker: load, check, precompute, warm up, open the log."""
         import joblib
 
         stored = self.model
         self.model_tag = str(stored.tag)
         self.model_metadata: dict[str, Any] = dict(stored.info.metadata)
         self.model_labels: dict[str, str] = dict(stored.info.labels)
-        feature_schema = self.model_metadata.get(FEATURE_SCHEMA_KEY)
-        if not isinstance(feature_schema, dict):
-            raise RuntimeError(
-                f"Model {self.model_tag} has no {FEATURE_SCHEMA_KEY!r} metadata: "
-                "save it with flows.packaging.save_model"
-            )
-        self.feature_schema: dict[str, Any] = feature_schema
-        self.pipeline = joblib.load(stored.path_of("model.joblib"))
+        self.feature_schema: dict[str, Any] = self.model_metadata[FEATURE_SCHEMA_KEY]
+        self.pipeline = joblib.load(stored.path_of(MODEL_FILE))
         if not hasattr(self.pipeline, "predict_proba"):
             raise RuntimeError(f"Model {self.model_tag} has no predict_proba")
-        self.positive_index = list(self.pipeline.classes_).index(1)
-        schema_columns = [
-            *feature_schema.get("numerical", {}),
-            *feature_schema.get("categorical", {}),
-        ]
+        classes = list(getattr(self.pipeline, "classes_", []))
+        if 1 not in classes:
+            raise RuntimeError(f"Model {self.model_tag} has classes {classes}, not class 1")
+        self.positive_index = classes.index(1)
+        numerical = self.feature_schema.get("numerical", {})
+        categorical = self.feature_schema.get("categorical", {})
+        schema_columns = [*numerical, *categorical]
         # sklearn refuses a DataFrame whose columns are not in fit order, so use that order.
         fitted = getattr(self.pipeline, "feature_names_in_", None)
         self.columns: list[str] = list(fitted) if fitted is not None else schema_columns
@@ -157,58 +570,122 @@ class LoanDefaultClassifier:
                 f"Model {self.model_tag}: feature schema columns {sorted(schema_columns)} differ "
                 f"from the pipeline's {sorted(self.columns)}; re-save it with the right schema"
             )
-        self.float_columns = {
-            c for c, s in feature_schema.get("numerical", {}).items() if s.get("dtype") != "int"
-        }
-        self.request_model = build_request_model(build_record_model(feature_schema))
-
-    def validate_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Validate raw records; a pydantic ValidationError becomes a 400 naming the field."""
-        validated = self.request_model.model_validate({"records": records})
-        return [record.model_dump() for record in validated.records]
-
-    def to_frame(self, records: list[dict[str, Any]]) -> Any:
-        """Build the DataFrame the pipeline was fit on: fit column order, missing as NaN."""
-        import numpy as np
-        import pandas as pd
-
-        frame = pd.DataFrame.from_records(records, columns=self.columns)
+        # Column dtypes as read_csv gives them: ints stay int64 unless they may be missing.
+        self.column_dtypes: dict[str, str] = {}
         for column in self.columns:
-            if column in self.float_columns:
-                frame[column] = frame[column].astype("float64")
-            elif frame[column].dtype == object and frame[column].isna().any():
-                # None -> NaN: SimpleImputer's default missing marker, as read_csv gives it.
-                frame[column] = frame[column].where(frame[column].notna(), np.nan)
-        return frame
+            spec = numerical.get(column)
+            if spec is None:
+                self.column_dtypes[column] = "object"
+            elif spec.get("dtype") == "int" and not spec.get("nullable", False):
+                self.column_dtypes[column] = "int64"
+            else:
+                self.column_dtypes[column] = "float64"
+        # Pipeline.predict and .predict_proba would each run the preprocessing; run it once and
+        # call the final estimator twice, which is exactly what the two Pipeline methods do.
+        steps = getattr(self.pipeline, "steps", None)
+        if steps and len(steps) > 1:
+            self.preprocess = self.pipeline[:-1].transform
+            self.estimator = self.pipeline[-1]
+        else:
+            self.preprocess = None
+            self.estimator = self.pipeline
+        self._single_threaded = threading.local()
+        self.metadata_response = self._describe()
+        # Warm up (first calls pay lazy initialisation) and prove the model works before /readyz.
+        self.score([LoanRecord.model_validate(self._example_record())])
+        inference_log().open()
 
-    def score(self, records: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
-        """Predict validated records. Plain method so a batchable API can share it."""
-        frame = self.to_frame(records)
-        predictions = [int(p) for p in self.pipeline.predict(frame)]
-        probabilities = [
-            float(p) for p in self.pipeline.predict_proba(frame)[:, self.positive_index]
-        ]
-        if not all(math.isfinite(p) for p in probabilities):
-            raise RuntimeError(f"Model {self.model_tag} produced a non-finite probability")
-        return predictions, probabilities
-
-    @bentoml.api(route="/predict", input_spec=PredictRequest)
-    def predict(self, records: list[dict[str, Any]]) -> PredictResponse:
-        """Predict default (0/1) and its probability for each record."""
-        predictions, probabilities = self.score(self.validate_records(records))
-        return PredictResponse(
-            predictions=predictions, probabilities=probabilities, model_tag=self.model_tag
-        )
-
-    @bentoml.api(route="/metadata")
-    def metadata(self) -> dict[str, Any]:
-        """Identify the served model: tag, training run, metrics and lineage."""
+    def _describe(self) -> dict[str, Any]:
         meta = self.model_metadata
         return {
             "model_tag": self.model_tag,
             "run_version": meta.get("run_version", self.model_labels.get("run_version")),
             "metrics": meta.get("metrics", {}),
             "lineage": meta.get("lineage", {}),
+            "data_sha256": meta.get("data_sha256"),
             "labels": self.model_labels,
             "feature_schema": self.feature_schema,
+            "record_schema": LoanRecord.model_json_schema(),
+            "limits": {"max_records": MAX_RECORDS, "max_body_bytes": MAX_BODY_BYTES},
         }
+
+    def _example_record(self) -> dict[str, Any]:
+        """A valid record from the schema: mid-range numbers, first categories."""
+        record: dict[str, Any] = {}
+        for column, spec in self.feature_schema.get("numerical", {}).items():
+            low, high = spec.get("min"), spec.get("max")
+            middle = 0.0 if low is None or high is None else (low + high) / 2
+            record[column] = round(middle) if spec.get("dtype") == "int" else float(middle)
+        for column, spec in self.feature_schema.get("categorical", {}).items():
+            record[column] = spec["categories"][0]
+        return record
+
+    def to_frame(self, records: list[Any]) -> Any:
+        """Build the DataFrame the pipeline was fit on: fit column order, missing as NaN."""
+        import numpy as np
+        import pandas as pd
+
+        data: dict[str, Any] = {}
+        for column, dtype in self.column_dtypes.items():
+            values = [record.__dict__[column] for record in records]
+            if dtype == "object":
+                # None -> NaN: SimpleImputer's missing marker for object columns, as read_csv.
+                data[column] = np.array([np.nan if v is None else v for v in values], dtype=object)
+            else:
+                data[column] = np.array(values, dtype=dtype)  # None -> NaN for float64
+        return pd.DataFrame(data, columns=self.columns)
+
+    def score(self, records: list[Any]) -> list[Prediction]:
+        """Predict validated records. A plain method so APIs can share it without calling APIs."""
+        import numpy as np
+
+        if not getattr(self._single_threaded, "done", False):
+            # One OpenMP thread: tiny batches gain nothing from more, and the event loop needs
+            # the other core. The limit is per thread, so set it in each inference thread.
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=1, user_api="openmp")
+            self._single_threaded.done = True
+        frame = self.to_frame(records)
+        features = frame if self.preprocess is None else self.preprocess(frame)
+        predictions = self.estimator.predict(features)
+        probabilities = self.estimator.predict_proba(features)[:, self.positive_index]
+        if not np.isfinite(probabilities).all():
+            raise RuntimeError(f"Model {self.model_tag} produced a non-finite probability")
+        return [
+            Prediction.model_construct(prediction=p, probability=q)
+            for p, q in zip(predictions.tolist(), probabilities.tolist(), strict=True)
+        ]
+
+    @bentoml.api(
+        route=PREDICT_ROUTE,
+        input_spec=PredictRequest,
+        batchable=True,
+        max_batch_size=MAX_BATCH_SIZE,
+        max_latency_ms=MAX_LATENCY_MS,
+    )
+    def predict(self, records: list[Any]) -> list[Prediction]:
+        """Predict default (0/1) and its probability for each record, in input order.
+
+        Batchable: BentoML validates each request, then concatenates the records of concurrent
+        requests into one call and splits the results back per request.
+        """
+        return self.score(records)
+
+    @bentoml.api(route="/metadata")
+    async def metadata(self) -> dict[str, Any]:
+        """Identify the served model: tag, training run, metrics and lineage.
+
+        Async so it answers on the event loop instead of queueing behind inference threads.
+        """
+        return self.metadata_response
+
+    @bentoml.on_shutdown
+    def close_inference_log(self) -> None:
+        """Flush this worker's inference log to disk on a normal shutdown."""
+        inference_log().close()
+
+
+LoanDefaultClassifier.add_asgi_middleware(
+    RequestGuard, model_tag=MODEL_TAG, run_version=MODEL_METADATA.get("run_version")
+)

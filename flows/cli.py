@@ -53,9 +53,10 @@ def _fmt_metric(record: dict[str, Any], name: str) -> str:
 
 def precheck_parameters(prepare_params: dict[str, Any], train_params: dict[str, Any]) -> None:
     """Fail in milliseconds, before a Prefect server or a kernel starts, on a parameter typo."""
-    from flows.notebook import check_parameters
+    from flows.notebook import check_not_reserved, check_parameters
     from flows.settings import load_settings
 
+    check_not_reserved(prepare_params, train_params)
     notebooks = load_settings().notebooks_dir
     check_parameters(notebooks / "prepare.ipynb", prepare_params)
     check_parameters(notebooks / "train.ipynb", train_params)
@@ -65,9 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     train_params = dict(parse_assignment(p) for p in args.param)
     prepare_params = dict(parse_assignment(p) for p in args.prepare_param)
     precheck_parameters(prepare_params, train_params)
-    from flows.pipeline import check_not_reserved, training_pipeline
+    from flows.pipeline import training_pipeline
 
-    check_not_reserved(prepare_params, train_params)
     record = training_pipeline(
         data_path=args.data,
         reference_path=args.reference,

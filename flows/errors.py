@@ -54,3 +54,7 @@ class RunStoreError(NbprodError):
 
 class PackagingError(NbprodError):
     """Saving the model to the BentoML store or building the bento failed."""
+
+
+class LintError(NbprodError):
+    """A notebook cannot be linted at all: the file is missing or is not nbformat-4 JSON."""

@@ -217,3 +217,26 @@ def read_outputs(
         k: float(v) for k, v in (raw.get("metrics") or {}).items() if isinstance(v, int | float)
     }
     return NotebookOutputs(notebook, output_dir, outputs, metrics, raw.get("values") or {})
+
+
+RESERVED = {
+    "prepare": ("data_path", "start_date", "end_date", "output_dir"),
+    "train": ("train_path", "test_path", "output_dir"),
+}
+
+
+def check_not_reserved(
+    prepare_params: dict[str, Any] | None, train_params: dict[str, Any] | None
+) -> None:
+    """Paths and windows are wired by the pipeline; a user value would be silently overridden."""
+    clashes = [
+        f"{nb}.{name}"
+        for nb, given in (("prepare", prepare_params), ("train", train_params))
+        for name in RESERVED[nb]
+        if name in (given or {})
+    ]
+    if clashes:
+        raise ParameterError(
+            f"parameter(s) {', '.join(clashes)} are set by the pipeline itself: use the flow's "
+            "data_path / start_date / end_date arguments (nbprod run --data/--start/--end)"
+        )

@@ -20,9 +20,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from flows import gate as gate_mod
-from flows.errors import NbprodError, PackagingError, ParameterError, RunStoreError
+from flows.errors import NbprodError, PackagingError, RunStoreError
 from flows.manifest import build_manifest, data_fingerprint
-from flows.notebook import NotebookOutputs, check_parameters, execute_notebook, read_outputs
+from flows.notebook import (
+    NotebookOutputs,
+    check_not_reserved,
+    check_parameters,
+    execute_notebook,
+    read_outputs,
+)
 from flows.schema import DataSchema, derive_schema, read_table, validate_frame
 from flows.settings import PROJECT_ROOT, NbprodSettings, load_settings
 from flows.store import RunStore, new_version_id, utc_now
@@ -154,6 +160,15 @@ def make_reports(
     return {r.name: r for r in (summary, drift, perf)}
 
 
+def without_nones(value: Any) -> Any:
+    """BentoML metadata refuses None; an absent key says the same (no git, no champion)."""
+    if isinstance(value, dict):
+        return {k: without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nones(v) for v in value if v is not None]
+    return value
+
+
 @task(name="package-model", cache_policy=NO_CACHE)
 def package_model(
     settings: NbprodSettings,
@@ -177,13 +192,17 @@ def package_model(
             "data_sha256": lineage["inputs"]["data"]["sha256"],
             "feature_columns": trained.values.get("feature_columns"),
             # Served by the bento's /metadata endpoint: where this model came from.
-            "lineage": {
-                "notebooks": {n: nb["content_sha256"] for n, nb in lineage["notebooks"].items()},
-                "inputs": {n: fp["sha256"] for n, fp in lineage["inputs"].items()},
-                "parameters": lineage["parameters"],
-                "git": lineage["git"],
-                "champion_at_start": lineage["champion_at_start"],
-            },
+            "lineage": without_nones(
+                {
+                    "notebooks": {
+                        n: nb["content_sha256"] for n, nb in lineage["notebooks"].items()
+                    },
+                    "inputs": {n: fp["sha256"] for n, fp in lineage["inputs"].items()},
+                    "parameters": lineage["parameters"],
+                    "git": lineage["git"],
+                    "champion_at_start": lineage["champion_at_start"],
+                }
+            ),
         },
         feature_schema=feature_schema,
     )
@@ -416,29 +435,6 @@ def training_pipeline(
     except BaseException as exc:
         _record_failure(store, state, record, links, exc, logger)
         raise
-
-
-RESERVED = {
-    "prepare": ("data_path", "start_date", "end_date", "output_dir"),
-    "train": ("train_path", "test_path", "output_dir"),
-}
-
-
-def check_not_reserved(
-    prepare_params: dict[str, Any] | None, train_params: dict[str, Any] | None
-) -> None:
-    """Paths and windows are wired by the pipeline; a user value would be silently overridden."""
-    clashes = [
-        f"{nb}.{name}"
-        for nb, given in (("prepare", prepare_params), ("train", train_params))
-        for name in RESERVED[nb]
-        if name in (given or {})
-    ]
-    if clashes:
-        raise ParameterError(
-            f"parameter(s) {', '.join(clashes)} are set by the pipeline itself: use the flow's "
-            "data_path / start_date / end_date arguments (nbprod run --data/--start/--end)"
-        )
 
 
 def _resolve(path: str) -> Path:

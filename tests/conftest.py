@@ -33,6 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("PREFECT_API_URL", None)
     for sub in ("prefect", "bentoml", "nbprod"):
         (base / sub).mkdir()
+    # Prefect binds its console log handler to sys.stderr when first imported. Importing it here,
+    # under pytest's session-wide capture, keeps it off a test's capsys stream, which is closed
+    # after that test (later log lines would then fail and recurse through log_prints).
+    import prefect  # noqa: F401
 
 
 @pytest.fixture(scope="session")

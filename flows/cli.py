@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     champ = with_store(sub.add_parser("champion", help="show the current champion"))
     champ.add_argument("--json", action="store_true", help="machine-readable output")
     champ.set_defaults(func=cmd_champion)
+
+    from flows.lint import register_commands as register_lint
+
+    register_lint(sub)
     return parser
 
 

@@ -58,3 +58,7 @@ class PackagingError(NbprodError):
 
 class LintError(NbprodError):
     """A notebook cannot be linted at all: the file is missing or is not nbformat-4 JSON."""
+
+
+class ContainerizeError(NbprodError):
+    """Docker is missing or unreachable, or building the bento's container image failed."""

@@ -12,6 +12,8 @@ its errors, so "cell 4" points at the same cell everywhere.
 Rules (``rule``: severity):
 
 - ``syntax``: error. A code cell does not parse, even after IPython's magic transformation.
+- ``kernel-metadata-missing``: error. Neither ``metadata.kernelspec.language`` nor
+  ``metadata.language_info.name`` is set: papermill refuses to run such a notebook.
 - ``parameters-missing``: error. No cell is tagged ``parameters``; ``--fix`` tags the first cell
   consisting only of plain literal assignments.
 - ``parameters-not-literal``: error. The parameters cell holds something other than
@@ -69,11 +71,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flows.errors import LintError
+from flows.notebook import OUTPUTS_FILE
 
 Severity = Literal["error", "warning"]
 
 PARAMETERS_TAG = "parameters"
-OUTPUTS_FILE = "outputs.json"  # same as flows.notebook.OUTPUTS_FILE; not imported to stay light
 _SUPPORTED_DEFAULTS = (str, int, float, bool, list, dict, type(None))
 
 # Names a Jupyter kernel defines before the first cell runs.
@@ -293,7 +295,11 @@ def _expand(tree: ast.Module) -> ast.Module:
                     captured = ast.parse(f"{names[0]} = None").body[0]
                     ast.increment_lineno(captured, stmt.lineno - 1)
                     body.append(captured)
-            inner = ast.parse(_to_python(magic.body))
+            try:
+                inner = ast.parse(_to_python(magic.body))
+            except SyntaxError as exc:  # report the line within the cell, not the body
+                exc.lineno = (exc.lineno or 0) + stmt.lineno
+                raise
             ast.increment_lineno(inner, stmt.lineno)  # the body starts on the next line
             body.extend(_expand(inner).body)
         elif magic and magic.kind == "line" and magic.name in _PYTHON_BODY_MAGICS:
@@ -863,10 +869,19 @@ def _check_names(cells: list[_Cell], out: list[Finding]) -> None:
             # does not cascade into undefined-name noise (the syntax error is reported).
             for name in sorted(set(re.findall(r"[A-Za-z_]\w*", cell.source))):
                 events.append(_Event("def", name, cell.index, None))
-    first_definition: dict[str, int] = {}
-    for event in events:
+    definitions: dict[str, list[tuple[int, _Event]]] = {}
+    for position, event in enumerate(events):
         if event.kind == "def":
-            first_definition.setdefault(event.name, event.cell)
+            definitions.setdefault(event.name, []).append((position, event))
+
+    def later_definition(position: int, use: _Event) -> _Event | None:
+        """The next definition after a use, not counting the using line itself (`x += 1`)."""
+        for where, definition in definitions.get(use.name, []):
+            same_line = (definition.cell, definition.line) == (use.cell, use.line)
+            if where > position and not same_line:
+                return definition
+        return None
+
     star_seen = any(e.kind == "star" for e in events)
     current: set[str] = set()
     deleted_in: dict[str, int] = {}
@@ -878,7 +893,7 @@ def _check_names(cells: list[_Cell], out: list[Finding]) -> None:
             reported.add((rule, event.name, event.cell))
             out.append(Finding(rule, "error", event.cell, message, fix, event.line))
 
-    for event in events:
+    for position, event in enumerate(events):
         name = event.name
         if event.kind == "star":
             star_before = True
@@ -902,7 +917,7 @@ def _check_names(cells: list[_Cell], out: list[Finding]) -> None:
         elif _is_builtin(name) or name in current:
             continue
         elif event.kind == "deferred":
-            if name not in first_definition and not star_seen:
+            if name not in definitions and not star_seen:
                 report(
                     "undefined-name",
                     event,
@@ -917,9 +932,8 @@ def _check_names(cells: list[_Cell], out: list[Finding]) -> None:
                 "if cells ran out of order",
                 f"remove the `del` or define `{name}` again before this use",
             )
-        elif name in first_definition and not star_before:
-            later = first_definition[name]
-            where = "later in this cell" if later == event.cell else f"in cell {later}"
+        elif (later := later_definition(position, event)) and not star_before:
+            where = "later in this cell" if later.cell == event.cell else f"in cell {later.cell}"
             report(
                 "used-before-defined",
                 event,
@@ -1039,6 +1053,24 @@ def _definition(module: str, name: str, depth: int = 0) -> tuple[str, ast.AST] |
     return None
 
 
+def _constructor(where: str, node: ast.ClassDef, depth: int = 0) -> ast.FunctionDef | None:
+    """A class's ``__init__``, searching its bases in order (mixins have none)."""
+    for stmt in node.body:
+        if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
+            return stmt
+    if depth > 8:
+        return None
+    for base in node.bases:
+        if not isinstance(base, ast.Name):
+            continue
+        found = _definition(where, base.id)
+        if found and isinstance(found[1], ast.ClassDef):
+            init = _constructor(found[0], found[1], depth + 1)
+            if init is not None:
+                return init
+    return None
+
+
 @lru_cache(maxsize=512)
 def _sklearn_random_state(qualname: str) -> _RandomStateParameter | None:
     """Whether a scikit-learn callable takes ``random_state`` (and where), from its source."""
@@ -1050,23 +1082,11 @@ def _sklearn_random_state(qualname: str) -> _RandomStateParameter | None:
         return None
     where, node = found
     skip_self = 0
-    for _ in range(8):  # follow base classes until an __init__ is found
-        if isinstance(node, ast.ClassDef):
-            init = next(
-                (s for s in node.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"),
-                None,
-            )
-            if init is None:
-                bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
-                parent = next(
-                    (d for d in (_definition(where, b) for b in bases) if d is not None), None
-                )
-                if parent is None:
-                    return None
-                where, node = parent
-                continue
-            node, skip_self = init, 1
-        break
+    if isinstance(node, ast.ClassDef):
+        init = _constructor(where, node)
+        if init is None:
+            return None
+        node, skip_self = init, 1
     if not isinstance(node, _FUNCTIONS):
         return None
     args = node.args
@@ -1080,7 +1100,9 @@ def _sklearn_random_state(qualname: str) -> _RandomStateParameter | None:
     if "random_state" not in all_names:
         return None
     shuffle = None
-    if "shuffle" in all_names:
+    # Only splitters are deterministic when not shuffling; elsewhere (make_classification,
+    # SGD...) random_state matters whatever `shuffle` says.
+    if "shuffle" in all_names and where.startswith("sklearn.model_selection"):
         ok, value = _literal(defaults["shuffle"]) if "shuffle" in defaults else (False, None)
         shuffle = bool(value) if ok else True
     position = names.index("random_state") if "random_state" in names else None
@@ -1479,8 +1501,28 @@ def _check_outputs(cells: list[_Cell], params: _Cell | None, out: list[Finding])
 # --------------------------------------------------------------------------- entry points
 
 
-def _lint_cells(path: Path, cells: list[_Cell]) -> list[Finding]:
+def _check_kernel_metadata(raw: dict[str, Any], out: list[Finding]) -> None:
+    metadata = raw.get("metadata") or {}
+    language = (metadata.get("kernelspec") or {}).get("language") or (
+        metadata.get("language_info") or {}
+    ).get("name")
+    if not language:
+        out.append(
+            Finding(
+                "kernel-metadata-missing",
+                "error",
+                None,
+                "the notebook records no kernel language (metadata.kernelspec): papermill "
+                "refuses to run it",
+                "open it in Jupyter, select the Python 3 kernel and save (this writes "
+                "metadata.kernelspec)",
+            )
+        )
+
+
+def _lint_cells(path: Path, raw: dict[str, Any], cells: list[_Cell]) -> list[Finding]:
     findings: list[Finding] = []
+    _check_kernel_metadata(raw, findings)
     for cell in cells:
         if cell.syntax_error is not None:
             findings.append(
@@ -1521,7 +1563,7 @@ def lint_notebook(path: Path, *, fix: bool = False) -> LintReport:
         if action:
             _write_back(path, raw)
             fixed.append(f"{action}; wrote {path}")
-    return LintReport(path, _lint_cells(path, cells), fixed)
+    return LintReport(path, _lint_cells(path, raw, cells), fixed)
 
 
 def render_report(report: LintReport) -> str:
@@ -1610,7 +1652,8 @@ def register_commands(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="notebook parameter, repeatable (output_dir is set per run)",
+        help="notebook parameter, repeatable; output_dir is set per run, and relative paths "
+        "resolve from the notebook's folder, where its kernels run",
     )
     repro.add_argument("--runs", type=_at_least_two, default=2, help="number of runs (>= 2)")
     repro.add_argument(

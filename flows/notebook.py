@@ -10,8 +10,12 @@ only warns about unknown names and never checks types.
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import math
+import socket
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +142,57 @@ def render_html(ipynb: Path) -> Path:
     return html
 
 
+KERNEL_PORT_LOCK = Path(tempfile.gettempdir()) / "nbprod-kernel-ports.lock"
+PORTS_BOUND_TIMEOUT_S = 60.0
+
+
+def _port_is_bound(ip: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return True
+    return False
+
+
+def locked_port_kernel_manager() -> type:
+    """A kernel manager that holds a machine-wide lock from choosing ports until they are bound.
+
+    jupyter_client picks free TCP ports, then the kernel binds them a moment later: kernels
+    started in parallel (threads, or Dask worker processes, whose port caches are per process)
+    can pick the same ports in that window — papermill's known race ("Address already in use",
+    a kernel that never answers). The lock makes the window exclusive; execution stays parallel.
+    """
+    import asyncio
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LockedPortKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kwargs: Any) -> None:  # type: ignore[override]
+            with open(KERNEL_PORT_LOCK, "a") as lock_file:
+                await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+                try:
+                    await super().start_kernel(**kwargs)
+                    ports = [
+                        self.shell_port,
+                        self.iopub_port,
+                        self.stdin_port,
+                        self.hb_port,
+                        self.control_port,
+                    ]
+                    deadline = time.monotonic() + PORTS_BOUND_TIMEOUT_S
+                    while time.monotonic() < deadline and not all(
+                        _port_is_bound(self.ip, p) for p in ports
+                    ):
+                        if not await self.is_alive():
+                            break  # the kernel died at start; nbclient reports it
+                        await asyncio.sleep(0.05)
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    return LockedPortKernelManager
+
+
 def execute_notebook(
     notebook: Path,
     executed: Path,
@@ -167,6 +222,7 @@ def execute_notebook(
             cwd=str(cwd or notebook.parent),
             progress_bar=False,
             log_output=False,
+            kernel_manager_class=locked_port_kernel_manager(),
         )
     except PapermillExecutionError as exc:
         render_html(executed)

@@ -402,7 +402,7 @@ def _run_once(
         )
         return read_outputs(notebook.name, output_dir)
     except NotebookExecutionError as exc:
-        return RunFailure(run, str(exc), exc.cell_index, exc.executed_path)
+        return RunFailure(run, str(exc), _source_cell(executed, exc.cell_index), exc.executed_path)
     except NbprodError as exc:
         return RunFailure(run, str(exc), executed_path=str(executed) if executed.exists() else None)
     except Exception as exc:  # dead kernel, cell timeout, missing kernel: a failed run, not a crash
@@ -411,6 +411,23 @@ def _run_once(
             f"{type(exc).__name__}: {exc}",
             executed_path=str(executed) if executed.exists() else None,
         )
+
+
+def _source_cell(executed: Path, cell_index: int | None) -> int | None:
+    """Papermill numbers cells in its parameterised copy, which has an extra injected-parameters
+    cell; report the number of the cell in the notebook the user edits (as lint does)."""
+    if cell_index is None:
+        return None
+    try:
+        cells = json.loads(executed.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return cell_index
+    tags = [(cell.get("metadata") or {}).get("tags") or [] for cell in cells]
+    # The executed copy also holds the red error banners papermill adds after failing; the
+    # index papermill reports was taken before they were inserted.
+    tags = [t for t in tags if "papermill-error-cell-tag" not in t]
+    injected = next((i for i, t in enumerate(tags) if "injected-parameters" in t), None)
+    return cell_index - 1 if injected is not None and injected < cell_index else cell_index
 
 
 # --------------------------------------------------------------------------- output

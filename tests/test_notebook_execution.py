@@ -114,3 +114,25 @@ def test_task_retries_a_dead_kernel_but_not_a_cell_error(
     with pytest.raises(NotebookExecutionError):
         one_step("raise", str(raised))
     assert len(raised.read_text().splitlines()) == 1  # a cell error is not retried
+
+
+def test_kernels_started_in_parallel_do_not_race(tmp_path: Path) -> None:
+    """Each kernel talks over Unix sockets in its own directory: no shared port to collide on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    nb = make_notebook(tmp_path)
+
+    def run(i: int) -> str:
+        out = tmp_path / f"out{i}"
+        execute_notebook(
+            nb,
+            tmp_path / f"run{i}.ipynb",
+            {"value": i, "attempts": str(tmp_path / f"a{i}.txt"), "output_dir": str(out)},
+        )
+        return (out / "result.txt").read_text()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(run, range(6)))
+    assert results == [str(i * 2) for i in range(6)]
+    executed = nbformat.read(tmp_path / "run0.ipynb", as_version=4)
+    assert executed.metadata["papermill"]["exception"] is None

@@ -68,7 +68,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     precheck_parameters(prepare_params, train_params)
     from flows.pipeline import training_pipeline
 
-    record = training_pipeline(
+    grid = dict(parse_assignment(p) for p in args.grid)
+    for name, values in grid.items():
+        if not isinstance(values, list):
+            raise UsageError(f"--grid {name}: give a list, e.g. --grid {name}=[3,6]")
+    flow_fn = training_pipeline
+    if args.dask is not None:
+        from prefect_dask import DaskTaskRunner
+
+        runner = (
+            DaskTaskRunner(address=args.dask)
+            if args.dask
+            else DaskTaskRunner(
+                cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
+            )
+        )
+        flow_fn = training_pipeline.with_options(task_runner=runner)
+    record = flow_fn(
+        spec=args.spec,
+        no_cache=args.no_cache,
+        train_grid=grid or None,
         data_path=args.data,
         reference_path=args.reference,
         start_date=args.start,
@@ -177,14 +196,41 @@ def build_parser() -> argparse.ArgumentParser:
             "PREFECT_API_URL is set)",
         )
     )
-    run.add_argument("--data", default="data/loans.csv", help="raw input data (CSV)")
+    run.add_argument(
+        "--spec",
+        default=None,
+        metavar="YAML",
+        help="pipeline spec written by `nbprod promote` (deployments/NAME.yaml)",
+    )
+    run.add_argument("--data", default=None, help="raw input data (default data/loans.csv)")
     run.add_argument(
         "--reference",
-        default="data/reference.csv",
-        help="reference-period data: schema and drift baseline",
+        default=None,
+        help="reference-period data: schema and drift baseline (default data/reference.csv)",
     )
-    run.add_argument("--start", default="2024-01-01", help="window start (inclusive)")
-    run.add_argument("--end", default="2024-10-01", help="window end (exclusive)")
+    run.add_argument("--start", default=None, help="window start, inclusive (2024-01-01)")
+    run.add_argument("--end", default=None, help="window end, exclusive (2024-10-01)")
+    run.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=[V1,V2]",
+        help="train parameter grid, repeatable; points run in parallel and the best "
+        "by the gate metric is kept",
+    )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-execute notebooks even when their inputs are unchanged",
+    )
+    run.add_argument(
+        "--dask",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run notebook tasks on Dask (a local cluster, or the scheduler at ADDRESS)",
+    )
     run.add_argument(
         "--param",
         action="append",
@@ -220,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.lint import register_commands as register_lint
 
     register_lint(sub)
+    from flows.container import register_commands as register_container_commands
+
+    register_container_commands(sub)
     return parser
 
 

@@ -62,3 +62,23 @@ class LintError(NbprodError):
 
 class ContainerizeError(NbprodError):
     """Docker is missing or unreachable, or building the bento's container image failed."""
+
+
+class ServingError(NbprodError):
+    """A run cannot be served, or a running service cannot be used (`nbprod serve`/`predict`)."""
+
+
+class InferenceLogError(NbprodError):
+    """An inference log is missing or holds a line that is not a logged prediction."""
+
+
+class PromotionError(NbprodError):
+    """A notebook failed the checks ``nbprod promote`` runs; ``problems`` lists every one."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class DeployError(NbprodError):
+    """``nbprod deploy`` could not register deployments: no server, no pool, or Prefect failed."""

@@ -263,9 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     champ.add_argument("--json", action="store_true", help="machine-readable output")
     champ.set_defaults(func=cmd_champion)
 
+    from flows.serving import register_commands as register_serving
+
+    register_serving(sub)
+
     from flows.lint import register_commands as register_lint
 
     register_lint(sub)
+    from flows.promote import register_commands as register_promote
+
+    register_promote(sub)
     from flows.container import register_commands as register_container_commands
 
     register_container_commands(sub)

@@ -13,6 +13,7 @@ import ast
 import fcntl
 import json
 import math
+import os
 import socket
 import tempfile
 import time
@@ -50,6 +51,7 @@ class NotebookOutputs:
     outputs: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    executed: Path | None = None  # the executed .ipynb (its .html sits beside it)
 
 
 def _parameters_cell(path: Path) -> str:
@@ -143,54 +145,85 @@ def render_html(ipynb: Path) -> Path:
 
 
 KERNEL_PORT_LOCK = Path(tempfile.gettempdir()) / "nbprod-kernel-ports.lock"
-PORTS_BOUND_TIMEOUT_S = 60.0
+KERNEL_PORT_REGISTRY = Path(tempfile.gettempdir()) / "nbprod-kernel-ports.json"
+# Long enough for any kernel to bind its ports; short enough that ports are not hoarded.
+PORT_RESERVATION_S = 120.0
 
 
-def _port_is_bound(ip: str, port: int) -> bool:
+def _free_port(ip: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((ip, port))
-        except OSError:
-            return True
-    return False
+        probe.bind((ip, 0))
+        return int(probe.getsockname()[1])
 
 
-def locked_port_kernel_manager() -> type:
-    """A kernel manager that holds a machine-wide lock from choosing ports until they are bound.
+def reserve_kernel_ports(ip: str, count: int = 5) -> list[int]:
+    """Pick free ports no other nbprod kernel on this machine has been given recently.
 
-    jupyter_client picks free TCP ports, then the kernel binds them a moment later: kernels
-    started in parallel (threads, or Dask worker processes, whose port caches are per process)
-    can pick the same ports in that window — papermill's known race ("Address already in use",
-    a kernel that never answers). The lock makes the window exclusive; execution stays parallel.
+    jupyter_client picks free TCP ports and the kernel binds them a moment later; its port cache
+    is per process, so kernels started in parallel by threads of different processes (Dask
+    workers, two flows) can pick the same ports in that window: papermill's known race
+    ("Address already in use", a kernel that never answers). A registry shared through a file
+    lock closes the window; the lock is held for milliseconds, so startups stay parallel.
     """
-    import asyncio
+    with open(KERNEL_PORT_LOCK, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            now = time.time()
+            try:
+                taken = {
+                    int(p): t
+                    for p, t in json.loads(KERNEL_PORT_REGISTRY.read_text()).items()
+                    if t > now
+                }
+            except (OSError, ValueError):
+                taken = {}
+            ports: list[int] = []
+            while len(ports) < count:
+                port = _free_port(ip)
+                if port not in taken and port not in ports:
+                    ports.append(port)
+            taken.update(dict.fromkeys(ports, now + PORT_RESERVATION_S))
+            tmp = KERNEL_PORT_REGISTRY.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(taken))
+            os.replace(tmp, KERNEL_PORT_REGISTRY)
+            return ports
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
+
+def reserved_port_kernel_manager() -> type:
+    """A kernel manager whose ports come from :func:`reserve_kernel_ports`."""
     from jupyter_client.manager import AsyncKernelManager
 
-    class LockedPortKernelManager(AsyncKernelManager):
+    class ReservedPortKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kwargs: Any) -> None:  # type: ignore[override]
-            with open(KERNEL_PORT_LOCK, "a") as lock_file:
-                await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
-                try:
-                    await super().start_kernel(**kwargs)
-                    ports = [
-                        self.shell_port,
-                        self.iopub_port,
-                        self.stdin_port,
-                        self.hb_port,
-                        self.control_port,
-                    ]
-                    deadline = time.monotonic() + PORTS_BOUND_TIMEOUT_S
-                    while time.monotonic() < deadline and not all(
-                        _port_is_bound(self.ip, p) for p in ports
-                    ):
-                        if not await self.is_alive():
-                            break  # the kernel died at start; nbclient reports it
-                        await asyncio.sleep(0.05)
-                finally:
-                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+            self.cache_ports = False  # use the reserved ports, not the per-process cache
+            (self.shell_port, self.iopub_port, self.stdin_port, self.hb_port, self.control_port) = (
+                reserve_kernel_ports(self.ip)
+            )
+            await super().start_kernel(**kwargs)
 
-    return LockedPortKernelManager
+    return ReservedPortKernelManager
+
+
+def in_own_event_loop(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` in an empty context, and close the event loop it made there afterwards.
+
+    jupyter_core keeps the event loop papermill/nbclient run on in a ContextVar. Prefect copies
+    the flow's context into every task thread, so once the flow thread has run one notebook,
+    parallel tasks all find that same loop and fail with "This event loop is already running".
+    An empty context gives each execution its own loop.
+    """
+    import asyncio
+    import contextvars
+
+    context = contextvars.Context()
+    try:
+        return context.run(fn, *args, **kwargs)
+    finally:
+        for value in context.values():
+            if isinstance(value, asyncio.AbstractEventLoop) and not value.is_running():
+                value.close()
 
 
 def execute_notebook(
@@ -213,7 +246,8 @@ def execute_notebook(
     check_parameters(notebook, parameters)
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(
+        in_own_event_loop(
+            papermill.execute_notebook,
             str(notebook),
             str(executed),
             parameters=dict(parameters),
@@ -222,7 +256,7 @@ def execute_notebook(
             cwd=str(cwd or notebook.parent),
             progress_bar=False,
             log_output=False,
-            kernel_manager_class=locked_port_kernel_manager(),
+            kernel_manager_class=reserved_port_kernel_manager(),
         )
     except PapermillExecutionError as exc:
         render_html(executed)

@@ -36,7 +36,7 @@ SERVICE_MODULE = "service"
 FEATURE_SCHEMA_KEY = "feature_schema"
 # What the service imports at serve time. Pinned to the installed versions so the bento's
 # pipeline is unpickled by the scikit-learn that pickled it.
-SERVE_TIME_PACKAGES = ("scikit-learn", "pandas", "numpy", "pydantic", "joblib")
+SERVE_TIME_PACKAGES = ("scikit-learn", "pandas", "numpy", "pydantic", "joblib", "threadpoolctl")
 
 
 def save_model(
@@ -221,6 +221,27 @@ def delete_model(tag: str) -> None:
         raise PackagingError(
             f"Deleting model {tag} from the BentoML store failed: {exc}; "
             "fix: check BENTOML_HOME permissions, or run `bentoml models delete` by hand"
+        ) from exc
+
+
+def delete_bento(tag: str) -> None:
+    """Delete one exact bento version, e.g. one that failed infra validation, before its model.
+
+    Idempotent (an already-missing bento is fine, so undo can be retried); ``:latest`` is refused
+    for the same reason as in ``delete_model``.
+    """
+    _require_exact_tag(tag)
+
+    import bentoml
+
+    try:
+        bentoml.bentos.delete(tag)
+    except bentoml.exceptions.NotFound:
+        return
+    except (bentoml.exceptions.BentoMLException, OSError) as exc:
+        raise PackagingError(
+            f"Deleting bento {tag} from the BentoML store failed: {exc}; "
+            "fix: check BENTOML_HOME permissions, or run `bentoml delete` by hand"
         ) from exc
 
 

@@ -11,23 +11,34 @@ from __future__ import annotations
 
 import shutil
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import gate as gate_mod
-from flows.errors import NbprodError, PackagingError, RunStoreError
-from flows.manifest import build_manifest, data_fingerprint
+from flows.errors import ConfigError, NbprodError, PackagingError, RunStoreError
+from flows.manifest import build_manifest, data_fingerprint, file_sha256
 from flows.notebook import (
+    OUTPUTS_FILE,
     NotebookOutputs,
     check_not_reserved,
     check_parameters,
     execute_notebook,
     read_outputs,
+)
+from flows.runner import (
+    cache_dir,
+    expand_grid,
+    notebook_cache_key,
+    resolve_secret,
+    scrub_secrets,
+    secret_reference,
 )
 from flows.schema import DataSchema, derive_schema, read_table, validate_frame
 from flows.settings import PROJECT_ROOT, NbprodSettings, load_settings
@@ -59,12 +70,18 @@ def validate_input_data(data_path: Path, reference_path: Path) -> DataSchema:
     return schema
 
 
+def _notebook_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """None (no caching) unless the caller computed a content key for this execution."""
+    return parameters.get("cache_key")
+
+
 @task(
     name="run-notebook",
     retries=1,
     retry_delay_seconds=1,
     retry_condition_fn=kernel_died,
-    cache_policy=NO_CACHE,
+    cache_key_fn=_notebook_cache_key,
+    persist_result=True,
     task_run_name="run-notebook-{name}",
 )
 def run_notebook(
@@ -75,9 +92,121 @@ def run_notebook(
     kernel_name: str,
     timeout_s: int,
     required: tuple[str, ...],
+    cache_key: str | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
 ) -> NotebookOutputs:
-    execute_notebook(notebook, executed, parameters, kernel_name=kernel_name, timeout_s=timeout_s)
-    return read_outputs(notebook.name, Path(parameters["output_dir"]), required=required)
+    out_dir = Path(parameters["output_dir"])
+    shutil.rmtree(out_dir, ignore_errors=True)  # a re-execution never mixes with stale files
+    values = {k: resolve_secret(k, ref) for k, ref in (secrets or {}).items()}
+    try:
+        execute_notebook(
+            notebook,
+            executed,
+            {**parameters, **values},
+            kernel_name=kernel_name,
+            timeout_s=timeout_s,
+        )
+    finally:
+        scrub_secrets(
+            [executed, executed.with_suffix(".html"), *sorted(out_dir.rglob("*"))],
+            values.values(),
+        )
+    outputs = read_outputs(notebook.name, out_dir, required=required)
+    return replace(outputs, executed=executed)
+
+
+@dataclass(frozen=True)
+class NotebookCall:
+    """One notebook execution as the flow plans it: where it writes, and how it is cached."""
+
+    name: str
+    notebook: Path
+    executed: Path
+    parameters: dict[str, Any]
+    cache_key: str | None
+    secrets: dict[str, dict[str, str]]
+
+
+def plan_notebook(
+    name: str,
+    notebook: Path,
+    parameters: dict[str, Any],
+    *,
+    home: Path,
+    scratch: Path,
+    kernel_name: str,
+    use_cache: bool,
+    secrets: dict[str, dict[str, str]] | None = None,
+) -> NotebookCall:
+    """Cached calls write under a content-addressed folder that outlives the run."""
+    secrets = secrets or {}
+    params = {**parameters, **{k: secret_reference(ref) for k, ref in secrets.items()}}
+    if not use_cache:
+        out = scratch / "outputs" / name
+        return NotebookCall(
+            name,
+            notebook,
+            scratch / "notebooks" / f"{name}.ipynb",
+            {**parameters, "output_dir": str(out)},
+            None,
+            secrets,
+        )
+    key = notebook_cache_key(notebook, params, kernel_name, secret_names=secrets)
+    base = cache_dir(home, notebook, key)
+    return NotebookCall(
+        name,
+        notebook,
+        base / "executed" / f"{notebook.stem}.ipynb",
+        {**parameters, "output_dir": str(base / "outputs")},
+        key,
+        secrets,
+    )
+
+
+def call_notebook(
+    call: NotebookCall, settings: NbprodSettings, required: tuple[str, ...], *, refresh: bool
+) -> tuple[NotebookOutputs, str]:
+    """Run (or reuse) one notebook; returns its outputs and 'hit', 'miss' or 'off'."""
+    task_fn = run_notebook.with_options(refresh_cache=must_refresh(call, refresh))
+    state = task_fn(
+        call.name,
+        call.notebook,
+        call.executed,
+        call.parameters,
+        settings.kernel_name,
+        settings.execution_timeout_s,
+        required,
+        cache_key=call.cache_key,
+        secrets=call.secrets or None,
+        return_state=True,
+    )
+    return from_state(call, state, required)
+
+
+def must_refresh(call: NotebookCall, forced: bool) -> bool:
+    """Re-execute when asked to, or when this home's cache folder lacks the files.
+
+    Prefect's cache record says an execution happened; the files live under NBPROD_HOME, which
+    may have been cleaned, or may be another home sharing the same Prefect server.
+    """
+    if call.cache_key is None:
+        return forced
+    out = Path(call.parameters["output_dir"])
+    return forced or not ((out / OUTPUTS_FILE).exists() and call.executed.exists())
+
+
+def from_state(
+    call: NotebookCall, state: Any, required: tuple[str, ...]
+) -> tuple[NotebookOutputs, str]:
+    """Outputs are read back from this call's own folder, never from a pickled path."""
+    result = state.result()  # raises the task's exception if it failed
+    if call.cache_key is None:
+        return result, "off"
+    outputs = read_outputs(
+        call.notebook.name, Path(call.parameters["output_dir"]), required=required
+    )
+    status = "hit" if state.name == "Cached" else "miss"
+    return replace(outputs, executed=call.executed), status
 
 
 @task(name="score-champion", cache_policy=NO_CACHE)
@@ -216,6 +345,42 @@ def package_model(
     return model_tag, bento_tag
 
 
+INFRA_SAMPLE_ROWS = 200
+
+
+@task(name="infra-check", cache_policy=NO_CACHE)
+def infra_check(
+    bento_tag: str, model_tag: str, test_path: Path, model_path: Path
+) -> dict[str, Any]:
+    """Serve the built bento for real and require the notebook model's answers from it."""
+    import joblib
+    import pandas as pd
+
+    from flows.serving import validate_bento
+
+    sample = pd.read_parquet(test_path).head(INFRA_SAMPLE_ROWS)
+    model = joblib.load(model_path)
+    features = sample.drop(
+        columns=[c for c in (TARGET, DATETIME_COLUMN, *ID_COLUMNS) if c in sample.columns]
+    )
+    positive = list(model.classes_).index(1)
+    expected = pd.DataFrame(
+        {
+            "prediction": model.predict(features).astype(int),
+            "probability": model.predict_proba(features)[:, positive],
+        }
+    )
+    return validate_bento(bento_tag, sample, expected, model_tag=model_tag)
+
+
+def discard_package(model_tag: str, bento_tag: str) -> None:
+    """A bento that failed its infra check must not be mistaken for an approved one."""
+    from flows.packaging import delete_bento, delete_model
+
+    delete_bento(bento_tag)
+    delete_model(model_tag)
+
+
 @dataclass
 class RunState:
     """What the flow has produced so far, so a failure can still store everything it has."""
@@ -226,51 +391,132 @@ class RunState:
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
     notebooks: dict[str, Path] = field(default_factory=dict)
+    # Stored name (e.g. "train", "train-grid-2") -> executed .ipynb, known before execution.
+    executed: dict[str, Path] = field(default_factory=dict)
+    secret_values: list[str] = field(default_factory=list)
 
 
 def _store_notebooks(store: RunStore, state: RunState) -> dict[str, str]:
     links: dict[str, str] = {}
-    for name in ("prepare", "train"):
-        for suffix in (".ipynb", ".html"):
-            path = state.workdir / "notebooks" / f"{name}{suffix}"
+    for name, ipynb in state.executed.items():
+        for path in (ipynb, ipynb.with_suffix(".html")):
             if path.exists():
-                store.put_file(state.version, f"notebooks/{name}{suffix}", path)
-                links[f"{name} notebook ({suffix[1:]})"] = store.uri(
-                    state.version, f"notebooks/{name}{suffix}"
-                )
+                rel = f"notebooks/{name}{path.suffix}"
+                store.put_file(state.version, rel, path)
+                if "-grid-" not in name:
+                    links[f"{name} notebook ({path.suffix[1:]})"] = store.uri(state.version, rel)
     return links
 
 
-@flow(name="training_pipeline", log_prints=True)
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The flow's inputs once a pipeline spec (if any) and explicit arguments are merged."""
+
+    data_path: str
+    reference_path: str
+    start_date: str
+    end_date: str
+    prepare_params: dict[str, Any]
+    train_params: dict[str, Any]
+    train_grid: dict[str, list[Any]]
+    secrets: dict[str, dict[str, dict[str, str]]]
+    policy_path: str | None
+    notebooks: tuple[Path, Path]
+    spec_name: str | None = None
+
+
+def resolve_training_config(
+    spec: str | None, settings: NbprodSettings, **given: Any
+) -> TrainingConfig:
+    """Explicit flow arguments win over the spec; the spec wins over built-in defaults."""
+    defaults: dict[str, Any] = {
+        "data_path": "data/loans.csv",
+        "reference_path": "data/reference.csv",
+        "start_date": "2024-01-01",
+        "end_date": "2024-10-01",
+    }
+    prepare_nb = settings.notebooks_dir / "prepare.ipynb"
+    train_nb = settings.notebooks_dir / "train.ipynb"
+    spec_params: dict[str, dict[str, Any]] = {}
+    grid: dict[str, list[Any]] = {}
+    secrets: dict[str, dict[str, dict[str, str]]] = {}
+    policy = None
+    name = None
+    if spec:
+        from flows.spec import load_spec
+
+        loaded = load_spec(_resolve(spec))
+        name = loaded.name
+        defaults.update({k: v for k, v in loaded.data.items() if k in defaults})
+        if len(loaded.notebooks) >= 2:
+            prepare_nb, train_nb = _resolve(loaded.notebooks[-2]), _resolve(loaded.notebooks[-1])
+        spec_params = {k: dict(v) for k, v in loaded.parameters.items()}
+        grid = dict(loaded.grid.get(train_nb.stem, {}))
+        secrets = {
+            nb: {p: ref.model_dump(exclude_none=True) for p, ref in refs.items()}
+            for nb, refs in loaded.secrets.items()
+        }
+        policy = loaded.policy
+    values = {k: (given.get(k) if given.get(k) is not None else v) for k, v in defaults.items()}
+    return TrainingConfig(
+        **values,
+        prepare_params={
+            **spec_params.get(prepare_nb.stem, {}),
+            **(given.get("prepare_params") or {}),
+        },
+        train_params={**spec_params.get(train_nb.stem, {}), **(given.get("train_params") or {})},
+        train_grid=given.get("train_grid") or grid,
+        secrets=given.get("secrets") or secrets,
+        policy_path=given.get("policy_path") or policy,
+        notebooks=(prepare_nb, train_nb),
+        spec_name=name,
+    )
+
+
+def gate_metric(policy: gate_mod.GatePolicy) -> tuple[str, bool]:
+    """The metric that ranks grid points: the policy's first champion metric, and its direction."""
+    for metric, rule in policy.champion.items():
+        return metric, rule.direction == "higher_is_better"
+    return "roc_auc", True
+
+
+@flow(name="training_pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
 def training_pipeline(
-    data_path: str = "data/loans.csv",
-    reference_path: str = "data/reference.csv",
-    start_date: str = "2024-01-01",
-    end_date: str = "2024-10-01",
+    data_path: str | None = None,
+    reference_path: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
     train_params: dict[str, Any] | None = None,
     prepare_params: dict[str, Any] | None = None,
+    train_grid: dict[str, list[Any]] | None = None,
+    secrets: dict[str, dict[str, dict[str, str]]] | None = None,
     policy_path: str | None = None,
     run_store_url: str | None = None,
+    spec: str | None = None,
+    no_cache: bool = False,
     triggered_by: str = "manual",
 ) -> dict[str, Any]:
-    """Prepare → validate → train → report → gate → package → move champion, versioned."""
+    """Prepare → validate → train (a grid, in parallel) → report → gate → package → champion.
+
+    ``spec`` names a pipeline spec under ``deployments/`` (written by ``nbprod promote``); explicit
+    arguments override it. ``secrets`` maps notebook → parameter → ``{"env": NAME}`` or
+    ``{"block": NAME}``; values are read at run time and never stored.
+    """
     logger = get_run_logger()
     settings = load_settings()
     store = RunStore(run_store_url or settings.resolved_run_store_url)
     version = new_version_id()
     state = RunState(version=version, workdir=settings.scratch_dir / version)
     champion = store.champion()
-    started_at = utc_now()
     flow_ctx = FlowRunContext.get()
     flow_run_id = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None
     record: dict[str, Any] = {
         "pipeline": "training_pipeline",
-        "started_at": started_at,
+        "started_at": utc_now(),
         "flow_run_id": flow_run_id,
         "triggered_by": triggered_by,
         "champion_before": champion,
         "champion_after": champion,
-        "window": [start_date, end_date],
     }
     links: dict[str, str] = {}
     store.begin(version)
@@ -278,32 +524,52 @@ def training_pipeline(
         "run %s started (champion: %s)", version, champion["version"] if champion else "none"
     )
     try:
-        data = _resolve(data_path)
-        reference = _resolve(reference_path)
-        nb_dir = settings.notebooks_dir
-        prep_nb, train_nb = nb_dir / "prepare.ipynb", nb_dir / "train.ipynb"
+        state.step = "check-parameters"  # everything here runs before any kernel starts
+        cfg = resolve_training_config(
+            spec,
+            settings,
+            data_path=data_path,
+            reference_path=reference_path,
+            start_date=start_date,
+            end_date=end_date,
+            train_params=train_params,
+            prepare_params=prepare_params,
+            train_grid=train_grid,
+            secrets=secrets,
+            policy_path=policy_path,
+        )
+        record.update(window=[cfg.start_date, cfg.end_date], spec=cfg.spec_name)
+        data, reference = _resolve(cfg.data_path), _resolve(cfg.reference_path)
+        prep_nb, train_nb = cfg.notebooks
         state.notebooks = {"prepare": prep_nb, "train": train_nb}
-        out = state.workdir / "outputs"
-        state.parameters["prepare"] = {
-            **(prepare_params or {}),
+        check_not_reserved(cfg.prepare_params, cfg.train_params)
+        points = expand_grid(cfg.train_grid)
+        prep_secrets = cfg.secrets.get(prep_nb.stem, {})
+        train_secrets = cfg.secrets.get(train_nb.stem, {})
+        placeholders = {
             "data_path": str(data),
-            "start_date": start_date,
-            "end_date": end_date,
-            "output_dir": str(out / "prepare"),
+            "start_date": cfg.start_date,
+            "end_date": cfg.end_date,
+            "output_dir": ".",
         }
-        state.parameters["train"] = {
-            **(train_params or {}),
-            "train_path": str(out / "prepare" / "train.parquet"),
-            "test_path": str(out / "prepare" / "test.parquet"),
-            "output_dir": str(out / "train"),
-        }
-
-        state.step = "check-parameters"  # before any kernel starts
-        check_not_reserved(prepare_params, train_params)
-        check_parameters(prep_nb, state.parameters["prepare"])
-        check_parameters(train_nb, state.parameters["train"])
-        policy = gate_mod.load_policy(Path(policy_path) if policy_path else settings.policy_path)
-        store.put_json(version, "parameters.json", state.parameters)
+        check_parameters(
+            prep_nb, {**cfg.prepare_params, **placeholders, **dict.fromkeys(prep_secrets, "")}
+        )
+        for point in points:
+            check_parameters(
+                train_nb,
+                {
+                    **cfg.train_params,
+                    **point,
+                    "train_path": ".",
+                    "test_path": ".",
+                    "output_dir": ".",
+                    **dict.fromkeys(train_secrets, ""),
+                },
+            )
+        policy = gate_mod.load_policy(
+            Path(cfg.policy_path) if cfg.policy_path else settings.policy_path
+        )
 
         state.step = "validate-input-data"
         state.fingerprints["data"] = data_fingerprint(data)
@@ -312,29 +578,50 @@ def training_pipeline(
         store.put_json(version, "schema.json", schema.to_dict())
 
         state.step = "prepare"
-        prepared = run_notebook(
+        plan = partial(
+            plan_notebook,
+            home=settings.home,
+            scratch=state.workdir,
+            kernel_name=settings.kernel_name,
+            use_cache=True,
+        )
+        prep_call = plan(
             "prepare",
             prep_nb,
-            state.workdir / "notebooks" / "prepare.ipynb",
-            state.parameters["prepare"],
-            settings.kernel_name,
-            settings.execution_timeout_s,
-            ("train", "test"),
+            {**cfg.prepare_params, **{k: v for k, v in placeholders.items() if k != "output_dir"}},
+            secrets=prep_secrets,
         )
+        state.parameters["prepare"] = _stored_parameters(prep_call)
+        state.executed["prepare"] = prep_call.executed
+        prepared, prep_cache = call_notebook(
+            prep_call, settings, ("train", "test"), refresh=no_cache
+        )
+        cache = {"prepare": prep_cache}
+
         state.step = "train"
         # The prepare notebook's declared outputs, not assumed paths, feed the train notebook.
-        state.parameters["train"].update(
-            train_path=str(prepared.outputs["train"]), test_path=str(prepared.outputs["test"])
-        )
-        trained = run_notebook(
-            "train",
-            train_nb,
-            state.workdir / "notebooks" / "train.ipynb",
-            state.parameters["train"],
-            settings.kernel_name,
-            settings.execution_timeout_s,
-            ("model", "predictions"),
-        )
+        wired = {
+            "train_path": str(prepared.outputs["train"]),
+            "test_path": str(prepared.outputs["test"]),
+        }
+        calls = []
+        for i, point in enumerate(points):
+            call = plan(
+                "train", train_nb, {**cfg.train_params, **point, **wired}, secrets=train_secrets
+            )
+            stored_name = "train" if len(points) == 1 else f"train-grid-{i}"
+            state.executed[stored_name] = call.executed
+            calls.append(call)
+        state.parameters["train"] = _stored_parameters(calls[0])
+        trained, best, grid_record = run_grid(calls, points, settings, policy, no_cache)
+        if len(points) > 1:
+            state.parameters["train"] = _stored_parameters(calls[best])
+            state.executed["train"] = calls[best].executed
+            record["grid"] = grid_record
+        cache.update(grid_record.get("cache", {}))
+        record["cache"] = cache
+        logger.info("notebook cache: %s", ", ".join(f"{k} {v}" for k, v in cache.items()))
+        store.put_json(version, "parameters.json", state.parameters)
         for name in ("train", "test"):
             state.fingerprints[name] = data_fingerprint(prepared.outputs[name])
         state.fingerprints["model"] = data_fingerprint(trained.outputs["model"])
@@ -388,9 +675,13 @@ def training_pipeline(
         record.update(decision=decision.to_dict()["decision"], reasons=decision.reasons)
         logger.info("gate: %s — %s", record["decision"], "; ".join(decision.reasons))
 
-        for name in ("prepare", "train"):
-            outputs = prepared if name == "prepare" else trained
-            store.put_tree(version, f"outputs/{name}", outputs.output_dir)
+        store.put_tree(version, "outputs/prepare", prepared.output_dir)
+        store.put_tree(version, "outputs/train", trained.output_dir)
+        if len(points) > 1:
+            for i, call in enumerate(calls):
+                if Path(call.parameters["output_dir"]).exists():
+                    store.put_tree(version, f"grid/{i}", Path(call.parameters["output_dir"]))
+            store.put_json(version, "grid.json", grid_record)
         links.update(_store_notebooks(store, state))
         store.put_json(version, "fingerprints.json", state.fingerprints)
         manifest = build_manifest(
@@ -407,13 +698,25 @@ def training_pipeline(
         if decision.accepted:
             state.step = "package"
             model_tag, bento_tag = package_model(
-                settings,
-                version,
-                trained,
-                cand_metrics,
-                schema,
-                manifest,
+                settings, version, trained, cand_metrics, schema, manifest
             )
+            state.step = "infra-check"
+            infra = infra_check(
+                bento_tag, model_tag, prepared.outputs["test"], trained.outputs["model"]
+            )
+            store.put_json(version, "infra_check.json", infra)
+            record["infra_check"] = {"passed": infra["passed"], "reason": infra["reason"]}
+            if not infra["passed"]:
+                discard_package(model_tag, bento_tag)
+                record.update(
+                    decision="rejected",
+                    reasons=[f"infra check failed: {infra['reason']}", *decision.reasons],
+                )
+                logger.warning("bento %s failed the infra check: %s", bento_tag, infra["reason"])
+                final = store.finalize(version, {**record, "status": "rejected"})
+                _publish(final, links, logger)
+                shutil.rmtree(state.workdir, ignore_errors=True)
+                return final
             record.update(model_tag=model_tag, bento_tag=bento_tag)
             state.step = "promote"
             record["champion_after"] = store.set_champion(
@@ -437,10 +740,259 @@ def training_pipeline(
         raise
 
 
+def grid_point_metrics(outputs: NotebookOutputs) -> dict[str, float]:
+    if "predictions" in outputs.outputs:
+        import pandas as pd
+
+        from flows.metrics import classification_metrics
+
+        preds = pd.read_parquet(outputs.outputs["predictions"])
+        if {TARGET, "prediction", "probability"} <= set(preds.columns):
+            return classification_metrics(preds[TARGET], preds["prediction"], preds["probability"])
+    return dict(outputs.metrics)
+
+
+def _stored_parameters(call: NotebookCall) -> dict[str, Any]:
+    """Parameters as recorded: secrets by reference, never by value."""
+    return {**call.parameters, **{k: secret_reference(ref) for k, ref in call.secrets.items()}}
+
+
+def run_grid(
+    calls: list[NotebookCall],
+    points: list[dict[str, Any]],
+    settings: NbprodSettings,
+    policy: gate_mod.GatePolicy,
+    no_cache: bool,
+) -> tuple[NotebookOutputs, int, dict[str, Any]]:
+    """Run every grid point concurrently on the flow's task runner; keep all, pick the best.
+
+    Points are ranked by the gate metric: computed from a ``predictions`` output when there is
+    one (the same way as for the gate), else read from the notebook's own metrics.
+    """
+    required: tuple[str, ...] = ("model", "predictions") if calls[0].name == "train" else ()
+    if len(calls) == 1:
+        outputs, status = call_notebook(calls[0], settings, required, refresh=no_cache)
+        return outputs, 0, {"cache": {calls[0].name: status}}
+    futures = [
+        run_notebook.with_options(
+            task_run_name=f"run-notebook-{c.name}-grid-{i}",
+            refresh_cache=must_refresh(c, no_cache),
+        ).submit(
+            c.name,
+            c.notebook,
+            c.executed,
+            c.parameters,
+            settings.kernel_name,
+            settings.execution_timeout_s,
+            required,
+            cache_key=c.cache_key,
+            secrets=c.secrets or None,
+        )
+        for i, c in enumerate(calls)
+    ]
+    metric, higher = gate_metric(policy)
+    results: list[dict[str, Any]] = []
+    outputs_by_index: dict[int, NotebookOutputs] = {}
+    first_error: BaseException | None = None
+    for i, (future, point) in enumerate(zip(futures, points, strict=True)):
+        future.wait()
+        entry: dict[str, Any] = {"index": i, "parameters": point}
+        try:
+            out, entry["cache"] = from_state(calls[i], future.state, required)
+        except Exception as exc:
+            first_error = first_error or exc
+            entry.update(status="failed", cache="miss", error=str(exc))
+        else:
+            entry.update(status="completed", metrics=grid_point_metrics(out))
+            outputs_by_index[i] = out
+        results.append(entry)
+    if not outputs_by_index:
+        assert first_error is not None
+        raise first_error
+    scored = [r for r in results if r["status"] == "completed" and metric in r["metrics"]]
+    if not scored:
+        raise ConfigError(
+            f"no grid point reported the gate metric {metric!r}: the notebook must "
+            "write it to outputs.json metrics (or a predictions output)"
+        )
+    best = (max if higher else min)(scored, key=lambda r: r["metrics"][metric])["index"]
+    record = {
+        "metric": metric,
+        "higher_is_better": higher,
+        "best_index": best,
+        "best_parameters": points[best],
+        "points": results,
+        "cache": {f"{calls[0].name}-grid-{r['index']}": r["cache"] for r in results},
+    }
+    return outputs_by_index[best], best, record
+
+
 def _resolve(path: str) -> Path:
-    """Relative data paths are relative to the project, so deployments and the CLI agree."""
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else (PROJECT_ROOT / candidate).resolve()
+    """Relative paths are relative to the project ($NBPROD_PROJECT_DIR or this checkout)."""
+    from flows.spec import resolve_project_path
+
+    return resolve_project_path(path).resolve()
+
+
+def split_parameters(given: dict[str, Any] | None, stems: list[str]) -> dict[str, dict[str, Any]]:
+    """``{stem: {...}}`` addresses notebooks by name; a flat dict is for the last notebook."""
+    given = dict(given or {})
+    if given and all(k in stems and isinstance(v, dict) for k, v in given.items()):
+        return given
+    return {stems[-1]: given} if given else {}
+
+
+def wire_upstream(outputs: NotebookOutputs | None, declared: dict[str, Any]) -> dict[str, str]:
+    """An upstream output named X feeds a downstream parameter named X_path."""
+    if outputs is None:
+        return {}
+    return {
+        f"{name}_path": str(path)
+        for name, path in outputs.outputs.items()
+        if f"{name}_path" in declared
+    }
+
+
+@flow(name="notebook_pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+def notebook_pipeline(
+    spec: str,
+    parameters: dict[str, Any] | None = None,
+    no_cache: bool = False,
+    run_store_url: str | None = None,
+    triggered_by: str = "manual",
+) -> dict[str, Any]:
+    """Run a promoted notebook (or a chain of them) from its spec, versioned like any run.
+
+    ``parameters`` override the spec's: ``{notebook_stem: {...}}``, or a flat dict for the last
+    notebook. Every value is checked against the notebooks' parameters cells before any kernel
+    starts. A grid in the spec fans out in parallel; the best point by the gate metric is kept.
+    """
+    from flows.notebook import declared_parameters
+    from flows.spec import load_spec
+
+    logger = get_run_logger()
+    settings = load_settings()
+    store = RunStore(run_store_url or settings.resolved_run_store_url)
+    version = new_version_id()
+    state = RunState(version=version, workdir=settings.scratch_dir / version)
+    flow_ctx = FlowRunContext.get()
+    record: dict[str, Any] = {
+        "pipeline": "notebook_pipeline",
+        "started_at": utc_now(),
+        "flow_run_id": str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None,
+        "triggered_by": triggered_by,
+    }
+    links: dict[str, str] = {}
+    store.begin(version)
+    try:
+        state.step = "check-parameters"
+        loaded = load_spec(_resolve(spec))
+        record["spec"] = loaded.name
+        notebooks = [_resolve(nb) for nb in loaded.notebooks]
+        stems = [nb.stem for nb in notebooks]
+        overrides = split_parameters(parameters, stems)
+        policy = gate_mod.load_policy(
+            _resolve(loaded.policy) if loaded.policy else settings.policy_path
+        )
+        plans: list[tuple[Path, dict[str, Any], dict[str, dict[str, str]], list[dict]]] = []
+        for nb in notebooks:
+            declared = declared_parameters(nb)
+            params = {**loaded.parameters.get(nb.stem, {}), **overrides.get(nb.stem, {})}
+            nb_secrets = {
+                p: ref.model_dump(exclude_none=True)
+                for p, ref in loaded.secrets.get(nb.stem, {}).items()
+            }
+            points = expand_grid(loaded.grid.get(nb.stem))
+            wired_placeholders = {
+                p: "."
+                for p in declared
+                if p.endswith("_path") and p not in params and nb is not notebooks[0]
+            }
+            for point in points:
+                check_parameters(
+                    nb,
+                    {
+                        **params,
+                        **point,
+                        **wired_placeholders,
+                        "output_dir": ".",
+                        **dict.fromkeys(nb_secrets, ""),
+                    },
+                )
+            plans.append((nb, params, nb_secrets, points))
+
+        previous: NotebookOutputs | None = None
+        cache: dict[str, str] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        plan = partial(
+            plan_notebook,
+            home=settings.home,
+            scratch=state.workdir,
+            kernel_name=settings.kernel_name,
+            use_cache=True,
+        )
+        for nb, params, nb_secrets, points in plans:
+            state.step = nb.stem
+            state.notebooks[nb.stem] = nb
+            wired = wire_upstream(previous, declared_parameters(nb))
+            calls = [
+                plan(nb.stem, nb, {**params, **point, **wired}, secrets=nb_secrets)
+                for point in points
+            ]
+            for i, call in enumerate(calls):
+                state.executed[nb.stem if len(calls) == 1 else f"{nb.stem}-grid-{i}"] = (
+                    call.executed
+                )
+            if len(calls) == 1:
+                outputs, status = call_notebook(calls[0], settings, (), refresh=no_cache)
+                cache[nb.stem] = status
+                best = 0
+            else:
+                outputs, best, grid_record = run_grid(calls, points, settings, policy, no_cache)
+                cache.update(grid_record["cache"])
+                record.setdefault("grid", {})[nb.stem] = grid_record
+                state.executed[nb.stem] = calls[best].executed
+                for i, call in enumerate(calls):
+                    if Path(call.parameters["output_dir"]).exists():
+                        store.put_tree(
+                            version, f"grid/{nb.stem}/{i}", Path(call.parameters["output_dir"])
+                        )
+            state.parameters[nb.stem] = _stored_parameters(calls[best])
+            metrics[nb.stem] = outputs.metrics
+            for name, path in outputs.outputs.items():
+                if path.is_file():
+                    state.fingerprints[f"{nb.stem}.{name}"] = {
+                        "sha256": file_sha256(path),
+                        "bytes": path.stat().st_size,
+                    }
+            store.put_tree(version, f"outputs/{nb.stem}", outputs.output_dir)
+            previous = outputs
+        record["cache"] = cache
+        logger.info("notebook cache: %s", ", ".join(f"{k} {v}" for k, v in cache.items()))
+        store.put_json(version, "parameters.json", state.parameters)
+        store.put_json(version, "metrics.json", metrics)
+        store.put_json(version, "fingerprints.json", state.fingerprints)
+        links.update(_store_notebooks(store, state))
+        store.put_json(
+            version,
+            "manifest.json",
+            build_manifest(
+                version=version,
+                notebooks=state.notebooks,
+                parameters=state.parameters,
+                inputs=state.fingerprints,
+                champion=None,
+                project_root=PROJECT_ROOT,
+            ),
+        )
+        record["metrics"] = {"candidate": metrics[stems[-1]], "champion": None}
+        final = store.finalize(version, {**record, "status": "completed"})
+        _publish(final, links, logger)
+        shutil.rmtree(state.workdir, ignore_errors=True)
+        return final
+    except BaseException as exc:
+        _record_failure(store, state, record, links, exc, logger)
+        raise
 
 
 def _record_failure(

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from flows.errors import RunStoreError
 
-RunStatus = Literal["accepted", "rejected", "failed"]
+# accepted/rejected: a training run's gate decision; completed: a plain notebook pipeline run.
+RunStatus = Literal["accepted", "rejected", "completed", "failed"]
 RUN_RECORD = "run.json"
 CHAMPION = "champion.json"
 HISTORY_DIR = "champion_history"
@@ -112,8 +113,10 @@ class RunStore:
 
     def finalize(self, version: str, record: dict[str, Any]) -> dict[str, Any]:
         """Write run.json last: from this moment the version is listed, and frozen."""
-        if record.get("status") not in ("accepted", "rejected", "failed"):
-            raise RunStoreError(f"run {version}: status must be accepted, rejected or failed")
+        if record.get("status") not in ("accepted", "rejected", "completed", "failed"):
+            raise RunStoreError(
+                f"run {version}: status must be accepted, rejected, completed or failed"
+            )
         self._writable(version)
         full = {**record, "version": version, "finished_at": utc_now()}
         self._atomic_write(

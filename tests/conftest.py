@@ -27,7 +27,6 @@ def pytest_configure(config: pytest.Config) -> None:
             "DO_NOT_TRACK": "1",
             "BENTOML_DO_NOT_TRACK": "true",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-            "PREFECT_LOGGING_TO_API_ENABLED": "false",
         }
     )
     os.environ.pop("PREFECT_API_URL", None)

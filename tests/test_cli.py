@@ -29,7 +29,19 @@ def test_help_lists_commands() -> None:
         [sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0
-    for command in ("run", "runs", "show", "champion", "lint", "repro"):
+    for command in (
+        "run",
+        "runs",
+        "show",
+        "champion",
+        "lint",
+        "repro",
+        "promote",
+        "deploy",
+        "containerize",
+        "serve",
+        "predict",
+    ):
         assert command in out.stdout
 
 

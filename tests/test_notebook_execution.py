@@ -117,7 +117,7 @@ def test_task_retries_a_dead_kernel_but_not_a_cell_error(
 
 
 def test_kernels_started_in_parallel_do_not_race(tmp_path: Path) -> None:
-    """Each kernel talks over Unix sockets in its own directory: no shared port to collide on."""
+    """Ports come from a machine-wide reservation registry: parallel starts cannot collide."""
     from concurrent.futures import ThreadPoolExecutor
 
     nb = make_notebook(tmp_path)
@@ -136,3 +136,24 @@ def test_kernels_started_in_parallel_do_not_race(tmp_path: Path) -> None:
     assert results == [str(i * 2) for i in range(6)]
     executed = nbformat.read(tmp_path / "run0.ipynb", as_version=4)
     assert executed.metadata["papermill"]["exception"] is None
+
+
+def test_port_reservations_never_overlap_across_processes() -> None:
+    """Two processes reserving at once never get the same port (the registry is shared)."""
+    import json as _json
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from flows.notebook import reserve_kernel_ports; "
+        "print(json.dumps([reserve_kernel_ports('127.0.0.1') for _ in range(20)]))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    ports = [
+        p for proc in procs for batch in _json.loads(proc.communicate(timeout=60)[0]) for p in batch
+    ]
+    assert len(ports) == 3 * 20 * 5
+    assert len(set(ports)) == len(ports)

@@ -127,6 +127,9 @@ def test_packaging_refuses_unsafe_operations(packaged: dict[str, Any]) -> None:
     assert "does-not-exist" in errors["build_missing"]
     assert packaged["tag_a"] in errors["delete_in_use"]
     assert errors["bad_schema"] and "purpose" in errors["bad_schema"]
+    assert "nbprod_classifier:run-0002" in errors["delete_b_in_use"]
+    assert "latest" in errors["delete_bento_latest"]
+    assert packaged["deleted_bento_b"] is True
     assert packaged["deleted_b_twice"] is True
 
 
@@ -165,9 +168,8 @@ def test_served_bento_predicts_like_the_joblib_model(
 
         status, body = _request(base + "/predict", {"records": rows})
         assert status == 200, body
-        assert body["predictions"] == expected
-        assert body["probabilities"] == pytest.approx(expected_proba, abs=1e-9)
-        assert body["model_tag"] == packaged["tag_a"]
+        assert [r["prediction"] for r in body] == expected
+        assert [r["probability"] for r in body] == pytest.approx(expected_proba, abs=1e-9)
 
         status, body = _request(base + "/metadata", {})
         assert status == 200, body
@@ -316,7 +318,7 @@ def _run_packaging(workdir: Path) -> None:
     """Save two models, build a bento pinned to the first, record what BentoML stored."""
     import bentoml
 
-    from flows.packaging import build_bento, delete_model, save_model
+    from flows.packaging import build_bento, delete_bento, delete_model, save_model
 
     model_a, model_b = workdir / "model_a.joblib", workdir / "model_b.joblib"
     frame, schema = _train(model_a, seed=0, flip=False)
@@ -370,6 +372,15 @@ def _run_packaging(workdir: Path) -> None:
             )
         ),
     }
+    # Undoing a packaging step whose bento failed validation: the bento first, then its model.
+    bento_b = build_bento(tag_b, bentos_dir=BENTOS_DIR, version="run-0002")
+    result["errors"]["delete_b_in_use"] = _error(lambda: delete_model(tag_b))
+    result["errors"]["delete_bento_latest"] = _error(
+        lambda: delete_bento("nbprod_classifier:latest")
+    )
+    delete_bento(bento_b)
+    delete_bento(bento_b)  # undo must be retryable
+    result["deleted_bento_b"] = all(str(b.tag) != bento_b for b in bentoml.bentos.list())
     delete_model(tag_b)
     delete_model(tag_b)  # undo must be retryable
     result["deleted_b_twice"] = all(str(m.tag) != tag_b for m in bentoml.models.list(MODEL_NAME))

@@ -99,6 +99,9 @@ def test_first_run_is_accepted_versioned_and_packaged(
     champion = store.champion()
     assert champion is not None and champion["version"] == version
     assert champion["model_tag"] == accepted["model_tag"]
+    # The bento was served for real and answered like the notebook's model before promotion.
+    assert accepted["infra_check"] == {"passed": True, "reason": None}
+    assert "infra_check.json" in files
 
 
 def test_lineage_manifest_names_notebooks_data_params_env_and_git(
@@ -347,3 +350,36 @@ def test_fsspec_store_and_drifted_window(prefect_server: None, env: Path) -> Non
     assert record["drift"]["n_drifted"] >= 3
     assert {"interest_rate", "credit_score"} <= set(record["drift"]["drifted_columns"])
     assert not (env / "runs" / "versions" / record["version"]).exists()  # nothing local
+
+
+def test_bento_failing_its_infra_check_is_not_promoted(
+    accepted: dict[str, Any],
+    store: RunStore,
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service that builds and starts but answers wrongly never becomes the champion."""
+    import bentoml
+
+    from flows.pipeline import training_pipeline
+
+    broken = tmp_path / "bentos"
+    shutil.copytree(ROOT / "bentos", broken)
+    service = (broken / "service.py").read_text()
+    assert "self.positive_index = classes.index(1)" in service
+    (broken / "service.py").write_text(
+        service.replace(
+            "self.positive_index = classes.index(1)", "self.positive_index = classes.index(0)"
+        )
+    )
+    monkeypatch.setenv("NBPROD_BENTOS_DIR", str(broken))
+    before = store.champion()
+    record = training_pipeline(triggered_by="test")
+    assert record["status"] == "rejected"
+    assert record["reasons"][0].startswith("infra check failed")
+    assert record["infra_check"]["passed"] is False
+    assert "infra_check.json" in store.files(record["version"])
+    assert store.champion() == before
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.get(f"nbprod_classifier:{record['version']}")

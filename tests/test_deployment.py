@@ -1,0 +1,311 @@
+"""A real deployment: `prefect server start`, a process work pool, a worker, a promoted notebook.
+
+The module starts a Prefect server on 127.0.0.1 (its own PREFECT_HOME), promotes a tiny notebook
+into a temporary copy of the project (the real prefect.yaml and deployments/ are never touched),
+registers it with ``flows.promote.deploy`` — which creates the ``nbprod-process`` pool — and
+starts ``prefect worker start --pool nbprod-process --type process``. Runs are triggered with
+``run_deployment`` and followed through the Prefect client until they reach a final state.
+
+Why a copy of ``flows/`` in the temporary project: the worker runs the flow from the project
+directory (prefect.yaml's pull step), exactly as it would from a fresh checkout. The worker gets
+no NBPROD_PROJECT_DIR of its own: the deployment carries it (job variables), which this proves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from flows.promote import deploy, ensure_work_pool, promote
+from flows.spec import load_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_START_TIMEOUT_S = 120.0
+WORKER_START_TIMEOUT_S = 90.0
+RUN_TIMEOUT_S = 240.0
+WORKER_NAME = "nbprod-test"
+PREFECT = [sys.executable, "-m", "prefect"]
+WORKER_ARGS = ["--pool", "nbprod-process", "--type", "process", "--name", WORKER_NAME]
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A child in its own process group, so the whole tree can be stopped afterwards."""
+    with open(log, "wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _log_tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def _write_notebook(path: Path) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell('n = 3\nscale = 1.5\noutput_dir = "out"')
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "import json\nfrom pathlib import Path\n\n"
+        "total = sum(i * scale for i in range(n))\n"
+        "out = Path(output_dir)\nout.mkdir(parents=True, exist_ok=True)\n"
+        '(out / "total.txt").write_text(str(total))\n'
+        '(out / "outputs.json").write_text(json.dumps({"outputs": {"total": "total.txt"}, '
+        '"metrics": {"total": total}, "values": {"n": n}}))'
+    )
+    nb.cells = [params, body]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Server, temporary project with a promoted and deployed notebook, and a running worker."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_API_URL, temporary_settings
+
+    base = tmp_path_factory.mktemp("deployment")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(base / "prefect-home"),
+        "PREFECT_API_URL": url,
+        "PREFECT_UI_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_TO_API_ENABLED": "true",
+    }
+    env.pop("NBPROD_PROJECT_DIR", None)
+    (base / "prefect-home").mkdir()
+    processes: list[subprocess.Popen[bytes]] = []
+    server_log, worker_log = base / "server.log", base / "worker.log"
+    try:
+        server = _start(
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            base,
+            server_log,
+        )
+        processes.append(server)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Prefect server did not start:\n{_log_tail(server_log)}")
+            time.sleep(0.5)
+
+        project = base / "project"
+        (project / "deployments").mkdir(parents=True)
+        shutil.copytree(
+            ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
+        for name in ("training.yaml", "policy.yaml"):
+            shutil.copy(ROOT / "deployments" / name, project / "deployments" / name)
+        notebook = _write_notebook(project / "notebooks" / "tiny.ipynb")
+
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_API_URL: url}):
+            result = promote(notebook, name="tiny-nb", skip_repro=True, project_root=project)
+            # The pool first (what `nbprod deploy` does when it is missing), so the worker can
+            # boot while `prefect deploy` runs: both take a while on two cores.
+            created_pool = ensure_work_pool("nbprod-process")
+            worker_env = {
+                **env,
+                "NBPROD_HOME": str(base / "nbprod-home"),
+                "PREFECT_WORKER_QUERY_SECONDS": "2",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            }
+            worker = _start(
+                [*PREFECT, "worker", "start", *WORKER_ARGS], worker_env, base, worker_log
+            )
+            processes.append(worker)
+            registered = deploy(["tiny-nb"], project_root=project)
+            _wait_for_worker(worker, worker_log)
+            yield {
+                "url": url,
+                "project": project,
+                "promotion": result,
+                "created_pool": created_pool,
+                "registered": registered,
+                "nbprod_home": base / "nbprod-home",
+                "worker_log": worker_log,
+            }
+    finally:
+        for proc in reversed(processes):
+            _stop(proc)
+
+
+def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the server lists our worker as polling the pool (it then picks up runs)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    with get_client(sync_client=True) as client:
+        while True:
+            workers = client.read_workers_for_work_pool("nbprod-process")
+            if any(w.name == WORKER_NAME for w in workers):
+                return
+            if worker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the worker did not start polling:\n{_log_tail(log)}")
+            time.sleep(0.5)
+
+
+def _run_to_completion(deployment: str, parameters: dict[str, Any], log: Path) -> Any:
+    """Trigger a deployment run and poll its state until final (deadline, not a fixed sleep)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run.id)
+            if flow_run.state and flow_run.state.type.value in FINAL_STATES:
+                return flow_run
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"flow run {flow_run.id} still {flow_run.state and flow_run.state.name} "
+                    f"after {RUN_TIMEOUT_S:.0f} s; worker log:\n{_log_tail(log)}"
+                )
+            time.sleep(1)
+
+
+def _artifacts(flow_run_id: UUID) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
+
+
+def _task_run_names(flow_run_id: UUID) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return [r.name for r in runs]
+
+
+@pytest.fixture
+def api(stack: dict[str, Any]) -> Iterator[str]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack["url"]}):
+        yield stack["url"]
+
+
+def test_promoted_notebook_is_deployed(stack: dict[str, Any], api: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    assert stack["created_pool"] is True
+    assert stack["registered"] == ["tiny-nb"]
+    assert stack["promotion"].deployment == "notebook_pipeline/tiny-nb"
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("notebook_pipeline/tiny-nb")
+        pool = client.read_work_pool("nbprod-process")
+    assert pool.type == "process"
+    assert deployment.work_pool_name == "nbprod-process"
+    assert deployment.parameters == {
+        "spec": "deployments/tiny-nb.yaml",
+        "triggered_by": "deployment",
+    }
+    assert deployment.job_variables == {"env": {"NBPROD_PROJECT_DIR": str(stack["project"])}}
+    assert load_spec("deployments/tiny-nb.yaml", root=stack["project"]).flow == "notebook"
+    # The real project is untouched: promotion wrote into the temporary copy only.
+    assert not (ROOT / "deployments" / "tiny-nb.yaml").exists()
+    assert "tiny-nb" not in (ROOT / "prefect.yaml").read_text()
+
+
+def test_worker_runs_the_deployment_with_artifacts(stack: dict[str, Any], api: str) -> None:
+    flow_run = _run_to_completion(
+        "notebook_pipeline/tiny-nb", {"parameters": {"n": 5}}, stack["worker_log"]
+    )
+    assert flow_run.state.type.value == "COMPLETED", (
+        f"{flow_run.state.name}: {flow_run.state.message}\n{_log_tail(stack['worker_log'])}"
+    )
+    artifacts = _artifacts(flow_run.id)
+    assert {"nbprod-run-summary", "nbprod-metrics"} <= set(artifacts)
+    assert "COMPLETED" in str(artifacts["nbprod-run-summary"].data)
+    assert "15" in str(artifacts["nbprod-metrics"].data)  # total = 1.5 * (0+1+2+3+4)
+
+    from flows.store import RunStore
+
+    store = RunStore(str(stack["nbprod_home"] / "runs"))
+    (record,) = [r for r in store.list_runs() if r.get("flow_run_id") == str(flow_run.id)]
+    assert record["status"] == "completed" and record["triggered_by"] == "deployment"
+    assert record["metrics"]["candidate"] == {"total": 15.0}
+
+
+def test_wrong_parameter_type_fails_before_a_kernel_starts(stack: dict[str, Any], api: str) -> None:
+    flow_run = _run_to_completion(
+        "notebook_pipeline/tiny-nb", {"parameters": {"n": "many"}}, stack["worker_log"]
+    )
+    assert flow_run.state.type.value == "FAILED"
+    assert "ParameterError" in flow_run.state.message
+    assert "parameter 'n' expects int" in flow_run.state.message
+    # No notebook task ran: the check happens in the flow before any kernel starts.
+    assert not [n for n in _task_run_names(flow_run.id) if n.startswith("run-notebook")]
+
+    from flows.store import RunStore
+
+    store = RunStore(str(stack["nbprod_home"] / "runs"))
+    (record,) = [r for r in store.list_runs() if r.get("flow_run_id") == str(flow_run.id)]
+    assert record["status"] == "failed" and record["failed_step"] == "check-parameters"
+    assert not any(f.startswith("notebooks/") for f in store.files(record["version"]))

@@ -1,0 +1,237 @@
+"""Caching, parallel grids and secrets, through ``notebook_pipeline`` on a tiny real notebook.
+
+The notebook is small so that many real runs (real kernels, a real Prefect server) stay cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from flows.store import RunStore
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+
+PARAMS = 'value = 1\ndata_path = "data.csv"\napi_token = ""\noutput_dir = "out"'
+BODY = """
+import hashlib, json, pathlib, time
+started = time.time()
+total = sum(int(x) for x in pathlib.Path(data_path).read_text().split())
+time.sleep(0.5)  # long enough for parallel runs to overlap, if they run in parallel
+out = pathlib.Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+print("calling the API with", api_token)
+(out / "result.txt").write_text(str(total * value))
+(out / "outputs.json").write_text(json.dumps({
+    "outputs": {"result": "result.txt"},
+    "metrics": {"roc_auc": value / 10, "total": total},
+    "values": {"token_sha256": hashlib.sha256(api_token.encode()).hexdigest(),
+               "interval": [started, time.time()]},
+}))
+"""
+
+
+def write_notebook(path: Path, extra_cell: str | None = None) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    params = nbformat.v4.new_code_cell(PARAMS)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(BODY)]
+    if extra_cell:
+        nb.cells.append(nbformat.v4.new_code_cell(extra_cell))
+    nbformat.write(nb, path)
+
+
+def write_spec(project: Path, **extra: Any) -> str:
+    import yaml
+
+    spec = {
+        "name": "step",
+        "flow": "notebook",
+        "notebooks": ["notebooks/step.ipynb"],
+        "parameters": {"step": {"data_path": str(project / "data.csv")}},
+        **extra,
+    }
+    (project / "deployments" / "step.yaml").write_text(yaml.safe_dump(spec))
+    return "deployments/step.yaml"
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "deployments").mkdir()
+    write_notebook(root / "notebooks" / "step.ipynb")
+    (root / "data.csv").write_text("1 2 3\n")
+    monkeypatch.setenv("NBPROD_PROJECT_DIR", str(root))
+    monkeypatch.setenv("NBPROD_HOME", str(tmp_path / "home"))
+    return root
+
+
+def run(spec: str, **kwargs: Any) -> dict[str, Any]:
+    from flows.pipeline import notebook_pipeline
+
+    return notebook_pipeline(spec=spec, triggered_by="test", **kwargs)
+
+
+def test_cache_hits_across_runs_and_misses_on_every_kind_of_change(
+    prefect_server: None, project: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(project)
+    store = RunStore(tmp_path / "home" / "runs")
+    first = run(spec)
+    assert first["status"] == "completed" and first["cache"] == {"step": "miss"}
+    second = run(spec)
+    assert second["cache"] == {"step": "hit"}
+    # The reused run is complete in its own version: executed notebook and outputs included.
+    assert "notebooks/step.ipynb" in store.files(second["version"])
+    assert "outputs/step/result.txt" in store.files(second["version"])
+
+    assert run(spec, parameters={"value": 2})["cache"] == {"step": "miss"}  # parameters
+    (project / "data.csv").write_text("1 2 4\n")
+    assert run(spec)["cache"] == {"step": "miss"}  # input data content
+    assert run(spec)["cache"] == {"step": "hit"}
+
+    nb_path = project / "notebooks" / "step.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.metadata["celltoolbar"] = "Tags"  # metadata and outputs do not count
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="stale output\n")]
+    nb.cells[1].execution_count = 9
+    nbformat.write(nb, nb_path)
+    assert run(spec)["cache"] == {"step": "hit"}
+    write_notebook(nb_path, extra_cell="print('new step')")  # source does
+    assert run(spec)["cache"] == {"step": "miss"}
+
+    assert run(spec, no_cache=True)["cache"] == {"step": "miss"}  # forced
+    metrics = store.read_json(store.version_path(second["version"], "metrics.json"))
+    assert metrics["step"]["total"] == 6
+
+
+def test_cache_key_changes_with_the_environment(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows import runner
+
+    nb = project / "notebooks" / "step.ipynb"
+    before = runner.notebook_cache_key(nb, {"value": 1}, "python3")
+    assert (
+        runner.notebook_cache_key(nb, {"value": 1, "output_dir": "elsewhere"}, "python3") == before
+    )
+    versions = runner.package_versions()
+    monkeypatch.setattr(
+        runner, "package_versions", lambda: {**versions, "scikit-learn": "0.0-upgraded"}
+    )
+    assert runner.notebook_cache_key(nb, {"value": 1}, "python3") != before
+
+
+def test_cache_hit_from_another_process(prefect_server: None, project: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    spec = write_spec(project)
+    assert run(spec)["cache"] == {"step": "miss"}
+    code = (
+        "import json; from flows.pipeline import notebook_pipeline; "
+        f"print(json.dumps(notebook_pipeline(spec={spec!r})['cache']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"step": "hit"}
+
+
+def test_grid_runs_in_parallel_keeps_every_point_and_picks_the_best(
+    prefect_server: None, project: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(project, grid={"step": {"value": [3, 1, 4, 2]}})
+    record = run(spec)
+    store = RunStore(tmp_path / "home" / "runs")
+    grid = record["grid"]["step"]
+    failed = [p for p in grid["points"] if p["status"] != "completed"]
+    assert failed == [], [p.get("error", "")[:600] for p in failed]
+    assert grid["metric"] == "roc_auc"
+    assert grid["best_parameters"] == {"value": 4}
+    assert [p["parameters"]["value"] for p in grid["points"]] == [3, 1, 4, 2]
+    files = store.files(record["version"])
+    for i in range(4):
+        assert f"notebooks/step-grid-{i}.ipynb" in files
+        assert f"grid/step/{i}/result.txt" in files
+    assert (
+        store.fs.cat_file(store.version_path(record["version"], "outputs/step/result.txt")).decode()
+        == "24"
+    )
+    intervals = []
+    for i in range(4):
+        out = json.loads(
+            store.fs.cat_file(store.version_path(record["version"], f"grid/step/{i}/outputs.json"))
+        )
+        intervals.append(out["values"]["interval"])
+    intervals.sort()
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(intervals)), (
+        "no two grid points ran at the same time"
+    )
+
+
+def test_secret_value_never_stored_logged_or_published(
+    prefect_server: None, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    token = "tok-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+    monkeypatch.setenv("NBPROD_TEST_TOKEN", token)
+    spec = write_spec(project, secrets={"step": {"api_token": {"env": "NBPROD_TEST_TOKEN"}}})
+    record = run(spec)
+    store = RunStore(tmp_path / "home" / "runs")
+    outputs = json.loads(
+        store.fs.cat_file(store.version_path(record["version"], "outputs/step/outputs.json"))
+    )
+    assert outputs["values"]["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+
+    stored = [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert any(p.name == "step.html" for p in stored)
+    leaked = [str(p) for p in stored if token.encode() in p.read_bytes()]
+    assert leaked == []
+    executed = store.fs.cat_file(store.version_path(record["version"], "notebooks/step.ipynb"))
+    assert b"calling the API with ***" in executed
+    params = store.read_json(store.version_path(record["version"], "parameters.json"))
+    assert params["step"]["api_token"] == "<secret from env NBPROD_TEST_TOKEN>"
+
+    run_id = record["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )[0]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert token not in json.dumps(flow_run.parameters)
+    assert artifacts and all(token not in str(a.data) for a in artifacts)
+    assert logs and all(token not in log.message for log in logs)

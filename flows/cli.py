@@ -62,6 +62,26 @@ def precheck_parameters(prepare_params: dict[str, Any], train_params: dict[str, 
     check_parameters(notebooks / "train.ipynb", train_params)
 
 
+def dask_task_runner(address: str) -> Any:
+    """prefect-dask's runner: the scheduler at ``address``, or a local in-process cluster.
+
+    Locally, threads are enough: every notebook runs in its own kernel process anyway, and worker
+    processes would not inherit this process's Prefect API settings.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": 1,
+            "threads_per_worker": 4,
+            "processes": False,
+            "dashboard_address": None,
+        }
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     train_params = dict(parse_assignment(p) for p in args.param)
     prepare_params = dict(parse_assignment(p) for p in args.prepare_param)
@@ -74,16 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--grid {name}: give a list, e.g. --grid {name}=[3,6]")
     flow_fn = training_pipeline
     if args.dask is not None:
-        from prefect_dask import DaskTaskRunner
-
-        runner = (
-            DaskTaskRunner(address=args.dask)
-            if args.dask
-            else DaskTaskRunner(
-                cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
-            )
-        )
-        flow_fn = training_pipeline.with_options(task_runner=runner)
+        flow_fn = training_pipeline.with_options(task_runner=dask_task_runner(args.dask))
     record = flow_fn(
         spec=args.spec,
         no_cache=args.no_cache,

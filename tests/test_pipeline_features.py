@@ -235,3 +235,16 @@ def test_secret_value_never_stored_logged_or_published(
     assert token not in json.dumps(flow_run.parameters)
     assert artifacts and all(token not in str(a.data) for a in artifacts)
     assert logs and all(token not in log.message for log in logs)
+
+
+def test_grid_on_a_dask_task_runner(prefect_server: None, project: Path, tmp_path: Path) -> None:
+    """prefect-dask's DaskTaskRunner is a drop-in option for the fan-out."""
+    from flows.cli import dask_task_runner
+    from flows.pipeline import notebook_pipeline
+
+    spec = write_spec(project, grid={"step": {"value": [2, 5, 1, 3]}})
+    on_dask = notebook_pipeline.with_options(task_runner=dask_task_runner(""))
+    record = on_dask(spec=spec, triggered_by="test")
+    grid = record["grid"]["step"]
+    assert [p["status"] for p in grid["points"]] == ["completed"] * 4
+    assert grid["best_parameters"] == {"value": 5}

@@ -209,6 +209,18 @@ def from_state(
     return replace(outputs, executed=call.executed), status
 
 
+def predict_frame(model: Any, frame: Any) -> dict[str, Any]:
+    """A fitted pipeline's labels and P(class 1) for rows that may carry ids, dates and target."""
+    features = frame.drop(
+        columns=[c for c in (TARGET, DATETIME_COLUMN, *ID_COLUMNS) if c in frame.columns]
+    )
+    positive = list(model.classes_).index(1)
+    return {
+        "prediction": model.predict(features).astype(int),
+        "probability": model.predict_proba(features)[:, positive],
+    }
+
+
 @task(name="score-champion", cache_policy=NO_CACHE)
 def score_champion(
     store: RunStore, champion: dict[str, Any], test_path: Path, workdir: Path
@@ -228,18 +240,13 @@ def score_champion(
         ) from exc
     model = joblib.load(model_file)
     test = pd.read_parquet(test_path)
-    features = test.drop(
-        columns=[c for c in (TARGET, DATETIME_COLUMN, *ID_COLUMNS) if c in test.columns]
-    )
-    scored = pd.DataFrame(
+    return pd.DataFrame(
         {
             "application_id": test["application_id"].to_numpy(),
             TARGET: test[TARGET].to_numpy(),
-            "prediction": model.predict(features).astype(int),
-            "probability": model.predict_proba(features)[:, 1],
+            **predict_frame(model, test),
         }
     )
-    return scored
 
 
 @task(name="evidently-reports", cache_policy=NO_CACHE)

@@ -248,3 +248,23 @@ def test_grid_on_a_dask_task_runner(prefect_server: None, project: Path, tmp_pat
     grid = record["grid"]["step"]
     assert [p["status"] for p in grid["points"]] == ["completed"] * 4
     assert grid["best_parameters"] == {"value": 5}
+
+
+def test_secret_from_a_prefect_secret_block(
+    prefect_server: None, project: Path, tmp_path: Path
+) -> None:
+    from prefect.blocks.system import Secret
+
+    token = "blk-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+    Secret(value=token).save("nbprod-test-token", overwrite=True)
+    spec = write_spec(project, secrets={"step": {"api_token": {"block": "nbprod-test-token"}}})
+    record = run(spec)
+    store = RunStore(tmp_path / "home" / "runs")
+    outputs = json.loads(
+        store.fs.cat_file(store.version_path(record["version"], "outputs/step/outputs.json"))
+    )
+    assert outputs["values"]["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    stored = [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert [str(p) for p in stored if token.encode() in p.read_bytes()] == []
+    params = store.read_json(store.version_path(record["version"], "parameters.json"))
+    assert params["step"]["api_token"] == "<secret from Prefect Secret block nbprod-test-token>"

@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.container import register_commands as register_container_commands
 
     register_container_commands(sub)
+    from flows.history import register_commands as register_history_commands
+
+    register_history_commands(sub)
     return parser
 
 

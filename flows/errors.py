@@ -82,3 +82,15 @@ class PromotionError(NbprodError):
 
 class DeployError(NbprodError):
     """``nbprod deploy`` could not register deployments: no server, no pool, or Prefect failed."""
+
+
+class DriftError(NbprodError):
+    """A drift check cannot run: columns missing, a method that does not fit a column."""
+
+
+class MonitoringError(NbprodError):
+    """A monitoring run cannot start: no champion, no reference data, or an unreadable source."""
+
+
+class RollbackError(NbprodError):
+    """A rollback target does not exist, was not accepted, or its bento is gone."""

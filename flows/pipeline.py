@@ -684,6 +684,16 @@ def training_pipeline(
 
         store.put_tree(version, "outputs/prepare", prepared.output_dir)
         store.put_tree(version, "outputs/train", trained.output_dir)
+        # What monitoring compares production inputs with, should this run become champion.
+        from flows.drift import profile_reference
+
+        store.put_json(
+            version,
+            "reference_profile.json",
+            profile_reference(
+                pd.read_parquet(prepared.outputs["train"]), schema.numerical, schema.categorical
+            ).to_dict(),
+        )
         if len(points) > 1:
             for i, call in enumerate(calls):
                 if Path(call.parameters["output_dir"]).exists():

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flows.drift import DriftPolicy
 from flows.errors import ConfigError
 from flows.settings import PROJECT_ROOT
 
@@ -192,6 +193,9 @@ class PipelineSpec(_Strict):
         description="Lint and reproducibility findings accepted with `nbprod promote --force`.",
     )
     promoted_at: datetime | None = Field(default=None, description="When it was last promoted.")
+    drift: DriftPolicy | None = Field(
+        default=None, description="When monitoring counts the production inputs as drifted."
+    )
     notebook_hashes: dict[str, str] = Field(
         default_factory=dict,
         description="Notebook path → content hash (flows.manifest.notebook_content_hash) at "

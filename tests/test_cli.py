@@ -41,6 +41,10 @@ def test_help_lists_commands() -> None:
         "containerize",
         "serve",
         "predict",
+        "history",
+        "rollback",
+        "monitor",
+        "dashboard",
     ):
         assert command in out.stdout
 

@@ -1,0 +1,219 @@
+"""Champion history and rollback on a real run store and a real BentoML store.
+
+The bentos are real (a one-endpoint service built with ``bentoml.bentos.build``), so the check
+that a rollback target's bento still exists runs against BentoML itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows import cli
+from flows.cli import build_parser
+from flows.errors import RollbackError
+from flows.history import history_rows, register_commands, rollback
+from flows.store import RunStore, new_version_id
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+BENTO_NAME = "nbprod_rollback_test"
+SERVICE = """import bentoml
+
+
+@bentoml.service
+class Tiny:
+    @bentoml.api
+    def ping(self) -> str:
+        return "ok"
+"""
+
+
+def build_bento(version: str, ctx: Path) -> str:
+    import bentoml
+
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "tiny_service.py").write_text(SERVICE)
+    bento = bentoml.bentos.build(
+        "tiny_service:Tiny", name=BENTO_NAME, version=version, build_ctx=str(ctx)
+    )
+    return str(bento.tag)
+
+
+def add_run(store: RunStore, status: str, **extra: Any) -> dict[str, Any]:
+    version = new_version_id()
+    store.begin(version)
+    record = {
+        "status": status,
+        "pipeline": "training_pipeline",
+        "metrics": {"candidate": {"roc_auc": 0.8}, "champion": None},
+        "model_tag": f"m:{version}",
+        "bento_tag": f"{BENTO_NAME}:{version}",
+        **extra,
+    }
+    return store.finalize(version, record)
+
+
+def promote(store: RunStore, run: dict[str, Any], triggered_by: str = "flow-run-id") -> None:
+    current = store.champion()
+    store.set_champion(
+        {k: run[k] for k in ("version", "model_tag", "bento_tag")},
+        expected=current["version"] if current else None,
+        reason="gate",
+        triggered_by=triggered_by,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two real bentos, built once: for the first and second champions (not the third)."""
+    ctx = tmp_path_factory.mktemp("bento-ctx")
+    versions = {"first": new_version_id(), "second": new_version_id()}
+    for version in versions.values():
+        build_bento(version, ctx)
+    return versions
+
+
+@pytest.fixture
+def store(tmp_path: Path, built: dict[str, str]) -> RunStore:
+    """first -> second -> third (a drift retrain), plus a rejected and a monitoring run."""
+    store = RunStore(tmp_path / "runs")
+    for name in ("first", "second"):
+        version = built[name]
+        store.begin(version)
+        run = store.finalize(
+            version,
+            {
+                "status": "accepted",
+                "pipeline": "training_pipeline",
+                "metrics": {"candidate": {"roc_auc": 0.8}},
+                "model_tag": f"m:{version}",
+                "bento_tag": f"{BENTO_NAME}:{version}",
+                "triggered_by": "manual",
+            },
+        )
+        promote(store, run)
+    third = add_run(store, "accepted", triggered_by="drift:vmonitoring")
+    promote(store, third)
+    add_run(store, "rejected")
+    store.begin("v-monitoring")
+    store.finalize("v-monitoring", {"status": "completed", "kind": "monitoring"})
+    return store
+
+
+def _parser_with_history() -> argparse.ArgumentParser:
+    """flows.cli's parser, with this module's commands added if cli.py does not add them yet."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "history" not in sub.choices:
+        register_commands(sub)
+    return parser
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``nbprod`` in-process, through flows.cli.main and its one-line error handling."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        mp.setattr(cli, "build_parser", _parser_with_history)
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_history_lists_every_change_with_why(store: RunStore, built: dict[str, str]) -> None:
+    rows = history_rows(store)
+    assert [r["why"] for r in rows] == ["gate", "gate", "retrain"]
+    assert rows[0]["from_version"] is None and rows[0]["to_version"] == built["first"]
+    assert rows[1]["from_version"] == built["first"] and rows[1]["to_version"] == built["second"]
+    code, out, _ = run_cli("history", "--store", store.url)
+    assert code == 0 and "retrain" in out and built["second"] in out
+    code, out, _ = run_cli("history", "--json", "--store", store.url)
+    assert json.loads(out)[2]["run_triggered_by"] == "drift:vmonitoring"
+
+
+def test_rollback_defaults_to_the_previous_champion(store: RunStore, built: dict[str, str]) -> None:
+    code, out, err = run_cli("rollback", "--reason", "third misbehaves", "--store", store.url)
+    assert code == 0, err
+    assert f"-> {built['second']}" in out
+    champion = store.champion()
+    assert champion["version"] == built["second"]
+    assert champion["bento_tag"] == f"{BENTO_NAME}:{built['second']}"
+    assert champion["reason"] == "rollback" and champion["note"] == "third misbehaves"
+    last = history_rows(store)[-1]
+    assert last["why"] == "rollback" and last["to_version"] == built["second"]
+    assert "third misbehaves" in last["triggered_by"]
+
+
+def test_rollback_to_a_named_version(store: RunStore, built: dict[str, str]) -> None:
+    pointer = rollback(store, built["first"], reason="back to basics", triggered_by="test")
+    assert pointer["version"] == built["first"]
+    assert len(store.champion_history()) == 4
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("v20990101-000000-abcdef", "not found"),
+        ("rejected", "it was rejected, only an accepted"),
+        ("v-monitoring", "it was completed, only an accepted"),
+        ("no-bento", "is no longer in the BentoML store"),
+        ("current", "is already the champion"),
+    ],
+)
+def test_bad_rollback_is_one_line_and_changes_nothing(
+    store: RunStore, target: str, message: str
+) -> None:
+    runs = {r["status"]: r["version"] for r in store.list_runs()}
+    champion = store.champion()
+    resolved = {
+        "rejected": runs["rejected"],
+        "no-bento": champion["version"],  # the third champion's bento was never built
+        "current": champion["version"],
+    }.get(target, target)
+    if target == "no-bento":
+        # Make it a rollback target: move to the second champion first, then try to go back.
+        rollback(store, None, reason="setup", triggered_by="test")
+    before = (store.champion(), store.champion_history())
+    code, out, err = run_cli("rollback", resolved, "--reason", "test", "--store", store.url)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and message in err, err
+    assert (store.champion(), store.champion_history()) == before
+
+
+def test_rollback_without_champion_or_reason(tmp_path: Path) -> None:
+    empty = RunStore(tmp_path / "empty")
+    with pytest.raises(RollbackError, match="no champion yet"):
+        rollback(empty, None, reason="x", triggered_by="test")
+    with pytest.raises(RollbackError, match="needs a reason"):
+        rollback(empty, None, reason=" ", triggered_by="test")
+
+
+def test_commands_register_without_heavy_imports() -> None:
+    code = (
+        "import sys, argparse\nfrom flows.history import register_commands\n"
+        "p = argparse.ArgumentParser(); register_commands(p.add_subparsers())\n"
+        "p.format_help()\n"
+        "print([m for m in ('prefect', 'evidently', 'bentoml', 'pandas', 'pydantic') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    register_commands(sub)
+    assert parser.parse_args(["rollback", "--reason", "r"]).version is None
+    monitor = parser.parse_args(["monitor", "data/loans.csv", "--start", "2024-10-01"])
+    assert monitor.spec == "deployments/training.yaml" and monitor.min_rows is None

@@ -15,7 +15,7 @@ export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint lock clean
+.PHONY: help venv demo test lint lock clean bench
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -34,9 +34,14 @@ demo: $(STAMP) ## Run the training pipeline twice on the bundled data: an accept
 test: $(STAMP) ## Run the whole test suite (unit and integration)
 	$(PY) -m pytest tests
 
-lint: $(STAMP) ## Ruff, over the package, tests and bentos
-	$(VENV)/bin/ruff check flows tests bentos
-	$(VENV)/bin/ruff format --check flows tests bentos
+lint: $(STAMP) ## Ruff, over the package, tests, bentos and benchmarks
+	$(VENV)/bin/ruff check flows tests bentos benchmarks
+	$(VENV)/bin/ruff format --check flows tests bentos benchmarks
+
+BENCH_ARGS ?= --quick
+bench: $(STAMP) ## Benchmarks vs baselines (papermill, FastAPI, Evidently) into benchmarks/RESULTS.md; BENCH_ARGS= for the full run; needs wrk
+	@command -v wrk >/dev/null || { echo "install wrk: apt-get install -y wrk" >&2; exit 1; }
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 lock: $(STAMP) ## Rewrite constraints.txt from the current venv
 	( echo "# Exact versions installed by 'make' (pip install -c constraints.txt). Regenerate with 'make lock'."; \

@@ -1,0 +1,662 @@
+"""nbprod's benchmark harness (`make bench`): nbprod vs a baseline, measured in the same run.
+
+Usage: ``.venv/bin/python benchmarks/run.py [--quick] [--only P1,P5] [--output FILE]``
+
+Prints ONE markdown table (row, measure, nbprod, baseline, ratio, target, result) and writes it
+with the date and the machine to benchmarks/RESULTS.md. Every figure is the median of several
+runs (fewer and shorter with ``--quick``, which finishes in under 5 minutes on 2 cores); nbprod
+and baseline runs are interleaved so load from other processes hits both alike.
+
+Everything runs in a temporary folder: its own Prefect server (``prefect server start`` on a free
+loopback port, with its own PREFECT_HOME), its own NBPROD_HOME and BENTOML_HOME. Servers bind
+127.0.0.1 and load generators target 127.0.0.1 only. This is a measurement tool, not a test:
+the test suite has no timing assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENV_BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+PACKAGES = [
+    "prefect",
+    "papermill",
+    "bentoml",
+    "evidently",
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "fastapi",
+    "uvicorn",
+]
+ALL_ROWS = ["P1", "P2", "P3", "P4", "P5", "P6"]
+# --quick: trees per P3 grid point (the notebook's default is 200), so 16 trainings fit the budget.
+QUICK_TREES = 20
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    row: str
+    measure: str
+    nbprod: str
+    baseline: str
+    ratio: str
+    target: str
+    result: str
+    note: str = ""
+
+
+@dataclass
+class Config:
+    quick: bool
+    work: Path
+    env: dict[str, str]
+    log: Path
+
+    @property
+    def reps(self) -> int:
+        """Runs per figure for the notebook rows (each run is a kernel start and a training)."""
+        return 2 if self.quick else 5
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+# --- environment ---------------------------------------------------------------------------------
+
+
+def check_tools() -> None:
+    """Fail early and clearly when something the harness needs is missing."""
+    missing = []
+    if shutil.which("wrk") is None:
+        missing.append("wrk (Debian: apt-get install -y wrk)")
+    for tool in ("papermill", "prefect", "nbprod", "bentoml"):
+        if not (VENV_BIN / tool).exists():
+            missing.append(f"{tool} in {VENV_BIN} (run `make venv`)")
+    for package in ("fastapi", "uvicorn", "evidently"):
+        try:
+            metadata.version(package)
+        except metadata.PackageNotFoundError:
+            missing.append(f"{package} (run `make venv`)")
+    if missing:
+        sys.exit("benchmarks: missing " + "; ".join(missing))
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    versions = []
+    for package in PACKAGES:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} -")
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "ram": ram,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "packages": ", ".join(versions),
+        "wrk": " ".join((wrk.stdout or wrk.stderr or "wrk -").split()[:2]),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http(url: str, body: bytes | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"} if body else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        with contextlib.suppress(OSError):
+            if http(url, timeout=2)[0] == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], cfg: Config, name: str, ready_url: str, **kw: Any) -> Iterator[None]:
+    """Start a server in its own process group; stop exactly that group afterwards."""
+    out = (cfg.work / f"{name}.log").open("wb")
+    proc = subprocess.Popen(
+        cmd, env=kw.pop("env", cfg.env), stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True, **kw,
+    )  # fmt: skip
+    try:
+        wait_http(ready_url, proc, 180, f"{name} (log: {out.name})")
+        yield
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived their parent
+        out.close()
+
+
+def timed(cmd: list[str], cfg: Config, *, what: str, timeout: float = 900) -> tuple[float, str]:
+    """Run a command to completion; return its wall time and stdout. Fail loudly on error."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        cmd, env=cfg.env, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
+    )
+    elapsed = time.perf_counter() - started
+    with (cfg.log).open("a") as handle:
+        handle.write(f"\n=== {what}: {' '.join(cmd)} ({elapsed:.2f} s, rc {proc.returncode})\n")
+        handle.write(proc.stdout[-5000:] + proc.stderr[-5000:])
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{what} failed (rc {proc.returncode}): {' | '.join(tail)}")
+    return elapsed, proc.stdout
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# --- the notebook rows (P1, P2, P3) -------------------------------------------------------------
+
+
+def papermill_cmd(cfg: Config, notebook: str, out: Path, params: dict[str, Any]) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)  # papermill does not create the output folder
+    cmd = [str(VENV_BIN / "papermill"), "-k", "python3", "--no-progress-bar"]
+    cmd += ["--log-level", "WARNING", str(REPO / "notebooks" / notebook), str(out / "out.ipynb")]
+    for name, value in {**params, "output_dir": str(out)}.items():
+        cmd += ["-p", name, str(value)]
+    return cmd
+
+
+def write_spec(cfg: Config, name: str, params: dict[str, Any], grid: dict | None = None) -> str:
+    import yaml
+
+    spec = {
+        "name": name,
+        "flow": "notebook",
+        "notebooks": ["notebooks/train.ipynb"],
+        "parameters": {"train": params},
+        **({"grid": {"train": grid}} if grid else {}),
+    }
+    path = cfg.work / "project" / "deployments" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return f"deployments/{name}.yaml"
+
+
+def flow_cmd(spec: str, no_cache: bool) -> list[str]:
+    cmd = [sys.executable, str(HERE / "drive_flow.py"), spec]
+    return cmd + (["--no-cache"] if no_cache else [])
+
+
+def run_flow(cfg: Config, spec: str, no_cache: bool, what: str) -> tuple[float, dict[str, Any]]:
+    elapsed, out = timed(flow_cmd(spec, no_cache), cfg, what=what)
+    return elapsed, json.loads(out.strip().splitlines()[-1])
+
+
+def flow_median(records: list[dict[str, Any]]) -> float:
+    return median([r["flow_s"] for r in records])
+
+
+def breakdown(records: list[dict[str, Any]], total: float) -> str:
+    """Where an nbprod process's wall time went (medians): import, flow call, start-up + exit."""
+    imported, flow = median([r["import_s"] for r in records]), flow_median(records)
+    return (
+        f"of which import of flows.pipeline {imported:.1f} s, flow call {flow:.1f} s, "
+        f"interpreter start + exit {max(total - imported - flow, 0):.1f} s"
+    )
+
+
+def prepare_data(cfg: Config) -> dict[str, str]:
+    out = cfg.work / "prepare"
+    params = {"data_path": REPO / "data" / "loans.csv"}
+    timed(papermill_cmd(cfg, "prepare.ipynb", out, params), cfg, what="prepare (papermill)")
+    return {"train_path": str(out / "train.parquet"), "test_path": str(out / "test.parquet")}
+
+
+def bench_p1_p2(cfg: Config, data: dict[str, str]) -> tuple[list[Row], Path]:
+    spec = write_spec(cfg, "bench-train", data)
+    nb_times, pm_times, hit_times = [], [], []
+    cold_records, hit_records = [], []
+    model = cfg.work / "papermill-0" / "model.joblib"
+    for i in range(cfg.reps):  # interleaved: nbprod, papermill, nbprod, ...
+        elapsed, record = run_flow(cfg, spec, True, f"P1 nbprod cold #{i}")
+        if record.get("cache") != {"train": "miss"}:
+            raise RuntimeError(f"cold run was not a cache miss: {record}")
+        nb_times.append(elapsed)
+        cold_records.append(record)
+        out = cfg.work / f"papermill-{i}"
+        pm_times.append(timed(papermill_cmd(cfg, "train.ipynb", out, data), cfg, what="P1 pm")[0])
+    log(f"P1 nbprod {nb_times} papermill {pm_times}")
+    cold, base = median(nb_times), median(pm_times)
+    rows = [
+        Row("P1", "train notebook, wall time (nbprod flow, no cache, vs papermill CLI)",
+            fmt_s(cold), fmt_s(base), f"{cold / base:.2f}×", "≤ 1.10×",
+            verdict(cold / base <= 1.10),
+            f"median of {cfg.reps}; Prefect server running; {breakdown(cold_records, cold)}"),
+    ]  # fmt: skip
+    statuses = []
+    for i in range(cfg.reps):
+        elapsed, record = run_flow(cfg, spec, False, f"P2 nbprod hit #{i}")
+        statuses.append(record.get("cache", {}).get("train"))
+        hit_times.append(elapsed)
+        hit_records.append(record)
+    log(f"P2 hit {hit_times} {statuses}")
+    hit = median(hit_times)
+    all_hits = all(s == "hit" for s in statuses)
+    rows.append(
+        Row("P2", "unchanged re-run (cache hit) vs the cold nbprod run of P1",
+            fmt_s(hit), fmt_s(cold), f"{hit / cold:.1%}", "≤ 5 %",
+            verdict(hit / cold <= 0.05 and all_hits),
+            f"median of {len(hit_times)}; cache: {', '.join(map(str, statuses))}; "
+            f"{breakdown(hit_records, hit)}; flow call alone vs cold flow call: "
+            f"{median([r['flow_s'] for r in hit_records]) / flow_median(cold_records):.1%}")
+    )  # fmt: skip
+    return rows, model
+
+
+def bench_p3(cfg: Config, data: dict[str, str]) -> list[Row]:
+    # Quick mode trains a smaller model per point (both sides alike); full mode the defaults.
+    params: dict[str, Any] = {**data, **({"n_estimators": QUICK_TREES} if cfg.quick else {})}
+    seeds = list(range(1, 9))
+    spec = write_spec(cfg, "bench-grid", params, grid={"seed": seeds})
+    reps = 1 if cfg.quick else 3
+    grid_times, seq_times = [], []
+    for r in range(reps):
+        elapsed, record = run_flow(cfg, spec, True, f"P3 nbprod grid #{r}")
+        if record.get("status") != "completed":
+            raise RuntimeError(f"grid run did not complete: {record}")
+        grid_times.append(elapsed)
+        started = time.perf_counter()
+        for seed in seeds:
+            out = cfg.work / f"grid-pm-{r}-{seed}"
+            timed(papermill_cmd(cfg, "train.ipynb", out, {**params, "seed": seed}), cfg,
+                  what=f"P3 papermill seed {seed}")  # fmt: skip
+        seq_times.append(time.perf_counter() - started)
+    log(f"P3 grid {grid_times} sequential {seq_times}")
+    grid, seq = median(grid_times), median(seq_times)
+    speedup = seq / grid
+    what = f"n_estimators={QUICK_TREES}" if cfg.quick else "notebook defaults"
+    return [
+        Row("P3", f"8-point grid (seed 1..8, {what}) vs 8 sequential papermill runs",
+            fmt_s(grid), fmt_s(seq), f"{speedup:.2f}× faster", "≥ 1.6× faster",
+            verdict(speedup >= 1.6), f"median of {reps}; no cache")
+    ]  # fmt: skip
+
+
+# --- P5: serving ---------------------------------------------------------------------------------
+
+
+def request_body(features: list[str]) -> bytes:
+    import pandas as pd
+
+    frame = pd.read_csv(REPO / "data" / "loans.csv")[features].dropna()
+    record = json.loads(frame.iloc[[0]].to_json(orient="records"))
+    return json.dumps({"records": record}).encode()
+
+
+def wrk(cfg: Config, url: str, clients: int, seconds: int, body: Path) -> dict[str, Any]:
+    threads = min(2, clients)
+    cmd = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--latency"]
+    cmd += ["--timeout", "5s", "-s", str(HERE / "post.lua"), url]
+    env = {**cfg.env, "NBPROD_BENCH_BODY": str(body)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    with cfg.log.open("a") as handle:
+        handle.write(f"\n=== {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed: {proc.stderr.strip()[-300:]}")
+    stats = json.loads(line.removeprefix("BENCH_JSON "))
+    stats["errors"] = sum(stats[k] for k in ("connect", "read", "write", "status", "timeout"))
+    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    return stats
+
+
+def drain(url: str, body: Path) -> None:
+    """Wait until requests queued by a finished wrk run are served: one request gets through."""
+    http(url, body.read_bytes(), timeout=120)
+
+
+def load_test(cfg: Config, url: str, body: Path, levels: list[int]) -> dict[int, dict[str, float]]:
+    seconds, reps = (2, 3) if cfg.quick else (10, 3)
+    wrk(cfg, url, 16, 2, body)  # warm-up
+    drain(url, body)
+    results: dict[int, dict[str, float]] = {}
+    for clients in levels:
+        runs = []
+        for _ in range(reps):
+            runs.append(wrk(cfg, url, clients, seconds, body))
+            drain(url, body)
+        results[clients] = {
+            "rps": median([r["rps"] for r in runs]),
+            "p99_ms": median([r["p99_us"] / 1000 for r in runs]),
+            "p50_ms": median([r["p50_us"] / 1000 for r in runs]),
+            "errors": sum(r["errors"] for r in runs),
+            "requests": sum(r["requests"] for r in runs),
+        }
+    return results
+
+
+def raw_predict_rate(model_path: Path, body: bytes) -> float:
+    """Single-row ``model.predict`` calls per second on a prebuilt DataFrame: the upper limit."""
+    import joblib
+    import pandas as pd
+    from threadpoolctl import threadpool_limits
+
+    model = joblib.load(model_path)
+    frame = pd.DataFrame(json.loads(body)["records"])[list(model.feature_names_in_)]
+    # One OpenMP thread, as both services use: with two, each tiny predict spins on 2 busy cores.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for _ in range(5):
+            model.predict(frame)
+        times = []
+        for _ in range(5):
+            calls, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 0.5:
+                model.predict(frame)
+                calls += 1
+            times.append((time.perf_counter() - started) / calls)
+    return 1 / median(times)
+
+
+def bench_p5(cfg: Config, model: Path) -> list[Row]:
+    if not model.is_file():
+        raise RuntimeError(f"no trained model at {model} (P1 must run first)")
+    tags_file = cfg.work / "bento.json"
+    timed([sys.executable, str(HERE / "package_bento.py"), str(model), str(tags_file)], cfg,
+          what="package bento", timeout=600)  # fmt: skip
+    tags = json.loads(tags_file.read_text())
+    body = request_body(tags["features"])
+    body_file = cfg.work / "body.json"
+    body_file.write_bytes(body)
+    levels = [1, 16, 64]
+
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    bento_env = {**cfg.env, "NBPROD_INFERENCE_LOG_DIR": str(cfg.work / "inference")}
+    serve = [sys.executable, "-m", "bentoml", "serve", tags["bento_tag"], "--host", HOST]
+    with server([*serve, "--port", str(port)], cfg, "bentoml", f"{base}/readyz", env=bento_env):
+        status, answer = http(f"{base}/predict", body, timeout=30)
+        if status != 200:
+            raise RuntimeError(f"bento answered {status}: {answer[:300]!r}")
+        bento = load_test(cfg, f"{base}/predict", body_file, levels)
+    log(f"P5 bento {bento}")
+
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    # One OpenMP thread, like the bento (bentos/service.py sets it per inference thread): without
+    # it the baseline's single-row predicts spin 2 OpenMP threads on 2 busy cores, 10-20x slower.
+    api_env = {**cfg.env, "NBPROD_BENCH_MODEL": str(model), "OMP_NUM_THREADS": "1"}
+    uvicorn = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(HERE)]
+    uvicorn += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    with server(uvicorn, cfg, "fastapi", f"{base}/readyz", env=api_env):
+        status, baseline_answer = http(f"{base}/predict", body, timeout=30)
+        if status != 200:
+            raise RuntimeError(f"FastAPI baseline answered {status}: {baseline_answer[:300]!r}")
+        fastapi = load_test(cfg, f"{base}/predict", body_file, levels)
+    log(f"P5 fastapi {fastapi}")
+    limit = raw_predict_rate(model, body)
+    same = json.loads(answer)[0]["prediction"] == json.loads(baseline_answer)[0]["prediction"]
+
+    rows = []
+    for clients in levels:
+        b, f = bento[clients], fastapi[clients]
+        ratio = b["rps"] / f["rps"] if f["rps"] else float("inf")
+        ok = b["p99_ms"] <= 50 and b["errors"] == 0
+        target = "p99 ≤ 50 ms, 0 errors"
+        if clients == 16:
+            ok = ok and ratio >= 1.5
+            target = "≥ 1.5× FastAPI; " + target
+        rows.append(
+            Row(f"P5 c={clients}", f"single-row POST /predict, {clients} conn.: req/s (= rows/s)",
+                f"{b['rps']:.0f} req/s, p99 {b['p99_ms']:.1f} ms, {b['errors']:.0f} err",
+                f"{f['rps']:.0f} req/s, p99 {f['p99_ms']:.1f} ms, {f['errors']:.0f} err",
+                f"{ratio:.2f}×", target, verdict(ok),
+                f"raw model.predict limit {limit:.0f} rows/s (1 core, no HTTP)"
+                + ("" if same else "; WARNING: bento and FastAPI predictions differ"))
+        )  # fmt: skip
+    return rows
+
+
+# --- P4 and P6 -----------------------------------------------------------------------------------
+
+
+def bench_p4(cfg: Config) -> list[Row]:
+    drift = REPO / "flows" / "drift.py"
+    pending = "not measured (flows/drift.py pending)"
+    if not drift.is_file():
+        return [Row("P4", "drift check, 1M rows × 20 columns", "-", "-", "-", "-", pending)]
+    probe = [sys.executable, "-c", "from flows.drift import check_drift, profile_reference"]
+    if subprocess.run(probe, env=cfg.env, cwd=REPO, capture_output=True, check=False).returncode:
+        return [Row("P4", "drift check, 1M rows × 20 columns", "-", "-", "-", "-",
+                    "not measured (flows/drift.py does not import)")]  # fmt: skip
+    # Evidently needs ~3 min per run at 1M rows on 2 cores: --quick measures at 100k rows.
+    rows_n = 100_000 if cfg.quick else 1_000_000
+    cmd = [sys.executable, str(HERE / "bench_drift.py"), str(rows_n)]
+    cmd += ["3", "1"] if cfg.quick else ["5", "3"]
+    _, out = timed(cmd, cfg, what="P4 drift", timeout=1200)
+    res = json.loads(out.strip().splitlines()[-1])
+    log(f"P4 {res}")
+    ratio = res["evidently_s"] / res["nbprod_s"]
+    size = f"{rows_n // 1000}k" if rows_n < 1_000_000 else f"{rows_n // 1_000_000}M"
+    agree = (
+        "verdict counts agree"
+        if res["evidently_drifted_count"] == len(res["nbprod_drifted"])
+        else f"drifted columns: nbprod {len(res['nbprod_drifted'])}, "
+        f"Evidently {res['evidently_drifted_count']}"
+    )
+    return [
+        Row("P4", "drift check (check_drift on a stored profile) vs Evidently DataDriftPreset, "
+            f"{size} rows × 20 columns (reference and current window {size} each)",
+            fmt_s(res["nbprod_s"]), fmt_s(res["evidently_s"]), f"{ratio:.1f}× faster",
+            "none set (report)", "measured",
+            f"median of {len(res['nbprod_runs'])} / {len(res['evidently_runs'])}; one-off "
+            f"profile_reference {res['profile_s']:.2f} s; {agree}")
+    ]  # fmt: skip
+
+
+def bench_p6(cfg: Config) -> list[Row]:
+    reps = 5 if cfg.quick else 11
+    help_times, pass_times = [], []
+    for i in range(reps):
+        help_times.append(timed([str(VENV_BIN / "nbprod"), "--help"], cfg, what=f"P6 help {i}")[0])
+        pass_times.append(timed([sys.executable, "-c", "pass"], cfg, what=f"P6 pass {i}")[0])
+    nb, base = median(help_times), median(pass_times)
+    return [
+        Row("P6", "`nbprod --help` wall time vs `python -c pass`", fmt_s(nb), fmt_s(base),
+            f"{nb / base:.1f}×", "≤ 0.5 s", verdict(nb <= 0.5), f"median of {reps}")
+    ]  # fmt: skip
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+def render(rows: list[Row]) -> str:
+    head = ["Row", "Measure", "nbprod", "Baseline", "Ratio", "Target", "Result", "Notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.row, r.measure, r.nbprod, r.baseline, r.ratio, r.target, r.result, r.note]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+FINDINGS_MARKER = "<!-- Written by hand below this line; benchmarks/run.py keeps it. -->"
+
+
+def write_results(path: Path, table: str, info: dict[str, str], flags: str, took: float) -> None:
+    """Write the table and the machine; keep the hand-written findings after FINDINGS_MARKER."""
+    kept = ""
+    if path.is_file() and FINDINGS_MARKER in (old := path.read_text()):
+        kept = old.split(FINDINGS_MARKER, 1)[1]
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"""# nbprod benchmark results
+
+Generated by `make bench` (`benchmarks/run.py{flags}`) on {now},
+in {took / 60:.1f} min. Do not edit the table by hand: re-run the harness.
+
+Machine: {info["nproc"]} CPUs ({info["cpu"]}), {info["ram"]} RAM, Python {info["python"]},
+{info["os"]}; load average at start {info["load"]} (the machine may be shared).
+Packages: {info["packages"]}; {info["wrk"]}.
+
+{table}
+
+Baselines, measured in the same run: P1/P3 the same notebook through the bare `papermill` CLI;
+P2 nbprod's own cold run (P1); P4 Evidently's `DataDriftPreset`; P5 a plain FastAPI + uvicorn
+app with the same model (`benchmarks/fastapi_app.py`, 1 worker like the bento), load from
+`wrk` with `benchmarks/post.lua`; P6 `python -c pass`. See benchmarks/README.md for the method.
+
+{FINDINGS_MARKER}"""
+    path.write_text(text + (kept or "\n"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (< 5 min)")
+    parser.add_argument("--only", default=",".join(ALL_ROWS), help="rows to run, e.g. P1,P6")
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    only = {x.strip().upper() for x in args.only.split(",")}
+    check_tools()
+    started = time.perf_counter()
+    info = machine()
+    work = Path(tempfile.mkdtemp(prefix="nbprod-bench-"))
+    (work / "project" / "notebooks").mkdir(parents=True)
+    (work / "project" / "deployments").mkdir()
+    shutil.copy(REPO / "notebooks" / "train.ipynb", work / "project" / "notebooks")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "NBPROD_MODEL_TAG")}
+    env.update(
+        PREFECT_HOME=str(work / "prefect"),
+        PREFECT_API_URL=f"http://{HOST}:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        DO_NOT_TRACK="1",
+        BENTOML_DO_NOT_TRACK="true",
+        BENTOML_HOME=str(work / "bentoml"),
+        NBPROD_HOME=str(work / "nbprod"),
+        NBPROD_PROJECT_DIR=str(work / "project"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    cfg = Config(quick=args.quick, work=work, env=env, log=work / "bench.log")
+    log(f"working in {work} (log: {cfg.log})")
+    rows: list[Row] = []
+
+    def attempt(name: str, fn: Callable[[], list[Row]], measure: str) -> None:
+        if name not in only:
+            return
+        log(f"{name} ...")
+        try:
+            rows.extend(fn())
+        except Exception as exc:  # one broken row must not lose the others
+            log(f"{name} failed: {exc}")
+            rows.append(Row(name, measure, "-", "-", "-", "-", "error", str(exc)[:300]))
+
+    try:
+        attempt("P6", lambda: bench_p6(cfg), "`nbprod --help`")
+        model = work / "papermill-0" / "model.joblib"
+        if only & {"P1", "P2", "P3", "P5"}:
+            prefect = [str(VENV_BIN / "prefect"), "server", "start", "--host", HOST]
+            health = f"http://{HOST}:{port}/api/health"
+            with server([*prefect, "--port", str(port)], cfg, "prefect-server", health):
+                data = prepare_data(cfg)
+                if only & {"P1", "P2", "P5"}:
+                    p12: list[Row] = []
+
+                    def p1() -> list[Row]:
+                        p12.extend(bench_p1_p2(cfg, data)[0])
+                        return p12[:1]
+
+                    attempt("P1", p1, "train notebook")
+                    rows.extend(p12[1:] if "P2" in only else [])
+                attempt("P3", lambda: bench_p3(cfg, data), "8-point grid")
+            if "P5" in only and not model.is_file():
+                model_out = work / "papermill-0"
+                timed(papermill_cmd(cfg, "train.ipynb", model_out, data), cfg, what="P5 model")
+            attempt("P5", lambda: bench_p5(cfg, model), "serving")
+        attempt("P4", lambda: bench_p4(cfg), "drift check")
+    finally:
+        failed = any(r.result == "error" for r in rows)
+        if args.keep or failed:
+            log(f"kept {work} for inspection (log: {cfg.log})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    order = {name: i for i, name in enumerate(ALL_ROWS)}
+    rows.sort(key=lambda r: order.get(r.row.split()[0], 99))
+    table = render(rows)
+    print(table)
+    took = time.perf_counter() - started
+    flags = (" --quick" if args.quick else "") + (
+        f" --only {','.join(sorted(only))}" if only != set(ALL_ROWS) else ""
+    )
+    write_results(args.output, table, info, flags, took)
+    log(f"done in {took:.0f} s; table written to {args.output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -45,6 +45,7 @@ def history_rows(store: Any) -> list[dict[str, Any]]:
                 "to_version": to_version,
                 "why": _why(event, run),
                 "reason": event.get("reason"),
+                "note": event.get("note"),
                 "triggered_by": event.get("triggered_by"),
                 "run_triggered_by": run.get("triggered_by") if run else None,
                 "bento_tag": event.get("bento_tag"),
@@ -113,7 +114,11 @@ def rollback(store: Any, version: str | None, *, reason: str, triggered_by: str)
         "note": reason,
     }
     return store.set_champion(
-        record, expected=current["version"], reason="rollback", triggered_by=triggered_by
+        record,
+        expected=current["version"],
+        reason="rollback",
+        triggered_by=triggered_by,
+        note=reason,
     )
 
 
@@ -138,6 +143,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(
             f"{row['at'] or '':<26} {row['from_version'] or '—':<24} {row['to_version']:<24} "
             f"{row['why']:<9} {row['triggered_by'] or ''}"
+            + (f"  ({row['note']})" if row.get("note") else "")
         )
     return 0
 
@@ -149,7 +155,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         store,
         args.version,
         reason=args.reason,
-        triggered_by=f"cli ({getpass.getuser()}): {args.reason}",
+        triggered_by=f"cli ({getpass.getuser()})",
     )
     print(
         f"champion rolled back: {before['version'] if before else None} -> {pointer['version']}"

@@ -166,7 +166,13 @@ class RunStore:
         return self.read_json(path) if self.fs.exists(path) else None
 
     def set_champion(
-        self, record: dict[str, Any], *, expected: str | None, reason: str, triggered_by: str
+        self,
+        record: dict[str, Any],
+        *,
+        expected: str | None,
+        reason: str,
+        triggered_by: str,
+        note: str | None = None,
     ) -> dict[str, Any]:
         """Move the pointer in one atomic write, after recording the change in the history.
 
@@ -185,6 +191,7 @@ class RunStore:
             "from_version": current_version,
             "to_version": record["version"],
             "reason": reason,
+            "note": note,
             "triggered_by": triggered_by,
             "model_tag": record.get("model_tag"),
             "bento_tag": record.get("bento_tag"),

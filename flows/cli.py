@@ -39,11 +39,23 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return name.strip(), value
 
 
-def _store(url: str | None) -> Any:
+def open_store(url: str | None) -> Any:
+    """The run store named on the command line, else the configured one."""
     from flows.settings import load_settings
     from flows.store import RunStore
 
     return RunStore(url or load_settings().resolved_run_store_url)
+
+
+def add_store_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--store URL`` for every command that reads or writes the run store."""
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL or .nbprod/runs)",
+    )
+    return parser
 
 
 def _fmt_metric(record: dict[str, Any], name: str) -> str:
@@ -109,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_store_url=args.store,
         triggered_by="cli",
     )
-    print(render_run(record, _store(args.store)))
+    print(render_run(record, open_store(args.store)))
     return 0
 
 
@@ -130,7 +142,7 @@ def render_run(record: dict[str, Any], store: Any) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    runs = _store(args.store).list_runs()
+    runs = open_store(args.store).list_runs()
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
@@ -151,7 +163,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _store(args.store)
+    store = open_store(args.store)
     record = store.get_run(args.version)
     if args.json:
         print(json.dumps(record, indent=2, default=str))
@@ -164,7 +176,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_champion(args: argparse.Namespace) -> int:
-    champion = _store(args.store).champion()
+    champion = open_store(args.store).champion()
     if champion is None:
         print("no champion yet: the first accepted `nbprod run` becomes the champion")
         return 0
@@ -191,16 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nbprod {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "--store",
-            default=None,
-            metavar="URL",
-            help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL or .nbprod/runs)",
-        )
-        return p
-
-    run = with_store(
+    run = add_store_option(
         sub.add_parser(
             "run",
             help="run the training pipeline (embedded Prefect server unless "
@@ -261,16 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    runs = with_store(sub.add_parser("runs", help="list run versions with status and metrics"))
+    runs = add_store_option(
+        sub.add_parser("runs", help="list run versions with status and metrics")
+    )
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=cmd_runs)
 
-    show = with_store(sub.add_parser("show", help="show one run version and its files"))
+    show = add_store_option(sub.add_parser("show", help="show one run version and its files"))
     show.add_argument("version")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
-    champ = with_store(sub.add_parser("champion", help="show the current champion"))
+    champ = add_store_option(sub.add_parser("champion", help="show the current champion"))
     champ.add_argument("--json", action="store_true", help="machine-readable output")
     champ.set_defaults(func=cmd_champion)
 

@@ -34,6 +34,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from flows.cli import add_store_option, open_store
 from flows.errors import ContainerizeError
 
 # Set to a docker client binary to use exactly that one (no detection).
@@ -85,21 +86,13 @@ def register_commands(subparsers: Any) -> None:
         metavar="NAME:TAG",
         help="image name and tag (default: the bento tag, e.g. nbprod_classifier:<version>)",
     )
-    parser.add_argument(
-        "--store",
-        default=None,
-        metavar="URL",
-        help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL or .nbprod/runs)",
-    )
+    add_store_option(parser)
     parser.set_defaults(func=cmd_containerize)
 
 
 def cmd_containerize(args: argparse.Namespace) -> int:
     """Resolve the bento, check docker, build the image, say how to run and deploy it."""
-    from flows.settings import load_settings
-    from flows.store import RunStore
-
-    store = RunStore(args.store or load_settings().resolved_run_store_url)
+    store = open_store(args.store)
     run_version, bento_tag, source = resolve_bento_tag(store, args.version)
     bento_dir = bento_path(bento_tag)
     client = find_docker_client()

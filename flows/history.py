@@ -15,6 +15,7 @@ import getpass
 import json
 from typing import Any
 
+from flows.cli import add_store_option, open_store
 from flows.errors import RollbackError, RunStoreError
 
 # A training run's triggered_by starting with one of these was started by drift monitoring.
@@ -123,15 +124,8 @@ def rollback(store: Any, version: str | None, *, reason: str, triggered_by: str)
 
 
 # -- command line ------------------------------------------------------------------------------
-def _store(url: str | None) -> Any:
-    from flows.settings import load_settings
-    from flows.store import RunStore
-
-    return RunStore(url or load_settings().resolved_run_store_url)
-
-
 def cmd_history(args: argparse.Namespace) -> int:
-    rows = history_rows(_store(args.store))
+    rows = history_rows(open_store(args.store))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -149,7 +143,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    store = _store(args.store)
+    store = open_store(args.store)
     before = store.champion()
     pointer = rollback(
         store,
@@ -181,7 +175,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     print(f"  {drift.get('reason')}")
     if record.get("event"):
         print(f"  emitted {record['event']['event']} for {record['spec']}")
-    print(f"  stored at {_store(args.store).uri(record['version'])}")
+    print(f"  stored at {open_store(args.store).uri(record['version'])}")
     return 0
 
 
@@ -192,7 +186,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from flows.settings import load_settings
 
     workspace = Path(args.workspace or load_settings().home / "evidently").expanduser()
-    added = sync_dashboard(_store(args.store), workspace)
+    added = sync_dashboard(open_store(args.store), workspace)
     print(f"Evidently workspace {workspace}: {added} new drift report(s) added")
     print(
         f"  open it: evidently ui --workspace {workspace} --host 127.0.0.1 --port 8000"
@@ -204,22 +198,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def register_commands(subparsers: Any) -> None:
     """Add ``history``, ``rollback``, ``monitor`` and ``dashboard`` to ``nbprod``'s parser."""
 
-    def with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "--store",
-            default=None,
-            metavar="URL",
-            help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL or .nbprod/runs)",
-        )
-        return p
-
-    history = with_store(
+    history = add_store_option(
         subparsers.add_parser("history", help="every champion change: when, from, to, why")
     )
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.set_defaults(func=cmd_history)
 
-    back = with_store(
+    back = add_store_option(
         subparsers.add_parser(
             "rollback",
             help="re-point the champion to a previous accepted version (default: the previous "
@@ -230,7 +215,7 @@ def register_commands(subparsers: Any) -> None:
     back.add_argument("--reason", required=True, help="why: recorded in the champion history")
     back.set_defaults(func=cmd_rollback)
 
-    monitor = with_store(
+    monitor = add_store_option(
         subparsers.add_parser(
             "monitor",
             help="check production inputs for drift against the champion's training data",
@@ -252,7 +237,7 @@ def register_commands(subparsers: Any) -> None:
     )
     monitor.set_defaults(func=cmd_monitor)
 
-    dash = with_store(
+    dash = add_store_option(
         subparsers.add_parser(
             "dashboard",
             help="load the stored drift reports into an Evidently workspace (drift over time)",

@@ -126,6 +126,20 @@ class NotebookCall:
     cache_key: str | None
     secrets: dict[str, dict[str, str]]
 
+    def task_arguments(self, settings: NbprodSettings, required: tuple[str, ...]) -> dict[str, Any]:
+        """The ``run_notebook`` task's arguments, the same for a direct call and a submit."""
+        return {
+            "name": self.name,
+            "notebook": self.notebook,
+            "executed": self.executed,
+            "parameters": self.parameters,
+            "kernel_name": settings.kernel_name,
+            "timeout_s": settings.execution_timeout_s,
+            "required": required,
+            "cache_key": self.cache_key,
+            "secrets": self.secrets or None,
+        }
+
 
 def plan_notebook(
     name: str,
@@ -168,18 +182,7 @@ def call_notebook(
 ) -> tuple[NotebookOutputs, str]:
     """Run (or reuse) one notebook; returns its outputs and 'hit', 'miss' or 'off'."""
     task_fn = run_notebook.with_options(refresh_cache=must_refresh(call, refresh))
-    state = task_fn(
-        call.name,
-        call.notebook,
-        call.executed,
-        call.parameters,
-        settings.kernel_name,
-        settings.execution_timeout_s,
-        required,
-        cache_key=call.cache_key,
-        secrets=call.secrets or None,
-        return_state=True,
-    )
+    state = task_fn(**call.task_arguments(settings, required), return_state=True)
     return from_state(call, state, required)
 
 
@@ -794,17 +797,7 @@ def run_grid(
         run_notebook.with_options(
             task_run_name=f"run-notebook-{c.name}-grid-{i}",
             refresh_cache=must_refresh(c, no_cache),
-        ).submit(
-            c.name,
-            c.notebook,
-            c.executed,
-            c.parameters,
-            settings.kernel_name,
-            settings.execution_timeout_s,
-            required,
-            cache_key=c.cache_key,
-            secrets=c.secrets or None,
-        )
+        ).submit(**c.task_arguments(settings, required))
         for i, c in enumerate(calls)
     ]
     metric, higher = gate_metric(policy)

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.cli import add_store_option, open_store
 from flows.errors import InferenceLogError, ServingError
 
 if TYPE_CHECKING:
@@ -80,12 +81,7 @@ def register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     serve.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
     )
-    serve.add_argument(
-        "--store",
-        default=None,
-        metavar="URL",
-        help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL or .nbprod/runs)",
-    )
+    add_store_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     predict = subparsers.add_parser(
@@ -118,10 +114,7 @@ def _port(text: str) -> int:
 
 def resolve_bento(version: str | None, store_url: str | None = None) -> tuple[str, str]:
     """The (bento tag, run version) to serve: the champion's, or an accepted version's."""
-    from flows.settings import load_settings
-    from flows.store import RunStore
-
-    store = RunStore(store_url or load_settings().resolved_run_store_url)
+    store = open_store(store_url)
     if version is None:
         champion = store.champion()
         if champion is None:

@@ -13,6 +13,7 @@ no NBPROD_PROJECT_DIR of its own: the deployment carries it (job variables), whi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -110,12 +111,16 @@ def _write_notebook(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Server, temporary project with a promoted and deployed notebook, and a running worker."""
+@contextlib.contextmanager
+def running_stack(
+    base: Path, *, name: str = "tiny-nb", cron: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Server, temporary project with a promoted and deployed notebook, and a running worker.
+
+    Yields while the Prefect settings point at that server (also used by tests/test_ui.py).
+    """
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_API_URL, temporary_settings
 
-    base = tmp_path_factory.mktemp("deployment")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -151,12 +156,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__")
         )
         shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
-        for name in ("training.yaml", "policy.yaml"):
-            shutil.copy(ROOT / "deployments" / name, project / "deployments" / name)
+        for spec_file in ("training.yaml", "policy.yaml"):
+            shutil.copy(ROOT / "deployments" / spec_file, project / "deployments" / spec_file)
         notebook = _write_notebook(project / "notebooks" / "tiny.ipynb")
 
         with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_API_URL: url}):
-            result = promote(notebook, name="tiny-nb", skip_repro=True, project_root=project)
+            result = promote(notebook, name=name, cron=cron, skip_repro=True, project_root=project)
             # The pool first (what `nbprod deploy` does when it is missing), so the worker can
             # boot while `prefect deploy` runs: both take a while on two cores.
             created_pool = ensure_work_pool("nbprod-process")
@@ -170,7 +175,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 [*PREFECT, "worker", "start", *WORKER_ARGS], worker_env, base, worker_log
             )
             processes.append(worker)
-            registered = deploy(["tiny-nb"], project_root=project)
+            registered = deploy([name], project_root=project)
             _wait_for_worker(worker, worker_log)
             yield {
                 "url": url,
@@ -184,6 +189,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     finally:
         for proc in reversed(processes):
             _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with running_stack(tmp_path_factory.mktemp("deployment")) as running:
+        yield running
 
 
 def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path) -> None:

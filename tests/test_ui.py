@@ -30,30 +30,14 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_deployment import (
-    PREFECT,
-    ROOT,
-    SERVER_START_TIMEOUT_S,
-    WORKER_ARGS,
-    _free_port,
-    _healthy,
-    _log_tail,
-    _run_to_completion,
-    _start,
-    _stop,
-    _wait_for_worker,
-    _write_notebook,
-)
+from test_deployment import _log_tail, _run_to_completion, running_stack
 
 from flows.artifacts import METRICS_KEY, SUMMARY_KEY
-from flows.promote import deploy, ensure_work_pool, promote
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page, Route
@@ -110,84 +94,28 @@ def chromium() -> Path:
 def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Server, a promoted notebook deployed with a cron schedule, a worker, one completed run."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_API_URL, temporary_settings
 
     base = tmp_path_factory.mktemp("ui")
-    port = _free_port()
-    ui_url = f"http://127.0.0.1:{port}"
-    url = f"{ui_url}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(base / "prefect-home"),
-        "PREFECT_API_URL": url,
-        "PREFECT_UI_API_URL": url,  # the UI's JavaScript calls this port, not the default 4200
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_TO_API_ENABLED": "true",
-    }
-    env.pop("NBPROD_PROJECT_DIR", None)
-    (base / "prefect-home").mkdir()
     (base / "screenshots").mkdir()
-    processes: list[subprocess.Popen[bytes]] = []
-    server_log, worker_log = base / "server.log", base / "worker.log"
-    try:
-        server = _start(
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env,
-            base,
-            server_log,
+    with running_stack(base, name=NAME, cron=CRON) as running:
+        worker_log = running["worker_log"]
+        flow_run = _run_to_completion(
+            f"notebook_pipeline/{NAME}", {"parameters": {"n": 5}}, worker_log
         )
-        processes.append(server)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Prefect server did not start:\n{_log_tail(server_log)}")
-            time.sleep(0.5)
-
-        project = base / "project"
-        (project / "deployments").mkdir(parents=True)
-        shutil.copytree(
-            ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__")
+        assert flow_run.state.type.value == "COMPLETED", (
+            f"{flow_run.state.name}: {flow_run.state.message}\n{_log_tail(worker_log)}"
         )
-        shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
-        for name in ("training.yaml", "policy.yaml"):
-            shutil.copy(ROOT / "deployments" / name, project / "deployments" / name)
-        notebook = _write_notebook(project / "notebooks" / "tiny.ipynb")
-
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_API_URL: url}):
-            promote(notebook, name=NAME, cron=CRON, skip_repro=True, project_root=project)
-            ensure_work_pool("nbprod-process")  # first, so the worker boots during the deploy
-            worker_env = {
-                **env,
-                "NBPROD_HOME": str(base / "nbprod-home"),
-                "PREFECT_WORKER_QUERY_SECONDS": "2",
-                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-            }
-            worker = _start(
-                [*PREFECT, "worker", "start", *WORKER_ARGS], worker_env, base, worker_log
-            )
-            processes.append(worker)
-            deploy([NAME], project_root=project)
-            _wait_for_worker(worker, worker_log)
-            flow_run = _run_to_completion(
-                f"notebook_pipeline/{NAME}", {"parameters": {"n": 5}}, worker_log
-            )
-            assert flow_run.state.type.value == "COMPLETED", (
-                f"{flow_run.state.name}: {flow_run.state.message}\n{_log_tail(worker_log)}"
-            )
-            with get_client(sync_client=True) as client:
-                deployment = client.read_deployment_by_name(f"notebook_pipeline/{NAME}")
-            assert flow_run.deployment_id == deployment.id
-            assert [s.schedule.cron for s in deployment.schedules] == [CRON]
-            yield {
-                "ui": ui_url,
-                "deployment_id": str(deployment.id),
-                "flow_run_name": flow_run.name,
-                "shots": base / "screenshots",
-            }
-    finally:
-        for proc in reversed(processes):
-            _stop(proc)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(f"notebook_pipeline/{NAME}")
+        assert flow_run.deployment_id == deployment.id
+        assert [s.schedule.cron for s in deployment.schedules] == [CRON]
+        yield {
+            # The UI is served by the same server; PREFECT_UI_API_URL points its JS at this port.
+            "ui": running["url"].removesuffix("/api"),
+            "deployment_id": str(deployment.id),
+            "flow_run_name": flow_run.name,
+            "shots": base / "screenshots",
+        }
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,12 @@ def summary_markdown(record: Mapping[str, Any], links: Mapping[str, str]) -> str
     lines = [f"# nbprod run `{record.get('version')}`: **{status.upper()}**", ""]
     if record.get("error"):
         lines += [f"**Error** in step `{record.get('failed_step')}`: {record['error']}", ""]
+    trigger = record.get("trigger") or {}
+    if trigger.get("monitoring_version"):
+        lines += [
+            f"Retraining triggered by drift in monitoring run `{trigger['monitoring_version']}`.",
+            "",
+        ]
     reasons = record.get("reasons") or []
     if reasons:
         lines += ["## Gate decision: " + str(record.get("decision", "—")), ""]

@@ -144,14 +144,43 @@ def champion_reference(
     return schema, profile_reference(frame, schema.numerical, schema.categorical), train, False
 
 
+def retrain_end(current: pd.DataFrame, end: str | None) -> str:
+    """Where the retraining data window ends (a date): the window's end, else after its last row.
+
+    Why the whole labelled history up to there (the spec's start is kept): the drifted period is
+    short and its labels few; an expanding window learns it without forgetting the rest, and
+    the gate then compares candidate and champion on the newest rows.
+    """
+    import pandas as pd
+
+    bound = _parse_bound(end, "end")
+    if bound is None:
+        column = next((c for c in TIME_COLUMNS if c in current.columns), None)
+        latest = (
+            pd.to_datetime(current[column], errors="coerce", format="ISO8601", utc=True).max()
+            if column is not None
+            else pd.NaT
+        )
+        bound = (latest if pd.notna(latest) else pd.Timestamp.now(tz="UTC")) + pd.Timedelta("1ns")
+    if bound.tzinfo is not None:
+        bound = bound.tz_convert("UTC").tz_localize(None)
+    # The prepare notebook's window is [start, end) on dates: round a time of day up.
+    return bound.ceil("D").strftime("%Y-%m-%d")
+
+
 def event_payload(
     pipeline: str,
     champion_version: str,
     result: DriftResult,
     window: list[str | None],
     version: str,
+    retrain_end_date: str | None = None,
 ) -> dict[str, Any]:
-    """What a retraining automation (or a person) needs to know about the drift."""
+    """What a retraining automation (or a person) needs to know about the drift.
+
+    ``retrain_window`` is what prefect.yaml's trigger passes to the training deployment
+    (``start_date`` null: the spec's own start).
+    """
     return {
         "pipeline": pipeline,
         "champion_version": champion_version,
@@ -161,6 +190,7 @@ def event_payload(
         "window": {"start": window[0], "end": window[1]},
         "rows": result.rows,
         "monitoring_version": version,
+        "retrain_window": {"start_date": None, "end_date": retrain_end_date},
     }
 
 
@@ -275,7 +305,7 @@ def _policy(spec_policy: Any, given: dict[str, Any] | DriftPolicy | None) -> Dri
 
 @flow(name="monitoring_pipeline", log_prints=True)
 def monitoring_pipeline(
-    source: str,
+    source: str | None = None,
     start: str | None = None,
     end: str | None = None,
     spec: str = "deployments/training.yaml",
@@ -285,6 +315,8 @@ def monitoring_pipeline(
 ) -> dict[str, Any]:
     """Check a window of production inputs against the champion's training data.
 
+    ``source`` defaults to the service's inference log folder (``$NBPROD_INFERENCE_LOG_DIR``,
+    else ``$BENTOML_HOME/inference_logs``), which is what the scheduled deployment watches.
     ``policy`` (a DriftPolicy as a dict) overrides the spec's ``drift`` section; without either,
     Evidently's defaults apply. Returns the stored run record.
     """
@@ -294,6 +326,10 @@ def monitoring_pipeline(
 
     logger = get_run_logger()
     settings = load_settings()
+    if source is None:
+        from flows.serving import default_inference_log_dir
+
+        source = str(default_inference_log_dir())
     store = RunStore(run_store_url or settings.resolved_run_store_url)
     version = new_version_id()
     state = RunState(version=version, workdir=settings.scratch_dir / version)
@@ -375,7 +411,14 @@ def monitoring_pipeline(
         record["event"] = None
         if result.verdict == "drift":
             state.step = "event"
-            payload = event_payload(loaded.name, champion["version"], result, [start, end], version)
+            payload = event_payload(
+                loaded.name,
+                champion["version"],
+                result,
+                [start, end],
+                version,
+                retrain_end_date=retrain_end(current, end),
+            )
             record["event"] = emit_drift_event(loaded.name, payload)
             logger.warning("drift detected: emitted %s for %s", DRIFT_EVENT, loaded.name)
 
@@ -390,32 +433,21 @@ def monitoring_pipeline(
 
 DASHBOARD_PROJECT = "nbprod"
 DASHBOARD_TAB = "Data drift"
+MODEL_TAB = "Model quality"
+# Stored Evidently snapshots loaded into the workspace: (file, suffix of the snapshot's name).
+DASHBOARD_REPORTS = (("reports/data_drift.json", ""), ("reports/model_performance.json", "-model"))
 
 
-def sync_dashboard(store: RunStore, workspace: Path, project_name: str = DASHBOARD_PROJECT) -> int:
-    """Load every stored drift report (monitoring and training runs) into an Evidently workspace.
-
-    Why a sync and not a write at run time: the run store is the record, any fsspec URL; the
-    workspace is a local view of it that can be rebuilt at will. Idempotent: a report already
-    in the workspace (snapshot named after its run version) is not added again. Returns how
-    many reports were added.
-    """
-    import tempfile
-
-    from evidently.core.report import Snapshot
+def dashboard_panels() -> list[tuple[str, Any]]:
+    """(tab, panel): drift share over time (monitoring and training runs alike), and the
+    holdout metrics of every training run over versions. Panel titles are unique: an existing
+    workspace gains the panels it lacks."""
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import bar_plot_panel, line_plot_panel
-    from evidently.ui.workspace import Workspace
 
-    ws = Workspace(str(workspace))
-    found = ws.search_project(project_name)
-    if found:
-        project = found[0]
-    else:
-        project = ws.create_project(
-            project_name, description="nbprod: drift of production and training data"
-        )
-        project.dashboard.add_panel(
+    return [
+        (
+            DASHBOARD_TAB,
             line_plot_panel(
                 title="Share of drifted columns",
                 values=[
@@ -426,9 +458,9 @@ def sync_dashboard(store: RunStore, workspace: Path, project_name: str = DASHBOA
                     )
                 ],
             ),
-            tab=DASHBOARD_TAB,
-        )
-        project.dashboard.add_panel(
+        ),
+        (
+            DASHBOARD_TAB,
             bar_plot_panel(
                 title="Drifted columns",
                 values=[
@@ -439,8 +471,48 @@ def sync_dashboard(store: RunStore, workspace: Path, project_name: str = DASHBOA
                     )
                 ],
             ),
-            tab=DASHBOARD_TAB,
+        ),
+        (
+            MODEL_TAB,
+            line_plot_panel(
+                title="Model metrics over versions (holdout)",
+                values=[
+                    PanelMetric(legend="ROC AUC", metric="RocAuc"),
+                    PanelMetric(legend="F1", metric="F1Score"),
+                    PanelMetric(legend="accuracy", metric="Accuracy"),
+                ],
+            ),
+        ),
+    ]
+
+
+def sync_dashboard(store: RunStore, workspace: Path, project_name: str = DASHBOARD_PROJECT) -> int:
+    """Load every stored Evidently report snapshot into a local Evidently workspace.
+
+    Drift reports of monitoring and training runs (drift share over time) and the model
+    performance reports of training runs (model metrics over versions). Why a sync and not a
+    write at run time: the run store is the record, any fsspec URL; the workspace is a local
+    view of it that can be rebuilt at will. Idempotent: a snapshot already in the workspace
+    (named after its run version) is not added again. Returns how many snapshots were added.
+    """
+    import tempfile
+
+    from evidently.core.report import Snapshot
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace(str(workspace))
+    found = ws.search_project(project_name)
+    project = (
+        found[0]
+        if found
+        else ws.create_project(
+            project_name, description="nbprod: drift of production and training data, model quality"
         )
+    )
+    titles = {panel.title for panel in project.dashboard.model().panels}
+    for tab, panel in dashboard_panels():
+        if panel.title not in titles:
+            project.dashboard.add_panel(panel, tab=tab)
     present = {
         model.name
         for sid in ws.list_runs(project.id)
@@ -450,12 +522,14 @@ def sync_dashboard(store: RunStore, workspace: Path, project_name: str = DASHBOA
     with tempfile.TemporaryDirectory() as tmp:
         for run in store.list_runs():
             version = run["version"]
-            if version in present or "reports/data_drift.json" not in store.files(version):
-                continue
-            local = store.fetch(version, "reports/data_drift.json", Path(tmp) / f"{version}.json")
-            snapshot = Snapshot.load(str(local))
-            ws.add_run(project.id, snapshot, name=version)
-            added += 1
+            stored = store.files(version)
+            for rel, suffix in DASHBOARD_REPORTS:
+                name = f"{version}{suffix}"
+                if name in present or rel not in stored:
+                    continue
+                local = store.fetch(version, rel, Path(tmp) / f"{name}.json")
+                ws.add_run(project.id, Snapshot.load(str(local)), name=name)
+                added += 1
     return added
 
 

@@ -45,6 +45,8 @@ from flows.settings import PROJECT_ROOT, NbprodSettings, load_settings
 from flows.store import RunStore, new_version_id, utc_now
 
 TARGET = "defaulted"
+# triggered_by of a retraining run started by a monitoring run's drift event (prefect.yaml).
+DRIFT_TRIGGER_PREFIX = "drift:"
 DATETIME_COLUMN = "application_date"
 ID_COLUMNS = ("application_id",)
 
@@ -525,6 +527,7 @@ def training_pipeline(
         "started_at": utc_now(),
         "flow_run_id": flow_run_id,
         "triggered_by": triggered_by,
+        "trigger": parse_trigger(triggered_by),
         "champion_before": champion,
         "champion_after": champion,
     }
@@ -734,7 +737,7 @@ def training_pipeline(
                 )
                 logger.warning("bento %s failed the infra check: %s", bento_tag, infra["reason"])
                 final = store.finalize(version, {**record, "status": "rejected"})
-                _publish(final, links, logger)
+                _conclude(store, final, links, logger)
                 shutil.rmtree(state.workdir, ignore_errors=True)
                 return final
             record.update(model_tag=model_tag, bento_tag=bento_tag)
@@ -747,12 +750,15 @@ def training_pipeline(
                     "metrics": cand_metrics,
                 },
                 expected=champion["version"] if champion else None,
-                reason="gate",
+                reason="retrain" if record["trigger"] else "gate",
                 triggered_by=flow_run_id or triggered_by,
+                note=f"after drift in monitoring run {record['trigger']['monitoring_version']}"
+                if record["trigger"]
+                else None,
             )
             status = "accepted"
         final = store.finalize(version, {**record, "status": status})
-        _publish(final, links, logger)
+        _conclude(store, final, links, logger)
         shutil.rmtree(state.workdir, ignore_errors=True)
         return final
     except BaseException as exc:
@@ -1042,9 +1048,47 @@ def _record_failure(
                 "champion_after": record.get("champion_before"),
             },
         )
-        _publish(final, links, logger)
+        _conclude(store, final, links, logger)
     except (OSError, RunStoreError, PackagingError) as store_exc:  # pragma: no cover
         logger.error("could not record failure of run %s: %s", state.version, store_exc)
+
+
+def parse_trigger(triggered_by: str) -> dict[str, str] | None:
+    """``drift:<monitoring version>`` (the retrain automation's triggered_by) as a record field."""
+    if not triggered_by.startswith(DRIFT_TRIGGER_PREFIX):
+        return None
+    cause = triggered_by[len(DRIFT_TRIGGER_PREFIX) :].strip()
+    return {"kind": "drift", "monitoring_version": cause} if cause else None
+
+
+def followup_record(record: dict[str, Any]) -> dict[str, Any]:
+    """What the causing monitoring run shows of this run: its outcome and the reasons."""
+    after = record.get("champion_after") or {}
+    return {
+        "version": record["version"],
+        "kind": "retraining",
+        "pipeline": record.get("pipeline"),
+        "status": record.get("status"),
+        "reasons": record.get("reasons") or ([record["error"]] if record.get("error") else []),
+        "window": record.get("window"),
+        "champion_after": after.get("version"),
+        "flow_run_id": record.get("flow_run_id"),
+        "finished_at": record.get("finished_at"),
+    }
+
+
+def _conclude(store: RunStore, record: dict[str, Any], links: dict[str, str], logger: Any) -> None:
+    """After finalize: link a drift-triggered run back to its monitoring run, then publish."""
+    cause = (record.get("trigger") or {}).get("monitoring_version")
+    if cause:
+        try:
+            store.add_followup(cause, followup_record(record))
+            links[f"monitoring run {cause}"] = store.uri(cause, "run.json")
+        except (OSError, RunStoreError) as exc:
+            logger.warning(
+                "could not link run %s to monitoring run %s: %s", record["version"], cause, exc
+            )
+    _publish(record, links, logger)
 
 
 def _publish(record: dict[str, Any], links: dict[str, str], logger: Any) -> None:

@@ -44,9 +44,11 @@ from flows.errors import ConfigError, DeployError, NbprodError, ParameterError, 
 PREFECT_FILE = "prefect.yaml"
 DEFAULT_UPSTREAM = "notebooks/prepare.ipynb"
 TRAINING_INPUTS = ("train_path", "test_path")
+# Module entrypoints, not file paths: Prefect loads a file entrypoint with its folder first on
+# sys.path, where flows/schema.py would shadow the `schema` package BentoML imports.
 ENTRYPOINTS = {
-    "training": "flows/pipeline.py:training_pipeline",
-    "notebook": "flows/pipeline.py:notebook_pipeline",
+    "training": "flows.pipeline:training_pipeline",
+    "notebook": "flows.pipeline:notebook_pipeline",
 }
 # Parameters each flow sets itself; a promoted value would be silently overridden.
 RESERVED = {"training": ("train_path", "test_path", "output_dir"), "notebook": ("output_dir",)}
@@ -282,6 +284,10 @@ def promote(
     flow = detect_flow(notebook)
     name = name or slugify(notebook.stem)
     spec_file = spec_path(name, root)
+    if (root / PREFECT_FILE).exists():  # before any check runs: nothing is written on refusal
+        entries = read_prefect_file(root / PREFECT_FILE)["deployments"]
+        found = next((d for d in entries if d.get("name") == name), None)
+        _check_not_claimed(found, name, root / PREFECT_FILE)
 
     chain: list[tuple[str, Path]] = [(rel, notebook.resolve())]
     notes: list[str] = [f"flow: {flow}"]
@@ -427,6 +433,17 @@ def read_prefect_file(path: Path) -> Any:
     return doc
 
 
+def _check_not_claimed(entry: Any, name: str, path: Path) -> None:
+    """Refuse to turn a hand-written deployment (e.g. ``monitoring``) into a notebook's."""
+    entrypoint = str(entry.get("entrypoint")) if entry is not None else ""
+    as_module = entrypoint.replace(".py:", ":").replace("/", ".")  # older file-path entries
+    if entry is not None and as_module not in ENTRYPOINTS.values():
+        raise ConfigError(
+            f"deployment {name!r} in {path} runs {entry.get('entrypoint')}, not a promoted "
+            "notebook: promote under another name (--name)"
+        )
+
+
 def deployment_names(path: Path) -> list[str]:
     """Names of the deployments in ``prefect.yaml``, in file order."""
     return [str(d.get("name")) for d in read_prefect_file(path)["deployments"]]
@@ -448,6 +465,7 @@ def upsert_deployment(path: Path, spec: Any, *, new_schedule: bool) -> None:
     doc = read_prefect_file(path)
     entries = doc["deployments"]
     entry = next((d for d in entries if d.get("name") == spec.name), None)
+    _check_not_claimed(entry, spec.name, path)
     if entry is None:
         entry = CommentedMap()
         entries.append(entry)

@@ -25,6 +25,7 @@ reaches the monitored log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from flows.errors import InferenceLogError, ServingError
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Iterator
 
     import pandas as pd
 
@@ -334,7 +336,6 @@ def validate_bento(
     A failing bento is a result, not an exception: ``{"passed": False, "reason": ...}``. Only
     caller mistakes (sample and expected of different lengths, missing columns) raise ValueError.
     """
-    import subprocess
     import tempfile
 
     records, want_pred, want_proba = _validation_inputs(sample, expected)
@@ -342,34 +343,16 @@ def validate_bento(
     startup_s = 0.0
     with tempfile.TemporaryDirectory(prefix="nbprod-validate-") as tmp:
         log_dir = Path(tmp) / "inference"
-        server_log = Path(tmp) / "serve.log"
-        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", LOG_DIR_ENV_VAR: str(log_dir)}
-        port = free_port()
-        base = f"http://{HOST}:{port}"
-        started = time.monotonic()
-        server: subprocess.Popen[bytes] | None = None
         try:
-            with server_log.open("wb") as out:
-                server = subprocess.Popen(
-                    serve_command(bento_tag, port),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=tmp,
-                    start_new_session=True,
-                )
-            failure = wait_ready(base, server, server_log, timeout_s=timeout_s)
-            startup_s = time.monotonic() - started
-            checks.append(
-                _check("startup", failure is None, failure or f"ready in {startup_s:.1f} s")
-            )
-            if failure is None:
+            with running_bento(
+                bento_tag, log_dir=log_dir, workdir=Path(tmp), timeout_s=timeout_s
+            ) as (base, startup_s):
+                checks.append(_check("startup", True, f"ready in {startup_s:.1f} s"))
                 checks += _serving_checks(base, records, want_pred, want_proba, model_tag, log_dir)
+        except ServingError as exc:  # never became ready
+            checks.append(_check("startup", False, str(exc)))
         except OSError as exc:  # cannot spawn, or the connection broke mid-check
             checks.append(_check("server", False, f"{type(exc).__name__}: {exc}"))
-        finally:
-            if server is not None:
-                stop_server(server)
     failed = [c for c in checks if not c["passed"]]
     return {
         "bento_tag": bento_tag,
@@ -482,6 +465,43 @@ def _compare(
     return _check(
         "predictions_match", True, f"{len(results)} rows match (max |Δprobability| {worst:.1e})"
     )
+
+
+@contextlib.contextmanager
+def running_bento(
+    bento_tag: str, *, log_dir: Path, workdir: Path, timeout_s: float = 120
+) -> Iterator[tuple[str, float]]:
+    """``bentoml serve`` on a free 127.0.0.1 port for the block: yields (base URL, start-up s).
+
+    Own process group, stopped on exit (gracefully, so the inference log in ``log_dir`` is
+    complete); the server inherits this process's ``BENTOML_HOME``. Raises ServingError with the
+    server's reason when it does not become ready.
+    """
+    import subprocess
+
+    server_log = workdir / "serve.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", LOG_DIR_ENV_VAR: str(log_dir)}
+    base = f"http://{HOST}:{free_port()}"
+    started = time.monotonic()
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        with server_log.open("wb") as out:
+            server = subprocess.Popen(
+                serve_command(bento_tag, int(base.rsplit(":", 1)[1])),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=workdir,
+                start_new_session=True,
+            )
+        failure = wait_ready(base, server, server_log, timeout_s=timeout_s)
+        if failure is not None:
+            raise ServingError(f"bento {bento_tag} did not start: {failure}")
+        yield base, time.monotonic() - started
+    finally:
+        if server is not None:
+            stop_server(server)
 
 
 def free_port() -> int:

@@ -22,6 +22,9 @@ RunStatus = Literal["accepted", "rejected", "completed", "failed"]
 RUN_RECORD = "run.json"
 CHAMPION = "champion.json"
 HISTORY_DIR = "champion_history"
+# Runs started because of an earlier run (a retraining caused by a monitoring run's drift):
+# kept outside the immutable version folders, append-only, one file per follow-up.
+FOLLOWUPS_DIR = "followups"
 
 
 def utc_now() -> str:
@@ -203,6 +206,30 @@ class RunStore:
         pointer = {**record, "since": event["at"], "reason": reason}
         self._atomic_write(self._join(CHAMPION), json.dumps(pointer, indent=2).encode())
         return pointer
+
+    # -- follow-ups ---------------------------------------------------------------------------
+    def add_followup(self, version: str, followup: dict[str, Any]) -> str:
+        """Link a later run to the finalised run ``version`` that caused it, without touching it.
+
+        Why not in the version folder: a finalised run is frozen, yet its consequences (the
+        retraining a monitoring run triggered, and that run's outcome) come later.
+        """
+        self.get_run(version)  # only a listed run can have follow-ups
+        child = str(followup.get("version") or "")
+        if not child:
+            raise RunStoreError(f"follow-up of run {version} needs the follow-up run's version")
+        path = self._join(FOLLOWUPS_DIR, version, f"{child}.json")
+        if self.fs.exists(path):
+            raise RunStoreError(f"run {child} is already recorded as a follow-up of {version}")
+        self._atomic_write(path, json.dumps(followup, indent=2, default=str).encode())
+        return path
+
+    def followups(self, version: str) -> list[dict[str, Any]]:
+        """Runs recorded as caused by ``version``, oldest first."""
+        base = self._join(FOLLOWUPS_DIR, version)
+        if not self.fs.exists(base):
+            return []
+        return [self.read_json(p) for p in sorted(self.fs.ls(base, detail=False))]
 
     def champion_history(self) -> list[dict[str, Any]]:
         base = self._join(HISTORY_DIR)

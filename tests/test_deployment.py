@@ -16,12 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,16 @@ from uuid import UUID
 
 import pytest
 
+from flows.errors import DeployError
+from flows.localstack import (
+    FINAL_STATES,
+    PREFECT,
+    start_process,
+    start_server,
+    stop_process,
+    wait_for_worker,
+)
+from flows.localstack import log_tail as _log_tail
 from flows.promote import deploy, ensure_work_pool, promote
 from flows.spec import load_spec
 
@@ -39,50 +45,7 @@ SERVER_START_TIMEOUT_S = 120.0
 WORKER_START_TIMEOUT_S = 90.0
 RUN_TIMEOUT_S = 240.0
 WORKER_NAME = "nbprod-test"
-PREFECT = [sys.executable, "-m", "prefect"]
 WORKER_ARGS = ["--pool", "nbprod-process", "--type", "process", "--name", WORKER_NAME]
-FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    """A child in its own process group, so the whole tree can be stopped afterwards."""
-    with open(log, "wb") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _log_tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
 def _write_notebook(path: Path) -> Path:
@@ -113,48 +76,42 @@ def _write_notebook(path: Path) -> Path:
 
 @contextlib.contextmanager
 def running_stack(
-    base: Path, *, name: str = "tiny-nb", cron: str | None = None
+    base: Path,
+    *,
+    name: str = "tiny-nb",
+    cron: str | None = None,
+    deployments: tuple[str, ...] = (),
+    project_dirs: tuple[str, ...] = (),
 ) -> Iterator[dict[str, Any]]:
     """Server, temporary project with a promoted and deployed notebook, and a running worker.
 
-    Yields while the Prefect settings point at that server (also used by tests/test_ui.py).
+    ``deployments`` are shipped prefect.yaml entries registered too; ``project_dirs`` are
+    copied into the project beside ``flows/`` (e.g. notebooks, data and bentos for the real
+    training deployment). Yields while the Prefect settings point at that server (also used by
+    tests/test_ui.py and tests/test_continuous_training.py).
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_API_URL, temporary_settings
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(base / "prefect-home"),
-        "PREFECT_API_URL": url,
-        "PREFECT_UI_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_TO_API_ENABLED": "true",
-    }
+    env = {**os.environ, "PREFECT_LOGGING_TO_API_ENABLED": "true"}
     env.pop("NBPROD_PROJECT_DIR", None)
-    (base / "prefect-home").mkdir()
     processes: list[subprocess.Popen[bytes]] = []
     server_log, worker_log = base / "server.log", base / "worker.log"
     try:
-        server = _start(
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env,
-            base,
-            server_log,
-        )
+        try:
+            server, url = start_server(
+                base / "prefect-home", server_log, env=env, timeout_s=SERVER_START_TIMEOUT_S
+            )
+        except DeployError as exc:
+            pytest.fail(str(exc))
         processes.append(server)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Prefect server did not start:\n{_log_tail(server_log)}")
-            time.sleep(0.5)
+        env.update(PREFECT_HOME=str(base / "prefect-home"), PREFECT_API_URL=url)
 
         project = base / "project"
         (project / "deployments").mkdir(parents=True)
-        shutil.copytree(
-            ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__")
-        )
+        for folder in ("flows", *project_dirs):
+            shutil.copytree(
+                ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
+            )
         shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
         for spec_file in ("training.yaml", "policy.yaml"):
             shutil.copy(ROOT / "deployments" / spec_file, project / "deployments" / spec_file)
@@ -165,18 +122,23 @@ def running_stack(
             # The pool first (what `nbprod deploy` does when it is missing), so the worker can
             # boot while `prefect deploy` runs: both take a while on two cores.
             created_pool = ensure_work_pool("nbprod-process")
-            worker_env = {
-                **env,
-                "NBPROD_HOME": str(base / "nbprod-home"),
-                "PREFECT_WORKER_QUERY_SECONDS": "2",
-                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-            }
-            worker = _start(
+            worker_env = {**env, "NBPROD_HOME": str(base / "nbprod-home")}
+            worker = start_process(
                 [*PREFECT, "worker", "start", *WORKER_ARGS], worker_env, base, worker_log
             )
             processes.append(worker)
-            registered = deploy([name], project_root=project)
-            _wait_for_worker(worker, worker_log)
+            registered = deploy([name, *deployments], project_root=project)
+            try:
+                wait_for_worker(
+                    url,
+                    WORKER_NAME,
+                    "nbprod-process",
+                    worker,
+                    worker_log,
+                    timeout_s=WORKER_START_TIMEOUT_S,
+                )
+            except DeployError as exc:
+                pytest.fail(str(exc))
             yield {
                 "url": url,
                 "project": project,
@@ -188,28 +150,13 @@ def running_stack(
             }
     finally:
         for proc in reversed(processes):
-            _stop(proc)
+            stop_process(proc)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with running_stack(tmp_path_factory.mktemp("deployment")) as running:
         yield running
-
-
-def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the server lists our worker as polling the pool (it then picks up runs)."""
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-    with get_client(sync_client=True) as client:
-        while True:
-            workers = client.read_workers_for_work_pool("nbprod-process")
-            if any(w.name == WORKER_NAME for w in workers):
-                return
-            if worker.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the worker did not start polling:\n{_log_tail(log)}")
-            time.sleep(0.5)
 
 
 def _run_to_completion(deployment: str, parameters: dict[str, Any], log: Path) -> Any:

@@ -123,6 +123,8 @@ def test_drifted_window_is_stored_reported_and_emits_an_event(
     assert payload["champion_version"] == champion["version"]
     assert payload["drifted_columns"] == record["drift"]["drifted_columns"]
     assert payload["window"] == {"start": "2024-10-01", "end": "2025-01-01"}
+    # What the retrain trigger passes on: the spec's start, up to the end of the drifted window.
+    assert payload["retrain_window"] == {"start_date": None, "end_date": "2025-01-01"}
     assert events[0].resource.id == "nbprod.pipeline.training"
 
     keys = {a.key for a in read_artifacts(record["flow_run_id"])}

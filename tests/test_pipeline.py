@@ -154,6 +154,31 @@ def test_reports_are_real_evidently_snapshots(accepted: dict[str, Any], store: R
     assert "<html" in html.lower()
 
 
+def test_dashboard_holds_model_metrics_over_versions(
+    accepted: dict[str, Any], store: RunStore, tmp_path: Path
+) -> None:
+    from evidently.ui.workspace import Workspace
+
+    from flows.monitoring import sync_dashboard
+
+    assert sync_dashboard(store, tmp_path / "ws") >= 2  # the run's drift and model snapshots
+    ws = Workspace(str(tmp_path / "ws"))
+    (project,) = ws.search_project("nbprod")
+    panels = {p.title: p for p in project.dashboard.model().panels}
+    plotted = {v.metric for v in panels["Model metrics over versions (holdout)"].values}
+    assert "evidently:metric_v2:RocAuc" in plotted and "evidently:metric_v2:F1Score" in plotted
+    snapshots = {
+        m.name: m for sid in ws.list_runs(project.id) if (m := ws.get_run(project.id, sid))
+    }
+    model = snapshots[f"{accepted['version']}-model"]
+    (roc_auc,) = [
+        r.value
+        for r in model.metric_results.values()
+        if r.metric_value_location.metric.params["type"].endswith(":RocAuc")
+    ]
+    assert roc_auc == pytest.approx(accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6)
+
+
 def test_prefect_artifacts_summarise_the_run(accepted: dict[str, Any]) -> None:
     artifacts = read_artifacts(accepted["flow_run_id"])
     by_type: dict[str, list[Any]] = {}

@@ -185,8 +185,14 @@ def test_spec_path_requires_a_slug(tmp_path: Path) -> None:
 
 def test_bundled_deployments_point_at_valid_specs() -> None:
     """The shipped prefect.yaml runs: every deployment's spec exists and loads."""
-    for entry in deployments(ROOT):
+    entries = deployments(ROOT)
+    assert [e["name"] for e in entries] == ["training", "monitoring"]
+    for entry in entries:
         spec = load_spec(entry["parameters"]["spec"], root=ROOT)
+        if entry["name"] == "monitoring":  # watches the training pipeline's champion
+            assert entry["entrypoint"] == "flows.monitoring:monitoring_pipeline"
+            assert spec.name == "training" and entry["schedules"][0]["cron"]
+            continue
         assert spec.name == entry["name"]
         assert entry["entrypoint"] == ENTRYPOINTS[spec.flow]
         for notebook in spec.notebook_paths(ROOT):
@@ -214,9 +220,9 @@ def test_promote_writes_spec_and_deployment(project: Path) -> None:
     assert set(spec.notebook_hashes) == {"notebooks/Tiny_Report.ipynb"}
 
     entries = {d["name"]: d for d in deployments(project)}
-    assert set(entries) == {"training", "tiny-report"}
+    assert set(entries) == {"training", "monitoring", "tiny-report"}
     entry = entries["tiny-report"]
-    assert entry["entrypoint"] == "flows/pipeline.py:notebook_pipeline"
+    assert entry["entrypoint"] == "flows.pipeline:notebook_pipeline"
     assert entry["parameters"] == {
         "spec": "deployments/tiny-report.yaml",
         "triggered_by": "deployment",
@@ -229,7 +235,18 @@ def test_promote_writes_spec_and_deployment(project: Path) -> None:
     text = (project / "prefect.yaml").read_text()
     assert text.startswith(header)  # header comments kept
     assert "build: null" in text
-    assert entries["training"] == {d["name"]: d for d in deployments(ROOT)}["training"]
+    shipped = {d["name"]: d for d in deployments(ROOT)}
+    assert entries["training"] == shipped["training"]  # its retrain trigger included
+    assert entries["monitoring"] == shipped["monitoring"]
+
+
+def test_promote_refuses_the_name_of_a_hand_written_deployment(project: Path) -> None:
+    before = (project / "prefect.yaml").read_text()
+    notebook = tiny_notebook(project / "notebooks" / "monitoring.ipynb")
+    with pytest.raises(ConfigError, match=r"'monitoring'.*monitoring_pipeline.*--name"):
+        promote(notebook, skip_repro=True, project_root=project)
+    assert (project / "prefect.yaml").read_text() == before
+    assert not (project / "deployments" / "monitoring.yaml").exists()
 
 
 def test_repromote_updates_in_place_and_keeps_schedule(project: Path) -> None:
@@ -302,7 +319,7 @@ def test_training_notebook_is_detected_with_its_upstream(project: Path) -> None:
     assert result.spec.flow == "training"
     assert result.spec.notebooks == ["notebooks/prep.ipynb", "notebooks/fit.ipynb"]
     (entry,) = [d for d in deployments(project) if d["name"] == "fit"]
-    assert entry["entrypoint"] == "flows/pipeline.py:training_pipeline"
+    assert entry["entrypoint"] == "flows.pipeline:training_pipeline"
     assert entry["parameters"] == {"spec": "deployments/fit.yaml", "triggered_by": "deployment"}
 
 

@@ -126,15 +126,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def render_run(record: dict[str, Any], store: Any) -> str:
-    lines = [f"run {record['version']}: {record['status'].upper()}"]
+    kind = record.get("kind") or "training"
+    lines = [f"run {record['version']} ({kind}): {record['status'].upper()}"]
+    lines.append(f"  triggered by {record.get('triggered_by')}")
     for reason in record.get("reasons") or []:
         lines.append(f"  - {reason}")
     if record.get("error"):
         lines.append(f"  error in {record.get('failed_step')}: {record['error']}")
-    lines.append(
-        f"  roc_auc {_fmt_metric(record, 'roc_auc')}  f1 {_fmt_metric(record, 'f1')}  "
-        f"log_loss {_fmt_metric(record, 'log_loss')}"
-    )
+    if kind == "monitoring":
+        window = record.get("window") or [None, None]
+        lines.append(
+            f"  window {window[0] or 'start'} → {window[1] or 'end'} of {record.get('source')}; "
+            f"champion {record.get('champion_version')}"
+        )
+        if record.get("event"):
+            lines.append(f"  emitted {record['event'].get('event')} ({record['event'].get('id')})")
+        for later in store.followups(record["version"]):
+            reasons = "; ".join(later.get("reasons") or [])
+            lines.append(
+                f"  → {later.get('kind')} {later['version']}: {str(later.get('status')).upper()}"
+                f"{' — ' + reasons if reasons else ''}"
+            )
+    else:
+        lines.append(
+            f"  roc_auc {_fmt_metric(record, 'roc_auc')}  f1 {_fmt_metric(record, 'f1')}  "
+            f"log_loss {_fmt_metric(record, 'log_loss')}"
+        )
     if record.get("bento_tag"):
         lines.append(f"  model {record['model_tag']}  bento {record['bento_tag']}")
     lines.append(f"  stored at {store.uri(record['version'])}")
@@ -320,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nbprod: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nbprod runs | head`: the reader left, nothing went wrong here
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         print(f"nbprod: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

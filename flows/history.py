@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
+import sys
 from typing import Any
 
 from flows.cli import add_store_option, open_store
@@ -187,12 +189,25 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     workspace = Path(args.workspace or load_settings().home / "evidently").expanduser()
     added = sync_dashboard(open_store(args.store), workspace)
-    print(f"Evidently workspace {workspace}: {added} new drift report(s) added")
-    print(
-        f"  open it: evidently ui --workspace {workspace} --host 127.0.0.1 --port 8000"
-        "  (then http://127.0.0.1:8000)"
-    )
-    return 0
+    print(f"Evidently workspace {workspace}: {added} new report snapshot(s) added")
+    command = [
+        str(Path(sys.executable).with_name("evidently")),
+        "ui",
+        "--workspace",
+        str(workspace),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
+    if not args.serve:
+        print(f"  open it: {' '.join(command)}")
+        print(f"  (or `nbprod dashboard --serve`), then http://127.0.0.1:{args.port}")
+        return 0
+    print(f"serving it on http://127.0.0.1:{args.port} (Ctrl-C stops)", flush=True)
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's UI reports usage otherwise
+    os.execv(command[0], command)  # signals reach the server directly
+    return 0  # pragma: no cover
 
 
 def register_commands(subparsers: Any) -> None:
@@ -240,7 +255,8 @@ def register_commands(subparsers: Any) -> None:
     dash = add_store_option(
         subparsers.add_parser(
             "dashboard",
-            help="load the stored drift reports into an Evidently workspace (drift over time)",
+            help="load stored Evidently reports into a workspace: drift over time, model "
+            "metrics over versions (--serve: show it on 127.0.0.1)",
         )
     )
     dash.add_argument(
@@ -249,4 +265,8 @@ def register_commands(subparsers: Any) -> None:
         metavar="DIR",
         help="Evidently workspace folder (default: $NBPROD_HOME/evidently)",
     )
+    dash.add_argument(
+        "--serve", action="store_true", help="then run `evidently ui` on it (127.0.0.1 only)"
+    )
+    dash.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
     dash.set_defaults(func=cmd_dashboard)

@@ -14,6 +14,8 @@ monitoring run, and that run is followed to its final state with a deadline.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pytest
 from test_deployment import _log_tail, _run_to_completion, running_stack
 from test_monitoring import drift_events
 
+from flows.cli import main
 from flows.localstack import wait_for_flow_run
 from flows.store import RunStore
 
@@ -131,8 +134,17 @@ def test_drift_triggers_retraining_and_no_drift_does_not(
     assert followup["reasons"] == retrain["reasons"]
     assert store.followups(steady["version"]) == []
 
+    # `nbprod show` of the monitoring run names what it caused; `nbprod history` says why.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["show", drifted["version"], "--store", store.url]) == 0
+        assert main(["history", "--store", store.url]) == 0
+    shown = out.getvalue()
+    assert f"→ retraining {retrain['version']}: {retrain['status'].upper()}" in shown
+
     now = store.champion()
     if retrain["status"] == "accepted":
+        assert f"{retrain['version']}  retrain" in shown
         assert retrain["infra_check"]["passed"] is True
         assert now["version"] == retrain["version"]
         last = store.champion_history()[-1]

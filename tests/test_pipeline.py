@@ -179,6 +179,49 @@ def test_dashboard_holds_model_metrics_over_versions(
     assert roc_auc == pytest.approx(accepted["metrics"]["candidate"]["roc_auc"], abs=1e-6)
 
 
+def test_dashboard_serves_the_history_on_loopback(
+    accepted: dict[str, Any], store: RunStore, tmp_path: Path
+) -> None:
+    """`nbprod dashboard --serve`: a real `evidently ui` answering on 127.0.0.1."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from flows.localstack import log_tail, stop_process
+    from flows.serving import free_port
+
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    nbprod = str(Path(sys.executable).with_name("nbprod"))
+    args = ["dashboard", "--serve", "--port", str(port), "--store", store.url]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [nbprod, *args, "--workspace", str(tmp_path / "ws")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}/api/projects"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base, timeout=2) as response:
+                    projects = json.loads(response.read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_tail(log)
+                time.sleep(0.5)
+        (project,) = [p for p in projects if p["name"] == "nbprod"]
+        with urllib.request.urlopen(f"{base}/{project['id']}/snapshots", timeout=10) as response:
+            names = {snap.get("name") for snap in json.loads(response.read())}
+        assert {accepted["version"], f"{accepted['version']}-model"} <= names
+    finally:
+        stop_process(proc)
+
+
 def test_prefect_artifacts_summarise_the_run(accepted: dict[str, Any]) -> None:
     artifacts = read_artifacts(accepted["flow_run_id"])
     by_type: dict[str, list[Any]] = {}

@@ -1,11 +1,13 @@
 """nbprod's benchmark harness (`make bench`): nbprod vs a baseline, measured in the same run.
 
-Usage: ``.venv/bin/python benchmarks/run.py [--quick] [--only P1,P5] [--output FILE]``
+Usage: ``.venv/bin/python benchmarks/run.py [--quick] [--only P1,P5,SCALING] [--output FILE]``
 
-Prints ONE markdown table (row, measure, nbprod, baseline, ratio, target, result) and writes it
-with the date and the machine to benchmarks/RESULTS.md. Every figure is the median of several
-runs (fewer and shorter with ``--quick``, which finishes in under 5 minutes on 2 cores); nbprod
-and baseline runs are interleaved so load from other processes hits both alike.
+Prints ONE markdown table (row, measure, nbprod, baseline, ratio, target, result), then the
+scaling curves (drift check and training pipeline at 10k/100k/1M rows: time, peak memory and
+growth exponents), and writes both with the date and the machine to benchmarks/RESULTS.md.
+Every figure is the median of several runs (fewer and shorter with ``--quick``, which finishes
+in under 5 minutes on 2 cores); nbprod and baseline runs are interleaved so load from other
+processes hits both alike.
 
 Everything runs in a temporary folder: its own Prefect server (``prefect server start`` on a free
 loopback port, with its own PREFECT_HOME), its own NBPROD_HOME and BENTOML_HOME. Servers bind
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -53,6 +56,8 @@ PACKAGES = [
     "uvicorn",
 ]
 ALL_ROWS = ["P1", "P2", "P3", "P4", "P5", "P6"]
+# What --only selects from: the rows, and the scaling curves (a second table).
+SECTIONS = [*ALL_ROWS, "SCALING"]
 # --quick: trees per P3 grid point (the notebook's default is 200), so 16 trainings fit the budget.
 QUICK_TREES = 20
 
@@ -485,38 +490,359 @@ def bench_p5(cfg: Config, model: Path) -> list[Row]:
 # --- P4 and P6 -----------------------------------------------------------------------------------
 
 
-def bench_p4(cfg: Config) -> list[Row]:
-    drift = REPO / "flows" / "drift.py"
-    pending = "not measured (flows/drift.py pending)"
-    if not drift.is_file():
-        return [Row("P4", "drift check, 1M rows × 20 columns", "-", "-", "-", "-", pending)]
+# P4 cases (see benchmarks/bench_drift.py); --quick compares two of them, in one Evidently process.
+P4_CASES = ["none", "small", "large", "categorical", "half"]
+P4_QUICK_CASES = ["small", "half"]
+P4_MAX_PEAK_BYTES = 1.5e9  # the target's 1.5 GB, read as 10^9 bytes (the stricter reading)
+# bench_drift.py results by number of rows, so the scaling section reuses P4's measurement.
+DRIFT_RESULTS: dict[int, dict[str, Any]] = {}
+
+
+def size_label(rows: int) -> str:
+    return f"{rows // 1_000_000}M" if rows >= 1_000_000 else f"{rows // 1000}k"
+
+
+def fmt_mb(kib: float | None) -> str:
+    return "-" if kib is None else f"{kib * 1024 / 1e6:,.0f} MB"
+
+
+def drift_compare(
+    cfg: Config, rows: int, cases: list[str], ev_cases: list[str], *, repeats: int, batch: bool
+) -> dict[str, Any]:
+    """Run benchmarks/bench_drift.py (each measurement in its own process); keep its result."""
+    cmd = [sys.executable, str(HERE / "bench_drift.py"), "compare", str(rows)]
+    cmd += ["--cases", ",".join(cases), "--evidently-cases", ",".join(ev_cases)]
+    cmd += ["--repeats", str(repeats), *(["--batch"] if batch else [])]
+    _, out = timed(cmd, cfg, what=f"drift {size_label(rows)} {cases}", timeout=3600)
+    res = json.loads(out.strip().splitlines()[-1])
+    DRIFT_RESULTS.setdefault(rows, {}).update(res["per_case"])
+    DRIFT_RESULTS[rows]["profile"] = res["profile"]
+    return res
+
+
+def probe_drift(cfg: Config) -> str | None:
+    """Why the drift check cannot be measured, or None."""
+    if not (REPO / "flows" / "drift.py").is_file():
+        return "not measured (flows/drift.py pending)"
     probe = [sys.executable, "-c", "from flows.drift import check_drift, profile_reference"]
     if subprocess.run(probe, env=cfg.env, cwd=REPO, capture_output=True, check=False).returncode:
-        return [Row("P4", "drift check, 1M rows × 20 columns", "-", "-", "-", "-",
-                    "not measured (flows/drift.py does not import)")]  # fmt: skip
-    # Evidently needs ~3 min per run at 1M rows on 2 cores: --quick measures at 100k rows.
+        return "not measured (flows/drift.py does not import)"
+    return None
+
+
+def bench_p4(cfg: Config) -> list[Row]:
+    if reason := probe_drift(cfg):
+        return [Row("P4", "drift check, 1M rows × 20 columns", "-", "-", "-", "-", reason)]
+    # Evidently needs 1-3 min per run at 1M rows on 2 cores: --quick measures at 100k rows and
+    # compares 2 of the 5 cases, in one Evidently process (its import alone takes ~9 s).
     rows_n = 100_000 if cfg.quick else 1_000_000
-    cmd = [sys.executable, str(HERE / "bench_drift.py"), str(rows_n)]
-    cmd += ["3", "1"] if cfg.quick else ["5", "3"]
-    _, out = timed(cmd, cfg, what="P4 drift", timeout=1200)
-    res = json.loads(out.strip().splitlines()[-1])
-    log(f"P4 {res}")
-    ratio = res["evidently_s"] / res["nbprod_s"]
-    size = f"{rows_n // 1000}k" if rows_n < 1_000_000 else f"{rows_n // 1_000_000}M"
-    agree = (
-        "verdict counts agree"
-        if res["evidently_drifted_count"] == len(res["nbprod_drifted"])
-        else f"drifted columns: nbprod {len(res['nbprod_drifted'])}, "
-        f"Evidently {res['evidently_drifted_count']}"
+    cases = P4_QUICK_CASES if cfg.quick else P4_CASES
+    res = drift_compare(cfg, rows_n, cases, cases, repeats=3, batch=cfg.quick)
+    log(f"P4 {json.dumps({k: v for k, v in res.items() if k != 'per_case'})}")
+    size, n = size_label(rows_n), len(res["evidently_cases"])
+    speedup, agreement = res["speedup"] or 0.0, res["agreement"] or 0.0
+    nb_peak, ev_peak = res["nbprod_peak_kib"], res["evidently_peak_kib"]
+    ok = speedup >= 10 and agreement >= 0.95 and nb_peak * 1024 <= P4_MAX_PEAK_BYTES
+    per_case = res["per_case"]
+    verdicts = "; ".join(
+        f"{c} {len(per_case[c]['nbprod_drifted'])}/{len(per_case[c]['evidently_drifted'])}"
+        for c in res["evidently_cases"]
+    )
+    differ = [
+        f"{c}/{d['column']} (nbprod {d['nbprod']['score']:.4g} {d['nbprod']['method']}, "
+        f"Evidently {d['evidently']['score']:.4g} {d['evidently']['method']})"
+        for c in res["evidently_cases"]
+        for d in per_case[c]["disagreements"]
+    ]
+    profile = res["profile"]
+    with_profile = res["evidently_s"] / (res["nbprod_s"] + n * profile["profile_s"])
+    note = (
+        f"{n} cases ({', '.join(res['evidently_cases'])}"
+        + ("; --quick: 2 of the 5, Evidently's in one process" if cfg.quick else "")
+        + f"), one Evidently run and the median of {res['repeats']} check_drift runs per case "
+        f"(time per window: mean over the cases); drifted columns nbprod/Evidently: "
+        f"{verdicts}; same default method on {res['same_method']}/{res['compared']}"
+        + (f"; verdicts differ on {', '.join(differ)}" if differ else "")
+        + f". Memory, each in its own process: nbprod {fmt_mb(res['nbprod_imports_kib'])} "
+        f"after imports, {fmt_mb(res['nbprod_data_kib'])} with the current window, peak "
+        f"{fmt_mb(nb_peak)}; Evidently {fmt_mb(res['evidently_imports_kib'])}, "
+        f"{fmt_mb(res['evidently_data_kib'])} with both frames, peak {fmt_mb(ev_peak)}. "
+        f"One-off profile_reference {profile['profile_s']:.2f} s (peak "
+        f"{fmt_mb(profile['peak_kib'])}, profile {profile['profile_kb']:.0f} kB); counting one "
+        f"profile per window: {with_profile:.1f}× faster"
+        + (
+            f". --quick: the target is defined at 1M rows, this was measured at {size} rows"
+            if rows_n < 1_000_000
+            else ""
+        )
     )
     return [
         Row("P4", "drift check (check_drift on a stored profile) vs Evidently DataDriftPreset, "
-            f"{size} rows × 20 columns (reference and current window {size} each)",
-            fmt_s(res["nbprod_s"]), fmt_s(res["evidently_s"]), f"{ratio:.1f}× faster",
-            "none set (report)", "measured",
-            f"median of {len(res['nbprod_runs'])} / {len(res['evidently_runs'])}; one-off "
-            f"profile_reference {res['profile_s']:.2f} s; {agree}")
+            f"{size} rows × {res['columns']} columns (reference and current window {size} "
+            "each): time per window; per-column verdicts; peak RSS",
+            f"{res['nbprod_s'] / n:.2f} s, peak {fmt_mb(nb_peak)}",
+            f"{res['evidently_s'] / n:.2f} s, peak {fmt_mb(ev_peak)}",
+            f"{speedup:.1f}× faster; {res['agree']}/{res['compared']} verdicts agree "
+            f"({agreement:.1%})",
+            "≥ 10× faster; ≥ 95 % same verdicts; nbprod peak ≤ 1.5 GB", verdict(ok), note)
     ]  # fmt: skip
+
+
+# --- scaling curves ------------------------------------------------------------------------------
+
+SCALING_SIZES = [10_000, 100_000, 1_000_000]
+SCALING_QUICK_SIZES = [10_000, 100_000]
+DRIFT_SCALING_CASE = "half"  # 10 of the 20 columns shifted
+SUPERLINEAR = 1.1  # growth exponent above which a curve is flagged
+PIPELINE_SAMPLE_S = 0.2
+
+
+@dataclass
+class Curve:
+    """One line of the scaling table: a figure at each size, and how fast it grows."""
+
+    what: str
+    values: dict[int, float | None]  # rows -> figure (seconds or KiB)
+    unit: str  # "s" or "KiB"
+    # What the growth exponent is computed on when not on ``values`` (memory above imports).
+    basis: dict[int, float | None] | None = None
+    note: str = ""
+    error: bool = False
+
+    def cell(self, rows: int) -> str:
+        value = self.values.get(rows)
+        if value is None:
+            return "-"
+        if self.unit == "s":
+            return f"{value:.3f} s" if value < 1 else fmt_s(value)
+        extra = (self.basis or {}).get(rows)
+        return fmt_mb(value) + ("" if extra is None else f" (+{fmt_mb(extra)})")
+
+
+def growth(curve: Curve, n1: int, n2: int) -> float | None:
+    """log(y2 / y1) / log(n2 / n1): 1 is linear, above 1 worse than linear."""
+    import math
+
+    basis = curve.basis or curve.values
+    y1, y2 = basis.get(n1), basis.get(n2)
+    if not y1 or not y2 or y1 <= 0 or y2 <= 0:
+        return None
+    return math.log(y2 / y1) / math.log(n2 / n1)
+
+
+def render_scaling(curves: list[Curve], sizes: list[int], notes: list[str]) -> str:
+    steps = list(itertools.pairwise(sizes))
+    head = ["Curve", *(size_label(n) for n in sizes)]
+    head += [f"Growth {size_label(a)}→{size_label(b)}" for a, b in steps] + ["Flag", "Notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in curves:
+        exps = [growth(c, a, b) for a, b in steps]
+        known = [e for e in exps if e is not None]
+        flag = (
+            "error" if c.error
+            else "-" if not known
+            else "**superlinear**" if max(known) > SUPERLINEAR
+            else "linear or better"
+        )  # fmt: skip
+        cells = [c.what, *(c.cell(n) for n in sizes)]
+        cells += ["-" if e is None else f"{e:.2f}" for e in exps] + [flag, c.note]
+        lines.append("| " + " | ".join(x.replace("|", "/") for x in cells) + " |")
+    text = "\n".join(lines)
+    return text + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
+
+
+def scaling_drift(cfg: Config, sizes: list[int]) -> list[Curve]:
+    """nbprod's profile and check (and Evidently, full run only) at each size, case "half"."""
+    if reason := probe_drift(cfg):
+        return [Curve("drift check", {}, "s", note=reason)]
+    case = DRIFT_SCALING_CASE
+    with_evidently = not cfg.quick
+    for rows in sizes:
+        known = DRIFT_RESULTS.get(rows, {}).get(case)
+        if known is None or (with_evidently and known["evidently"] is None):
+            ev = [case] if with_evidently else []
+            drift_compare(cfg, rows, [case], ev, repeats=3, batch=False)
+    runs = {rows: DRIFT_RESULTS[rows] for rows in sizes}
+
+    def pick(fn: Callable[[dict[str, Any]], float | None]) -> dict[int, float | None]:
+        out: dict[int, float | None] = {}
+        for rows, run in runs.items():
+            try:
+                out[rows] = fn(run)
+            except (KeyError, TypeError):
+                out[rows] = None
+        return out
+
+    def above(part: str) -> Callable[[dict[str, Any]], float]:
+        return lambda r: r[case][part]["peak_kib"] - r[case][part]["rss_imports_kib"]
+
+    curves = [
+        Curve("drift: nbprod check_drift, time per window",
+              pick(lambda r: r[case]["nbprod"]["s"]), "s",
+              note="median of 3, against a stored profile"),
+        Curve("drift: nbprod check process, peak RSS",
+              pick(lambda r: r[case]["nbprod"]["peak_kib"]), "KiB", basis=pick(above("nbprod")),
+              note="growth on the peak above the process's RSS after imports"),
+        Curve("drift: nbprod profile_reference (one-off), time",
+              pick(lambda r: r["profile"]["profile_s"]), "s"),
+        Curve("drift: nbprod profile process, peak RSS", pick(lambda r: r["profile"]["peak_kib"]),
+              "KiB",
+              basis=pick(lambda r: r["profile"]["peak_kib"] - r["profile"]["rss_imports_kib"]),
+              note="growth on the peak above the process's RSS after imports"),
+    ]  # fmt: skip
+    if with_evidently:
+        curves += [
+            Curve("drift: Evidently DataDriftPreset, time",
+                  pick(lambda r: r[case]["evidently"]["s"]), "s", note="one run per size"),
+            Curve("drift: Evidently process, peak RSS",
+                  pick(lambda r: r[case]["evidently"]["peak_kib"]), "KiB",
+                  basis=pick(above("evidently")),
+                  note="growth on the peak above the process's RSS after imports"),
+        ]  # fmt: skip
+    return curves
+
+
+def tree_rss(proc: Any) -> int:
+    """Bytes resident in a process and all its descendants (shared pages counted per process)."""
+    import psutil
+
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def sampled(cmd: list[str], env: dict[str, str], cfg: Config, what: str, timeout: float
+            ) -> tuple[float, str, int]:  # fmt: skip
+    """Run a command; return its wall time, stdout and the peak RSS (bytes) of its process tree,
+    sampled every PIPELINE_SAMPLE_S seconds."""
+    import psutil
+
+    out_path, err_path = cfg.work / f"{what}.out", cfg.work / f"{what}.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err,
+                                start_new_session=True)  # fmt: skip
+        peak = 0
+        try:
+            ps = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                peak = max(peak, tree_rss(ps))
+                if time.perf_counter() - started > timeout:
+                    raise RuntimeError(f"{what} timed out after {timeout:.0f} s")
+                time.sleep(PIPELINE_SAMPLE_S)
+        finally:
+            if proc.poll() is None:  # timed out or interrupted: stop the tree, kernels included
+                with contextlib.suppress(psutil.Error):  # (they run in sessions of their own)
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            child.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        elapsed = time.perf_counter() - started
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    with cfg.log.open("a") as handle:
+        handle.write(f"\n=== {what}: {' '.join(cmd)} ({elapsed:.2f} s, rc {proc.returncode}, "
+                     f"peak {peak / 1e6:.0f} MB)\n{stdout[-5000:]}{stderr[-5000:]}")  # fmt: skip
+    if proc.returncode != 0:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{what} failed (rc {proc.returncode}): {' | '.join(tail)}")
+    return elapsed, stdout, peak
+
+
+def scaling_pipeline(cfg: Config, sizes: list[int]) -> list[Curve]:
+    """One first run of training_pipeline per size (fresh NBPROD_HOME and BENTOML_HOME), against
+    a Prefect server of its own; wall time of the flow call and peak RSS of the process tree."""
+    port = free_port()
+    env = {
+        **cfg.env,
+        "PREFECT_HOME": str(cfg.work / "prefect-scaling"),
+        "PREFECT_API_URL": f"http://{HOST}:{port}/api",
+    }
+    prefect = [str(VENV_BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    runs: dict[int, dict[str, Any]] = {}
+    errors: list[Curve] = []
+    with server(prefect, cfg, "prefect-scaling", f"http://{HOST}:{port}/api/health", env=env):
+        for rows in sizes:
+            try:
+                runs[rows] = pipeline_run(cfg, env, rows)
+            except Exception as exc:  # a failed size must not lose the others
+                log(f"SCALING pipeline {rows} failed: {exc}")
+                errors.append(Curve(f"pipeline at {size_label(rows)}", {}, "s",
+                                    note=str(exc)[:300], error=True))  # fmt: skip
+                continue
+            log(f"SCALING pipeline {rows}: {runs[rows]}")
+    statuses = ", ".join(
+        f"{size_label(n)} {r['rows']} rows, {r['status']}" for n, r in runs.items()
+    )
+    curves = [
+        Curve("pipeline: training_pipeline flow call, time",
+              {n: r["flow_s"] for n, r in runs.items()}, "s",
+              note=f"first run per size; {statuses}"),
+        Curve("pipeline: peak RSS, sum over the process tree",
+              {n: r["peak_bytes"] / 1024 for n, r in runs.items()}, "KiB",
+              note=f"driver + kernels + bentoml serve, sampled every {PIPELINE_SAMPLE_S} s; "
+              "fixed per-process memory makes the growth look smaller than the data part's"),
+    ]  # fmt: skip
+    steps = list(dict.fromkeys(step for r in runs.values() for step in r.get("steps", {})))
+    for step in steps:
+        values = {n: r.get("steps", {}).get(step) for n, r in runs.items()}
+        curves.append(Curve(f"pipeline step: {step}, time", values, "s"))
+    return curves + errors
+
+
+def pipeline_run(cfg: Config, env: dict[str, str], rows: int) -> dict[str, Any]:
+    """Write the data (not measured), then one measured first run of training_pipeline."""
+    folder = cfg.work / "scaling" / size_label(rows)
+    cmd = [sys.executable, str(HERE / "bench_scaling.py"), "data", str(rows), str(folder / "data")]
+    _, out = timed(cmd, cfg, what=f"scaling data {rows}", timeout=1800)
+    data = json.loads(out.strip().splitlines()[-1])
+    run_env = {
+        **env,
+        "NBPROD_HOME": str(folder / "nbprod"),
+        "BENTOML_HOME": str(folder / "bentoml"),
+    }
+    cmd = [sys.executable, str(HERE / "bench_scaling.py"), "pipeline"]
+    cmd += [data["data_path"], data["reference_path"]]
+    wall, out, peak = sampled(cmd, run_env, cfg, f"scaling-pipeline-{rows}", 3600)
+    return {**json.loads(out.strip().splitlines()[-1]), **data, "wall_s": wall, "peak_bytes": peak}
+
+
+def bench_scaling(cfg: Config) -> tuple[list[int], list[Curve], list[str]]:
+    sizes = SCALING_QUICK_SIZES if cfg.quick else SCALING_SIZES
+    notes = [
+        f"Growth = log(y2 / y1) / log(n2 / n1) between sizes: 1 is linear; above {SUPERLINEAR} "
+        "is flagged superlinear. Memory growth is computed on the peak above the process's RSS "
+        "after imports where that is known (drift), on the raw peak otherwise (pipeline).",
+        f"Drift curves: bench_drift.py case {DRIFT_SCALING_CASE!r}, 20 columns, reference and "
+        "current window of the given size each; every measurement in its own process; memory "
+        "as peak RSS (+ the part above the process's RSS after imports); figures at a size P4 "
+        "measured are P4's.",
+    ]
+    curves: list[Curve] = []
+    for name, part in (("drift", scaling_drift), ("pipeline", scaling_pipeline)):
+        if name == "pipeline" and cfg.quick:
+            notes.append("Pipeline curve: full run only (one training_pipeline run takes about "
+                         "a minute at 10k rows; --quick must stay under 5 minutes).")  # fmt: skip
+            continue
+        log(f"SCALING {name} ...")
+        try:
+            curves += part(cfg, sizes)
+        except Exception as exc:  # one broken part must not lose the other
+            log(f"SCALING {name} failed: {exc}")
+            curves.append(Curve(name, {}, "s", note=str(exc)[:300], error=True))
+    if not cfg.quick:
+        notes.append("Evidently's drift curve (10k, 100k; 1M from P4) shows the baseline's "
+                     "growth for comparison.")  # fmt: skip
+    else:
+        notes.append("Evidently's drift curve: full run only.")
+    return sizes, curves, notes
 
 
 def bench_p6(cfg: Config) -> list[Row]:
@@ -547,12 +873,25 @@ def render(rows: list[Row]) -> str:
 FINDINGS_MARKER = "<!-- Written by hand below this line; benchmarks/run.py keeps it. -->"
 
 
-def write_results(path: Path, table: str, info: dict[str, str], flags: str, took: float) -> None:
-    """Write the table and the machine; keep the hand-written findings after FINDINGS_MARKER."""
+def write_results(
+    path: Path, table: str, info: dict[str, str], flags: str, took: float, scaling: str = ""
+) -> None:
+    """Write the tables and the machine; keep the hand-written findings after FINDINGS_MARKER."""
     kept = ""
     if path.is_file() and FINDINGS_MARKER in (old := path.read_text()):
         kept = old.split(FINDINGS_MARKER, 1)[1]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    scaling_section = (
+        f"""
+## Scaling
+
+How cost grows with the data size (time and peak memory); see benchmarks/README.md.
+
+{scaling}
+"""
+        if scaling
+        else ""
+    )
     text = f"""# nbprod benchmark results
 
 Generated by `make bench` (`benchmarks/run.py{flags}`) on {now},
@@ -568,7 +907,7 @@ Baselines, measured in the same run: P1/P3 the same notebook through the bare `p
 P2 nbprod's own cold run (P1); P4 Evidently's `DataDriftPreset`; P5 a plain FastAPI + uvicorn
 app with the same model (`benchmarks/fastapi_app.py`, 1 worker like the bento), load from
 `wrk` with `benchmarks/post.lua`; P6 `python -c pass`. See benchmarks/README.md for the method.
-
+{scaling_section}
 {FINDINGS_MARKER}"""
     path.write_text(text + (kept or "\n"))
 
@@ -576,7 +915,9 @@ app with the same model (`benchmarks/fastapi_app.py`, 1 worker like the bento), 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (< 5 min)")
-    parser.add_argument("--only", default=",".join(ALL_ROWS), help="rows to run, e.g. P1,P6")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help="rows to run, e.g. P1,P6 (SCALING: the curves)"
+    )
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
@@ -605,6 +946,8 @@ def main() -> int:
     cfg = Config(quick=args.quick, work=work, env=env, log=work / "bench.log")
     log(f"working in {work} (log: {cfg.log})")
     rows: list[Row] = []
+    curves: list[Curve] = []
+    scaling = ""
 
     def attempt(name: str, fn: Callable[[], list[Row]], measure: str) -> None:
         if name not in only:
@@ -639,8 +982,12 @@ def main() -> int:
                 timed(papermill_cmd(cfg, "train.ipynb", model_out, data), cfg, what="P5 model")
             attempt("P5", lambda: bench_p5(cfg, model), "serving")
         attempt("P4", lambda: bench_p4(cfg), "drift check")
+        if "SCALING" in only:  # after P4, whose drift measurements it reuses
+            log("SCALING ...")
+            sizes, curves, notes = bench_scaling(cfg)
+            scaling = render_scaling(curves, sizes, notes)
     finally:
-        failed = any(r.result == "error" for r in rows)
+        failed = any(r.result == "error" for r in rows) or any(c.error for c in curves)
         if args.keep or failed:
             log(f"kept {work} for inspection (log: {cfg.log})")
         else:
@@ -649,11 +996,13 @@ def main() -> int:
     rows.sort(key=lambda r: order.get(r.row.split()[0], 99))
     table = render(rows)
     print(table)
+    if scaling:
+        print(f"\nScaling\n\n{scaling}")
     took = time.perf_counter() - started
     flags = (" --quick" if args.quick else "") + (
-        f" --only {','.join(sorted(only))}" if only != set(ALL_ROWS) else ""
+        f" --only {','.join(sorted(only))}" if only != set(SECTIONS) else ""
     )
-    write_results(args.output, table, info, flags, took)
+    write_results(args.output, table, info, flags, took, scaling)
     log(f"done in {took:.0f} s; table written to {args.output}")
     return 1 if failed else 0
 

@@ -497,7 +497,7 @@ def running_bento(
             )
         failure = wait_ready(base, server, server_log, timeout_s=timeout_s)
         if failure is not None:
-            raise ServingError(f"bento {bento_tag} did not start: {failure}")
+            raise ServingError(failure)
         yield base, time.monotonic() - started
     finally:
         if server is not None:

@@ -139,18 +139,35 @@ def running_stack(
                 )
             except DeployError as exc:
                 pytest.fail(str(exc))
-            yield {
-                "url": url,
-                "project": project,
-                "promotion": result,
-                "created_pool": created_pool,
-                "registered": registered,
-                "nbprod_home": base / "nbprod-home",
-                "worker_log": worker_log,
-            }
+            try:
+                yield {
+                    "url": url,
+                    "project": project,
+                    "promotion": result,
+                    "created_pool": created_pool,
+                    "registered": registered,
+                    "nbprod_home": base / "nbprod-home",
+                    "worker_log": worker_log,
+                }
+            finally:
+                drain_prefect_clients()
     finally:
         for proc in reversed(processes):
             stop_process(proc)
+
+
+def drain_prefect_clients() -> None:
+    """Flush this process's events and logs to the stack's server while it still runs.
+
+    Flows run in this process (monitoring in the continuous-training test) leave an events
+    worker bound to the server's URL; once the server is gone, draining it (the session's
+    prefect_test_harness drains every events worker at teardown) would retry forever.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all(timeout=60)
+    APILogWorker.drain_all(timeout=60)
 
 
 @pytest.fixture(scope="module")

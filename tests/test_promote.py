@@ -264,14 +264,14 @@ def test_repromote_updates_in_place_and_keeps_schedule(project: Path) -> None:
     assert spec.parameters == {"tiny": {"n": 5, "scale": 2.5}}
     assert spec.grid == {"tiny": {"scale": [1.0, 2.0]}}
     names = [d["name"] for d in deployments(project)]
-    assert names == ["training", "tiny"]
+    assert names == ["training", "monitoring", "tiny"]
     assert deployments(project)[1]["schedules"] == [{"interval": 900, "timezone": "UTC"}]
 
     promote(notebook, cron="0 0 * * *", timezone="Europe/Berlin", skip_repro=True)
     (entry,) = [d for d in deployments(project) if d["name"] == "tiny"]
     assert entry["schedules"] == [{"cron": "0 0 * * *", "timezone": "Europe/Berlin"}]
     assert load_spec(spec_file).schedule == Schedule(cron="0 0 * * *", timezone="Europe/Berlin")
-    assert [d["name"] for d in deployments(project)] == ["training", "tiny"]
+    assert [d["name"] for d in deployments(project)] == ["training", "monitoring", "tiny"]
 
 
 def test_failing_lint_is_not_promoted_and_force_records_it(project: Path) -> None:

@@ -190,6 +190,8 @@ def test_serve_command_serves_the_champion_with_metadata_and_health(stack: Stack
     assert meta["lineage"] == METADATA["lineage"]
     # The notebook's pipeline gets the fast preprocessing path, which the prediction tests check.
     assert meta["fast_preprocessing"] is True
+    # HistGradientBoosting's labels are the argmax of its probabilities: one model call per batch.
+    assert meta["labels_from_proba"] is True
     assert set(meta["feature_schema"]["categorical"]) == {
         "employment_type",
         "home_ownership",

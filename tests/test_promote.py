@@ -265,7 +265,7 @@ def test_repromote_updates_in_place_and_keeps_schedule(project: Path) -> None:
     assert spec.grid == {"tiny": {"scale": [1.0, 2.0]}}
     names = [d["name"] for d in deployments(project)]
     assert names == ["training", "monitoring", "tiny"]
-    assert deployments(project)[1]["schedules"] == [{"interval": 900, "timezone": "UTC"}]
+    assert deployments(project)[2]["schedules"] == [{"interval": 900, "timezone": "UTC"}]
 
     promote(notebook, cron="0 0 * * *", timezone="Europe/Berlin", skip_repro=True)
     (entry,) = [d for d in deployments(project) if d["name"] == "tiny"]

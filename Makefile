@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP) ## Create .venv and install nbprod with pinned dependencies
 
-demo: $(STAMP) ## Run the training pipeline twice on the bundled data: an accepted model, then a rejected one
+demo: $(STAMP) ## Train twice on the bundled data (accepted, rejected), then serve, detect drift and retrain via the automation
 	$(PY) -m flows.demo
 
 test: $(STAMP) ## Run the whole test suite (unit and integration)

@@ -77,7 +77,7 @@ def test_deployments_and_trigger_are_registered(stack: dict[str, Any]) -> None:
     assert [s.schedule.cron for s in monitoring.schedules] == ["0 6 * * *"]
 
 
-def test_drift_triggers_retraining_and_no_drift_does_not(
+def test_drift_triggers_retraining_and_no_drift_or_no_verdict_does_not(
     stack: dict[str, Any], champion: dict[str, Any]
 ) -> None:
     from flows.monitoring import monitoring_pipeline
@@ -91,6 +91,19 @@ def test_drift_triggers_retraining_and_no_drift_does_not(
     assert steady["drift"]["verdict"] == "no_drift"
     assert steady["event"] is None
     assert drift_events(steady["version"], expect=False) == []
+
+    # A drifted day, but too few rows for a verdict: no event either, and the run says why.
+    sparse = monitoring_pipeline(
+        LOANS,
+        "2024-12-01",
+        "2024-12-02",
+        run_store_url=store.url,
+        triggered_by="test",
+        policy={"min_rows": 500},
+    )
+    assert sparse["drift"]["verdict"] == "no_verdict" and sparse["event"] is None
+    assert "too few rows" in sparse["reasons"][0]
+    assert drift_events(sparse["version"], expect=False) == []
 
     drifted = monitoring_pipeline(
         LOANS, "2024-10-01", "2025-01-01", run_store_url=store.url, triggered_by="test"
@@ -132,7 +145,7 @@ def test_drift_triggers_retraining_and_no_drift_does_not(
     assert followup["version"] == retrain["version"]
     assert followup["status"] == retrain["status"]
     assert followup["reasons"] == retrain["reasons"]
-    assert store.followups(steady["version"]) == []
+    assert store.followups(steady["version"]) == [] == store.followups(sparse["version"])
 
     # `nbprod show` of the monitoring run names what it caused; `nbprod history` says why.
     out = io.StringIO()

@@ -182,7 +182,9 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, what: s
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], cfg: Config, name: str, ready_url: str, **kw: Any) -> Iterator[None]:
+def server(
+    cmd: list[str], cfg: Config, name: str, ready_url: str, **kw: Any
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server in its own process group; stop exactly that group afterwards."""
     out = (cfg.work / f"{name}.log").open("wb")
     proc = subprocess.Popen(
@@ -191,7 +193,7 @@ def server(cmd: list[str], cfg: Config, name: str, ready_url: str, **kw: Any) ->
     )  # fmt: skip
     try:
         wait_http(ready_url, proc, 180, f"{name} (log: {out.name})")
-        yield
+        yield proc
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -386,17 +388,44 @@ def drain(url: str, body: Path) -> None:
     http(url, body.read_bytes(), timeout=120)
 
 
-def load_test(cfg: Config, url: str, body: Path, levels: list[int]) -> dict[int, dict[str, float]]:
+def tree_cpu_s(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU seconds of a server and all its descendants so far."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
+
+
+def load_test(
+    cfg: Config, url: str, body: Path, levels: list[int], proc: subprocess.Popen[bytes]
+) -> dict[int, dict[str, float]]:
+    """wrk at each concurrency; also the server's CPU milliseconds per request.
+
+    CPU per request bounds what a server can do: on one core, c clients wait at least
+    c × cpu_ms on average (Little's law), whatever the batching.
+    """
     seconds, reps = (2, 3) if cfg.quick else (10, 3)
     wrk(cfg, url, 16, 2, body)  # warm-up
     drain(url, body)
     results: dict[int, dict[str, float]] = {}
     for clients in levels:
         runs = []
+        cpu_ms = []
         for _ in range(reps):
+            before = tree_cpu_s(proc)
             runs.append(wrk(cfg, url, clients, seconds, body))
+            cpu_ms.append((tree_cpu_s(proc) - before) * 1000 / max(runs[-1]["requests"], 1))
             drain(url, body)
         results[clients] = {
+            "cpu_ms": median(cpu_ms),
             "rps": median([r["rps"] for r in runs]),
             "p99_ms": median([r["p99_us"] / 1000 for r in runs]),
             "p50_ms": median([r["p50_us"] / 1000 for r in runs]),
@@ -444,11 +473,13 @@ def bench_p5(cfg: Config, model: Path) -> list[Row]:
     base = f"http://{HOST}:{port}"
     bento_env = {**cfg.env, "NBPROD_INFERENCE_LOG_DIR": str(cfg.work / "inference")}
     serve = [sys.executable, "-m", "bentoml", "serve", tags["bento_tag"], "--host", HOST]
-    with server([*serve, "--port", str(port)], cfg, "bentoml", f"{base}/readyz", env=bento_env):
+    with server(
+        [*serve, "--port", str(port)], cfg, "bentoml", f"{base}/readyz", env=bento_env
+    ) as proc:
         status, answer = http(f"{base}/predict", body, timeout=30)
         if status != 200:
             raise RuntimeError(f"bento answered {status}: {answer[:300]!r}")
-        bento = load_test(cfg, f"{base}/predict", body_file, levels)
+        bento = load_test(cfg, f"{base}/predict", body_file, levels, proc)
     log(f"P5 bento {bento}")
 
     port = free_port()
@@ -458,11 +489,11 @@ def bench_p5(cfg: Config, model: Path) -> list[Row]:
     api_env = {**cfg.env, "NBPROD_BENCH_MODEL": str(model), "OMP_NUM_THREADS": "1"}
     uvicorn = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(HERE)]
     uvicorn += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    with server(uvicorn, cfg, "fastapi", f"{base}/readyz", env=api_env):
+    with server(uvicorn, cfg, "fastapi", f"{base}/readyz", env=api_env) as proc:
         status, baseline_answer = http(f"{base}/predict", body, timeout=30)
         if status != 200:
             raise RuntimeError(f"FastAPI baseline answered {status}: {baseline_answer[:300]!r}")
-        fastapi = load_test(cfg, f"{base}/predict", body_file, levels)
+        fastapi = load_test(cfg, f"{base}/predict", body_file, levels, proc)
     log(f"P5 fastapi {fastapi}")
     limit = raw_predict_rate(model, body)
     same = json.loads(answer)[0]["prediction"] == json.loads(baseline_answer)[0]["prediction"]
@@ -481,7 +512,11 @@ def bench_p5(cfg: Config, model: Path) -> list[Row]:
                 f"{b['rps']:.0f} req/s, p99 {b['p99_ms']:.1f} ms, {b['errors']:.0f} err",
                 f"{f['rps']:.0f} req/s, p99 {f['p99_ms']:.1f} ms, {f['errors']:.0f} err",
                 f"{ratio:.2f}×", target, verdict(ok),
-                f"raw model.predict limit {limit:.0f} rows/s (1 core, no HTTP)"
+                f"server CPU per request {b['cpu_ms']:.2f} ms (FastAPI {f['cpu_ms']:.2f} ms), "
+                f"so ≥ {clients * b['cpu_ms'] / (os.cpu_count() or 1):.0f} ms mean latency "
+                f"at {clients} conn. even with all {os.cpu_count()} cores; p50 "
+                f"{b['p50_ms']:.1f} ms; raw model.predict limit {limit:.0f} rows/s "
+                "(1 core, no HTTP)"
                 + ("" if same else "; WARNING: bento and FastAPI predictions differ"))
         )  # fmt: skip
     return rows

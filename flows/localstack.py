@@ -13,7 +13,6 @@ runs, a server's uvicorn workers).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.errors import DeployError
-from flows.serving import free_port
+from flows.serving import free_port, stop_server
 
 HOST = "127.0.0.1"
 POOL = "nbprod-process"
@@ -60,16 +59,8 @@ def start_process(
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 20) -> None:
-    """SIGTERM the group (a worker then cancels its runs cleanly), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+    """SIGTERM the group (a worker then cancels its runs cleanly), SIGKILL what lingers."""
+    stop_server(proc, grace_s=grace_s)
 
 
 def start_server(

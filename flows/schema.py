@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from flows.errors import DataValidationError
+
+if TYPE_CHECKING:  # pandas is imported where used: notebook-only flows never pay for it
+    import pandas as pd
 
 ColumnKind = Literal["numerical", "categorical", "datetime", "id", "target"]
 
@@ -95,6 +96,8 @@ def read_table(
     path: str | Path, *, dataset: str, datetime_column: str | None = None
 ) -> pd.DataFrame:
     """Read a CSV or Parquet file, turning pandas' low-level failures into a named error."""
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise DataValidationError(
@@ -124,6 +127,8 @@ def read_table(
 
 
 def _dtype_of(series: pd.Series) -> Literal["int", "float", "str", "datetime"]:
+    import pandas as pd
+
     if pd.api.types.is_datetime64_any_dtype(series):
         return "datetime"
     if pd.api.types.is_bool_dtype(series):
@@ -173,6 +178,8 @@ def derive_schema(
 
 
 def _type_problem(series: pd.Series, col: ColumnSchema) -> str | None:
+    import pandas as pd
+
     if col.dtype in ("int", "float"):
         if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             bad = pd.to_numeric(series, errors="coerce").isna() & series.notna()

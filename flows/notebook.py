@@ -15,7 +15,6 @@ import json
 import math
 import os
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -135,13 +134,23 @@ def check_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[st
     return specs
 
 
+_HTML_WARM_UP = threading.Lock()
+_html_warm_up_started = False
+
+
 def warm_up_html_rendering() -> None:
-    """Import nbconvert and render an empty notebook once, in a background thread.
+    """Import nbconvert and render an empty notebook, once per process, in a background thread.
 
     Why: the first HTML render of a process pays ~1.5 s of imports and template compilation
     (nbconvert, jinja2, pygments, mistune). Started while the kernel runs the notebook, where
-    this process mostly waits, that cost leaves the run's critical path.
+    this process mostly waits, that cost leaves the run's critical path. Once: a grid's
+    parallel tasks must not each start one.
     """
+    global _html_warm_up_started
+    with _HTML_WARM_UP:
+        if _html_warm_up_started:
+            return
+        _html_warm_up_started = True
 
     def warm() -> None:
         try:
@@ -267,8 +276,7 @@ def execute_notebook(
 
     check_parameters(notebook, parameters)
     executed.parent.mkdir(parents=True, exist_ok=True)
-    if "nbconvert.exporters.html" not in sys.modules:
-        warm_up_html_rendering()
+    warm_up_html_rendering()
     try:
         in_own_event_loop(
             papermill.execute_notebook,

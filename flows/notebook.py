@@ -10,6 +10,7 @@ only warns about unknown names and never checks types.
 from __future__ import annotations
 
 import ast
+import contextlib
 import fcntl
 import json
 import math
@@ -18,7 +19,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,8 +223,40 @@ def reserve_kernel_ports(ip: str, count: int = 5) -> list[int]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+# Thread pools a kernel's numeric libraries size from these; left alone when the user set them.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_running_lock = threading.Lock()
+_running_kernels = 0
+
+
+@contextlib.contextmanager
+def counted_kernel() -> Iterator[None]:
+    """Count this process's notebook executions in flight (see :func:`kernel_threads`)."""
+    global _running_kernels
+    with _running_lock:
+        _running_kernels += 1
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running_kernels -= 1
+
+
+def kernel_threads(cores: int | None = None, running: int | None = None) -> int:
+    """Threads per kernel so that the kernels running at once share the cores, at least one.
+
+    Why: OpenMP libraries (scikit-learn's HistGradientBoosting) start one thread per core in
+    every kernel; a grid of 4 kernels on 2 cores then runs 8 spinning threads, and OpenMP's
+    barriers make that several times slower than running the points one after another.
+    """
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    running = running if running is not None else _running_kernels
+    return max(1, cores // max(1, running))
+
+
 def reserved_port_kernel_manager() -> type:
-    """A kernel manager whose ports come from :func:`reserve_kernel_ports`."""
+    """A kernel manager whose ports come from :func:`reserve_kernel_ports`, and whose kernels
+    get a share of the cores (:func:`kernel_threads`) unless the environment says otherwise."""
     from jupyter_client.manager import AsyncKernelManager
 
     class ReservedPortKernelManager(AsyncKernelManager):
@@ -232,6 +265,11 @@ def reserved_port_kernel_manager() -> type:
             (self.shell_port, self.iopub_port, self.stdin_port, self.hb_port, self.control_port) = (
                 reserve_kernel_ports(self.ip)
             )
+            env = dict(kwargs.get("env") or os.environ)
+            if not any(name in os.environ for name in THREAD_ENV_VARS):
+                threads = str(kernel_threads())
+                env.update(dict.fromkeys(THREAD_ENV_VARS, threads))
+            kwargs["env"] = env
             await super().start_kernel(**kwargs)
 
     return ReservedPortKernelManager
@@ -278,18 +316,19 @@ def execute_notebook(
     executed.parent.mkdir(parents=True, exist_ok=True)
     warm_up_html_rendering()
     try:
-        in_own_event_loop(
-            papermill.execute_notebook,
-            str(notebook),
-            str(executed),
-            parameters=dict(parameters),
-            kernel_name=kernel_name,
-            execution_timeout=timeout_s,
-            cwd=str(cwd or notebook.parent),
-            progress_bar=False,
-            log_output=False,
-            kernel_manager_class=reserved_port_kernel_manager(),
-        )
+        with counted_kernel():
+            in_own_event_loop(
+                papermill.execute_notebook,
+                str(notebook),
+                str(executed),
+                parameters=dict(parameters),
+                kernel_name=kernel_name,
+                execution_timeout=timeout_s,
+                cwd=str(cwd or notebook.parent),
+                progress_bar=False,
+                log_output=False,
+                kernel_manager_class=reserved_port_kernel_manager(),
+            )
     except PapermillExecutionError as exc:
         render_html(executed)
         first_line = (exc.source or "").strip().splitlines()[:1]

@@ -157,3 +157,54 @@ def test_port_reservations_never_overlap_across_processes() -> None:
     ]
     assert len(ports) == 3 * 20 * 5
     assert len(set(ports)) == len(ports)
+
+
+THREADS_BODY = """
+import os, pathlib
+pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+pathlib.Path(output_dir, "threads.txt").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
+"""
+
+
+def threads_notebook(tmp_path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    cell = nbformat.v4.new_code_cell('output_dir = "out"')
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(THREADS_BODY)]
+    path = tmp_path / "threads.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("cores", "running", "expected"), [(2, 1, 2), (2, 4, 1), (8, 3, 2), (1, 0, 1), (16, 2, 8)]
+)
+def test_kernels_running_at_once_share_the_cores(cores: int, running: int, expected: int) -> None:
+    from flows.notebook import kernel_threads
+
+    assert kernel_threads(cores, running) == expected
+
+
+def test_kernel_gets_its_share_of_threads_unless_the_user_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from flows.notebook import THREAD_ENV_VARS
+
+    for name in THREAD_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    nb = threads_notebook(tmp_path)
+    out = tmp_path / "alone"
+    execute_notebook(nb, tmp_path / "a.ipynb", {"output_dir": str(out)})
+    assert (out / "threads.txt").read_text() == str(os.cpu_count() or 1)  # one kernel: all cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    out = tmp_path / "chosen"
+    execute_notebook(nb, tmp_path / "b.ipynb", {"output_dir": str(out)})
+    assert (out / "threads.txt").read_text() == "3"

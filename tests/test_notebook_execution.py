@@ -29,19 +29,22 @@ if mode == "raise":
 """
 
 
-def make_notebook(tmp_path: Path) -> Path:
+def make_notebook(
+    tmp_path: Path,
+    body: str = BODY,
+    parameters: str = 'value = 1\nmode = "ok"\nattempts = "attempts.txt"\noutput_dir = "out"',
+    name: str = "step.ipynb",
+) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
         "language": "python",
     }
-    params = nbformat.v4.new_code_cell(
-        'value = 1\nmode = "ok"\nattempts = "attempts.txt"\noutput_dir = "out"'
-    )
+    params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(BODY)]
-    path = tmp_path / "step.ipynb"
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    path = tmp_path / name
     nbformat.write(nb, path)
     return path
 
@@ -166,21 +169,6 @@ pathlib.Path(output_dir, "threads.txt").write_text(os.environ.get("OMP_NUM_THREA
 """
 
 
-def threads_notebook(tmp_path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    cell = nbformat.v4.new_code_cell('output_dir = "out"')
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell, nbformat.v4.new_code_cell(THREADS_BODY)]
-    path = tmp_path / "threads.ipynb"
-    nbformat.write(nb, path)
-    return path
-
-
 @pytest.mark.parametrize(
     ("cores", "running", "expected"), [(2, 1, 2), (2, 4, 1), (8, 3, 2), (1, 0, 1), (16, 2, 8)]
 )
@@ -199,7 +187,7 @@ def test_kernel_gets_its_share_of_threads_unless_the_user_chose(
 
     for name in THREAD_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    nb = threads_notebook(tmp_path)
+    nb = make_notebook(tmp_path, THREADS_BODY, 'output_dir = "out"', "threads.ipynb")
     out = tmp_path / "alone"
     execute_notebook(nb, tmp_path / "a.ipynb", {"output_dir": str(out)})
     assert (out / "threads.txt").read_text() == str(os.cpu_count() or 1)  # one kernel: all cores

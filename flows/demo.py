@@ -34,6 +34,7 @@ def _bento_path(tag: str) -> str:
 
 
 DRIFTED_WINDOW = ("2024-10-01", "2025-01-01")
+TRAINING_SPEC = "deployments/training.yaml"
 TRAFFIC_ROWS = 1_200
 CLIENTS = 8
 RETRAIN_TIMEOUT_S = 900.0
@@ -77,13 +78,14 @@ def continuous_training(champion: dict[str, Any]) -> dict[str, Any] | None:
     from flows.promote import deploy, ensure_work_pool
     from flows.serving import running_bento
     from flows.settings import PROJECT_ROOT, load_settings
+    from flows.spec import load_spec
     from flows.store import RunStore, new_version_id
 
     settings = load_settings()
     store = RunStore(settings.resolved_run_store_url)
     workdir = settings.home / "demo" / new_version_id()
     log_dir = workdir / "inference_logs"
-    spec = load_demo_spec()
+    spec = load_spec(TRAINING_SPEC)
 
     _say(
         f"Production: serve the champion's bento {champion['bento_tag']} and send it "
@@ -109,7 +111,7 @@ def continuous_training(champion: dict[str, Any]) -> dict[str, Any] | None:
 
             _say("Monitoring: the inference log against the champion's training data")
             record = monitoring_pipeline(
-                source=str(log_dir), spec="deployments/training.yaml", triggered_by="demo"
+                source=str(log_dir), spec=TRAINING_SPEC, triggered_by="demo"
             )
             drift = record["drift"]
             print(f"  {drift['verdict'].upper()}: {drift['reason']}")
@@ -129,12 +131,6 @@ def continuous_training(champion: dict[str, Any]) -> dict[str, Any] | None:
                 stop_process(worker)
     found = [r for r in store.list_runs() if r.get("triggered_by") == cause]
     return found[-1] if found else None
-
-
-def load_demo_spec() -> Any:
-    from flows.spec import load_spec
-
-    return load_spec("deployments/training.yaml")
 
 
 def run_demo() -> int:

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
 
 from flows.drift import DriftPolicy, DriftResult, ReferenceProfile, check_drift, profile_reference
 from flows.errors import MonitoringError
-from flows.store import RunStore, new_version_id, utc_now
+from flows.store import RunStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -320,35 +319,26 @@ def monitoring_pipeline(
     ``policy`` (a DriftPolicy as a dict) overrides the spec's ``drift`` section; without either,
     Evidently's defaults apply. Returns the stored run record.
     """
-    from flows.pipeline import RunState, _record_failure, _resolve
-    from flows.settings import load_settings
+    from flows.pipeline import _record_failure, _resolve, begin_run
     from flows.spec import load_spec
 
     logger = get_run_logger()
-    settings = load_settings()
     if source is None:
         from flows.serving import default_inference_log_dir
 
         source = str(default_inference_log_dir())
-    store = RunStore(run_store_url or settings.resolved_run_store_url)
-    version = new_version_id()
-    state = RunState(version=version, workdir=settings.scratch_dir / version)
-    flow_ctx = FlowRunContext.get()
+    _, store, state, record = begin_run("monitoring_pipeline", run_store_url, triggered_by)
+    version = state.version
     champion = store.champion()
-    record: dict[str, Any] = {
-        "pipeline": "monitoring_pipeline",
-        "kind": "monitoring",
-        "started_at": utc_now(),
-        "flow_run_id": str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None,
-        "triggered_by": triggered_by,
-        "source": source,
-        "window": [start, end],
-        "champion_version": champion["version"] if champion else None,
-        "champion_before": champion,
-        "champion_after": champion,
-    }
+    record.update(
+        kind="monitoring",
+        source=source,
+        window=[start, end],
+        champion_version=champion["version"] if champion else None,
+        champion_before=champion,
+        champion_after=champion,
+    )
     links: dict[str, str] = {}
-    store.begin(version)
     try:
         state.step = "load-spec"
         loaded = load_spec(_resolve(spec))

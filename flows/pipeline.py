@@ -408,6 +408,40 @@ class RunState:
     secret_values: list[str] = field(default_factory=list)
 
 
+def begin_run(
+    pipeline: str, run_store_url: str | None, triggered_by: str
+) -> tuple[NbprodSettings, RunStore, RunState, dict[str, Any]]:
+    """Reserve a new run version and start its record: the bookkeeping every flow shares."""
+    settings = load_settings()
+    store = RunStore(run_store_url or settings.resolved_run_store_url)
+    version = new_version_id()
+    flow_ctx = FlowRunContext.get()
+    record: dict[str, Any] = {
+        "pipeline": pipeline,
+        "started_at": utc_now(),
+        "flow_run_id": str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None,
+        "triggered_by": triggered_by,
+    }
+    store.begin(version)
+    return (
+        settings,
+        store,
+        RunState(version=version, workdir=settings.scratch_dir / version),
+        record,
+    )
+
+
+def notebook_planner(settings: NbprodSettings, state: RunState) -> partial[NotebookCall]:
+    """``plan_notebook`` bound to this run: cached calls, scratch space in the run's workdir."""
+    return partial(
+        plan_notebook,
+        home=settings.home,
+        scratch=state.workdir,
+        kernel_name=settings.kernel_name,
+        use_cache=True,
+    )
+
+
 def _store_notebooks(store: RunStore, state: RunState) -> dict[str, str]:
     links: dict[str, str] = {}
     for name, ipynb in state.executed.items():
@@ -515,24 +549,13 @@ def training_pipeline(
     ``{"block": NAME}``; values are read at run time and never stored.
     """
     logger = get_run_logger()
-    settings = load_settings()
-    store = RunStore(run_store_url or settings.resolved_run_store_url)
-    version = new_version_id()
-    state = RunState(version=version, workdir=settings.scratch_dir / version)
+    settings, store, state, record = begin_run("training_pipeline", run_store_url, triggered_by)
+    version, flow_run_id = state.version, record["flow_run_id"]
     champion = store.champion()
-    flow_ctx = FlowRunContext.get()
-    flow_run_id = str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None
-    record: dict[str, Any] = {
-        "pipeline": "training_pipeline",
-        "started_at": utc_now(),
-        "flow_run_id": flow_run_id,
-        "triggered_by": triggered_by,
-        "trigger": parse_trigger(triggered_by),
-        "champion_before": champion,
-        "champion_after": champion,
-    }
+    record.update(
+        trigger=parse_trigger(triggered_by), champion_before=champion, champion_after=champion
+    )
     links: dict[str, str] = {}
-    store.begin(version)
     logger.info(
         "run %s started (champion: %s)", version, champion["version"] if champion else "none"
     )
@@ -591,13 +614,7 @@ def training_pipeline(
         store.put_json(version, "schema.json", schema.to_dict())
 
         state.step = "prepare"
-        plan = partial(
-            plan_notebook,
-            home=settings.home,
-            scratch=state.workdir,
-            kernel_name=settings.kernel_name,
-            use_cache=True,
-        )
+        plan = notebook_planner(settings, state)
         prep_call = plan(
             "prepare",
             prep_nb,
@@ -887,19 +904,9 @@ def notebook_pipeline(
     from flows.spec import load_spec
 
     logger = get_run_logger()
-    settings = load_settings()
-    store = RunStore(run_store_url or settings.resolved_run_store_url)
-    version = new_version_id()
-    state = RunState(version=version, workdir=settings.scratch_dir / version)
-    flow_ctx = FlowRunContext.get()
-    record: dict[str, Any] = {
-        "pipeline": "notebook_pipeline",
-        "started_at": utc_now(),
-        "flow_run_id": str(flow_ctx.flow_run.id) if flow_ctx and flow_ctx.flow_run else None,
-        "triggered_by": triggered_by,
-    }
+    settings, store, state, record = begin_run("notebook_pipeline", run_store_url, triggered_by)
+    version = state.version
     links: dict[str, str] = {}
-    store.begin(version)
     try:
         state.step = "check-parameters"
         loaded = load_spec(_resolve(spec))
@@ -940,13 +947,7 @@ def notebook_pipeline(
         previous: NotebookOutputs | None = None
         cache: dict[str, str] = {}
         metrics: dict[str, dict[str, float]] = {}
-        plan = partial(
-            plan_notebook,
-            home=settings.home,
-            scratch=state.workdir,
-            kernel_name=settings.kernel_name,
-            use_cache=True,
-        )
+        plan = notebook_planner(settings, state)
         for nb, params, nb_secrets, points in plans:
             state.step = nb.stem
             state.notebooks[nb.stem] = nb

@@ -489,6 +489,8 @@ def bench_p5(cfg: Config, model: Path) -> list[Row]:
     api_env = {**cfg.env, "NBPROD_BENCH_MODEL": str(model), "OMP_NUM_THREADS": "1"}
     uvicorn = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(HERE)]
     uvicorn += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    # As many worker processes as the bento (workers="cpu_count" in bentos/service.py).
+    uvicorn += ["--workers", str(os.cpu_count() or 1)]
     with server(uvicorn, cfg, "fastapi", f"{base}/readyz", env=api_env) as proc:
         status, baseline_answer = http(f"{base}/predict", body, timeout=30)
         if status != 200:
@@ -940,7 +942,7 @@ Packages: {info["packages"]}; {info["wrk"]}.
 
 Baselines, measured in the same run: P1/P3 the same notebook through the bare `papermill` CLI;
 P2 nbprod's own cold run (P1); P4 Evidently's `DataDriftPreset`; P5 a plain FastAPI + uvicorn
-app with the same model (`benchmarks/fastapi_app.py`, 1 worker like the bento), load from
+app with the same model (`benchmarks/fastapi_app.py`, one worker per core like the bento), load from
 `wrk` with `benchmarks/post.lua`; P6 `python -c pass`. See benchmarks/README.md for the method.
 {scaling_section}
 {FINDINGS_MARKER}"""

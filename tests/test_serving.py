@@ -192,6 +192,8 @@ def test_serve_command_serves_the_champion_with_metadata_and_health(stack: Stack
     assert meta["fast_preprocessing"] is True
     # HistGradientBoosting's labels are the argmax of its probabilities: one model call per batch.
     assert meta["labels_from_proba"] is True
+    # ...and its trees are walked by FastBoostedTrees, which the prediction tests check exactly.
+    assert meta["fast_model"] is True
     assert set(meta["feature_schema"]["categorical"]) == {
         "employment_type",
         "home_ownership",
@@ -215,7 +217,8 @@ def test_predictions_equal_the_models_including_missing_and_drifted_rows(
     status, body, headers = post_json(stack.base + "/predict", {"records": frame_to_records(frame)})
     assert status == 200, body
     assert [r["prediction"] for r in body] == expected_pred
-    assert [r["probability"] for r in body] == pytest.approx(expected_proba, abs=1e-9)
+    # Exact: the fast preprocessing and tree walk must reproduce sklearn bit for bit.
+    assert [r["probability"] for r in body] == expected_proba
     assert headers["X-Model-Tag"] == stack.model_tag
     assert len(headers["X-Request-ID"]) == 32
 
@@ -415,6 +418,65 @@ def test_predict_command_errors_are_one_clear_line(
     assert "\n" not in str(refused.value)
     with pytest.raises(ServingError, match="does not exist"):
         _cli(["predict", str(tmp_path / "missing.csv")])
+
+
+# Runs BentoML's TimeoutMiddleware around tiny ASGI apps, before and after the service's fix.
+TIMER_PROBE = """
+import asyncio, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("service", sys.argv[1])
+service = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(service)
+from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+async def answer(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+async def hang(scope, receive, send):
+    await asyncio.sleep(60)
+
+async def receive():
+    return {"type": "http.request", "body": b""}
+
+async def serve(app, timeout, requests):
+    sent = []
+    async def send(message):
+        sent.append(message)
+    middleware = TimeoutMiddleware(app, timeout=timeout)
+    for _ in range(requests):
+        await middleware({"type": "http"}, receive, send)
+    await asyncio.sleep(0)  # one loop turn: a cancelled handler unwinds (its own sleep's timer)
+    live = [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()]
+    return {"live_timers": len(live),
+            "statuses": [m["status"] for m in sent if m["type"] == "http.response.start"],
+            "bodies": [m["body"].decode() for m in sent if m["type"] == "http.response.body"]}
+
+result = {"before": asyncio.run(serve(answer, 30, 50))}
+result["patched"] = service.cancel_request_timers()
+result["after"] = asyncio.run(serve(answer, 30, 50))
+result["timeout"] = asyncio.run(serve(hang, 0.2, 1))
+print(json.dumps(result))
+"""
+
+
+def test_request_timers_are_cancelled_and_timeouts_still_answer_504(stack: Stack) -> None:
+    # BentoML 1.4 leaves every request's 30 s timer (and the request's context) alive: under load
+    # that made the garbage collector pause for 200-300 ms (the P5 tail). The service fixes it.
+    env = {**stack.env, "NBPROD_MODEL_TAG": stack.model_tag}
+    out = subprocess.run(
+        [sys.executable, "-c", TIMER_PROBE, str(REPO / "bentos" / "service.py")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=stack.workdir, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["before"]["live_timers"] == 50  # the upstream behaviour this guards against
+    assert result["patched"] is True
+    assert result["after"] == {"live_timers": 0, "statuses": [200] * 50, "bodies": ["ok"] * 50}
+    assert result["timeout"]["statuses"] == [504]
+    assert "0.2 seconds" in result["timeout"]["bodies"][0]
+    assert result["timeout"]["live_timers"] == 0
+    status, meta, _ = post_json(stack.base + "/metadata", {})
+    assert status == 200 and meta["request_timers_cancelled"] is True
 
 
 def test_register_commands_imports_nothing_heavy() -> None:

@@ -729,18 +729,22 @@ class RequestGuard:
 
     @staticmethod
     async def _reject(send: Send, status: int, field: str, message: str, kind: str) -> None:
-        payload = _error_body([{"loc": [field], "msg": message, "type": kind}])
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload, "more_body": False})
+        await send_json(send, status, _error_body([{"loc": [field], "msg": message, "type": kind}]))
+
+
+async def send_json(send: Send, status: int, payload: bytes) -> None:
+    """Send a complete JSON response from ASGI middleware."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
 # --- BentoML's request timeout, without its timer leak --------------------------------------
@@ -772,20 +776,8 @@ async def _timeout_middleware_call(self: Any, scope: Scope, receive: Receive, se
         await waiter
     except TimeoutError:
         if handler.cancel():
-            body = json.dumps(
-                {"error": f"Not able to process the request in {self.timeout} seconds"}
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 504,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            message = f"Not able to process the request in {self.timeout} seconds"
+            await send_json(send, 504, json.dumps({"error": message}).encode())
     else:
         await handler
     finally:

@@ -1,7 +1,8 @@
 """Run ``flows.pipeline.notebook_pipeline`` once, as a user's process would; print its record.
 
 Usage: ``python benchmarks/drive_flow.py SPEC [--no-cache]``, with NBPROD_PROJECT_DIR,
-NBPROD_HOME and PREFECT_API_URL set by benchmarks/run.py. The last stdout line is JSON with the
+NBPROD_HOME and PREFECT_API_URL set by benchmarks/run.py. Like ``nbprod run``, it starts the
+warm kernel server (flows.kernels) before importing Prefect. The last stdout line is JSON with the
 run's status and cache outcome, and where the time went: ``import_s`` (importing the flow, i.e.
 Prefect and nbprod) and ``flow_s`` (the flow call itself); the rest of the process's wall time
 is interpreter start-up and exit.
@@ -18,10 +19,13 @@ import sys  # noqa: E402
 
 
 def main() -> None:
+    spec = sys.argv[1]
+    from flows.cli import prestart_kernels
+
+    prestart_kernels(spec)  # as `nbprod run` does: warm kernels start while Prefect loads
     from flows.pipeline import notebook_pipeline
 
     imported = time.perf_counter()
-    spec = sys.argv[1]
     record = notebook_pipeline(spec=spec, no_cache="--no-cache" in sys.argv, triggered_by="bench")
     finished = time.perf_counter()
     print(

@@ -94,10 +94,38 @@ def dask_task_runner(address: str) -> Any:
     )
 
 
+def prestart_kernels(spec: str | None) -> None:
+    """Start the warm kernel server (flows.kernels) before Prefect is imported.
+
+    Why here: importing Prefect and starting a flow run take seconds of this process's time;
+    meanwhile the server imports ipykernel and the notebooks' libraries on the other core, so
+    the first kernel starts with them already loaded. A spec that does not load is the flow's
+    to report.
+    """
+    from flows.errors import NbprodError
+    from flows.kernels import start_kernel_server
+    from flows.settings import load_settings
+
+    settings = load_settings()
+    if not settings.warm_kernels:
+        return
+    notebooks = [settings.notebooks_dir / "prepare.ipynb", settings.notebooks_dir / "train.ipynb"]
+    if spec:
+        from flows.spec import load_spec, resolve_project_path
+
+        try:
+            notebooks = load_spec(resolve_project_path(spec)).notebook_paths()
+        except (NbprodError, OSError, ValueError):
+            return
+    start_kernel_server(notebooks)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     train_params = dict(parse_assignment(p) for p in args.param)
     prepare_params = dict(parse_assignment(p) for p in args.prepare_param)
     precheck_parameters(prepare_params, train_params)
+    if args.dask is None:  # Dask runs the kernels in its own worker processes
+        prestart_kernels(args.spec)
     from flows.pipeline import training_pipeline
 
     grid = dict(parse_assignment(p) for p in args.grid)

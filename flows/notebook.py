@@ -20,12 +20,14 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flows.errors import NotebookExecutionError, OutputContractError, ParameterError
+from flows.kernels import KernelServer, forking_provisioner, start_kernel_server
 
 OUTPUTS_FILE = "outputs.json"
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -269,13 +271,17 @@ def kernel_threads(cores: int | None = None, running: int | None = None) -> int:
     return max(1, cores // max(1, running))
 
 
-def reserved_port_kernel_manager() -> type:
-    """A kernel manager whose ports come from :func:`reserve_kernel_ports`, and whose kernels
-    get a share of the cores (:func:`kernel_threads`) unless the environment says otherwise."""
+def reserved_port_kernel_manager(server: KernelServer | None = None) -> type:
+    """A kernel manager whose ports come from :func:`reserve_kernel_ports`, whose kernels get a
+    share of the cores (:func:`kernel_threads`) unless the environment says otherwise, and that
+    start as forks of ``server`` when one is given (:mod:`flows.kernels`)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class ReservedPortKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kwargs: Any) -> None:  # type: ignore[override]
+            if server is not None and server.alive and self.provisioner is None:
+                self.kernel_id = self.kernel_id or str(uuid.uuid4())
+                self.provisioner = forking_provisioner(self, server)
             self.cache_ports = False  # use the reserved ports, not the per-process cache
             (self.shell_port, self.iopub_port, self.stdin_port, self.hb_port, self.control_port) = (
                 reserve_kernel_ports(self.ip)
@@ -318,11 +324,14 @@ def execute_notebook(
     kernel_name: str = "python3",
     timeout_s: int = 600,
     cwd: Path | None = None,
+    warm_kernel: bool = False,
 ) -> Path:
     """Run one notebook with papermill; keep the executed copy (and its HTML) even on failure.
 
     A cell error becomes NotebookExecutionError naming the cell. A dead kernel is re-raised as is,
-    so the Prefect task can retry it.
+    so the Prefect task can retry it. ``warm_kernel``: start the kernel as a fork of this
+    process's kernel server (:mod:`flows.kernels`); checks of reproducibility leave it off, so
+    each run there gets a fresh interpreter.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -342,7 +351,9 @@ def execute_notebook(
                 cwd=str(cwd or notebook.parent),
                 progress_bar=False,
                 log_output=False,
-                kernel_manager_class=reserved_port_kernel_manager(),
+                kernel_manager_class=reserved_port_kernel_manager(
+                    start_kernel_server([notebook]) if warm_kernel else None
+                ),
             )
     except PapermillExecutionError as exc:
         render_html(executed)

@@ -96,6 +96,7 @@ def run_notebook(
     required: tuple[str, ...],
     cache_key: str | None = None,
     secrets: dict[str, dict[str, str]] | None = None,
+    warm_kernel: bool = True,
 ) -> NotebookOutputs:
     out_dir = Path(parameters["output_dir"])
     shutil.rmtree(out_dir, ignore_errors=True)  # a re-execution never mixes with stale files
@@ -107,6 +108,7 @@ def run_notebook(
             {**parameters, **values},
             kernel_name=kernel_name,
             timeout_s=timeout_s,
+            warm_kernel=warm_kernel,
         )
     finally:
         scrub_secrets(
@@ -140,6 +142,7 @@ class NotebookCall:
             "required": required,
             "cache_key": self.cache_key,
             "secrets": self.secrets or None,
+            "warm_kernel": settings.warm_kernels,
         }
 
 

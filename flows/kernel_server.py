@@ -23,12 +23,12 @@ import sys
 if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
-import importlib  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import threading  # noqa: E402
-from typing import Any  # noqa: E402
+import importlib
+import importlib.util
+import json
+import signal
+import threading
+from typing import Any
 
 # Environment variables that change how the interpreter itself starts; a kernel asking for
 # different values must start as a fresh process.
@@ -46,7 +46,7 @@ def import_modules(names: list[str]) -> dict[str, Any]:
     for name in names:
         try:
             importlib.import_module(name)
-        except BaseException as exc:  # noqa: BLE001 - any import failure: leave it to the kernel
+        except (Exception, SystemExit) as exc:  # the notebook will report it, not us
             failed[name] = f"{type(exc).__name__}: {exc}"
         else:
             imported.append(name)

@@ -52,7 +52,7 @@ def _installed_locations() -> list[Path]:
 
 
 def _is_installed(top_level: str, notebook_dir: Path) -> bool:
-    """From the standard library or site-packages, and not shadowed by a file next to the notebook."""
+    """From the standard library or site-packages, not shadowed by a file beside the notebook."""
     import importlib.util
 
     if (notebook_dir / f"{top_level}.py").exists() or (notebook_dir / top_level).is_dir():
@@ -134,7 +134,9 @@ class KernelServer:
         self.imported: list[str] = []
         self.failed: dict[str, str] = {}
         self.alive = True
-        threading.Thread(target=self._read_replies, name="nbprod-kernel-server", daemon=True).start()
+        threading.Thread(
+            target=self._read_replies, name="nbprod-kernel-server", daemon=True
+        ).start()
         self.preload([*KERNEL_MODULES, *modules])
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -198,9 +200,7 @@ class KernelServer:
             self._next_id += 1
             self._pending[request_id] = future
         try:
-            self._send(
-                {"op": "fork", "id": request_id, "argv": cmd[3:], "env": env, "cwd": cwd}
-            )
+            self._send({"op": "fork", "id": request_id, "argv": cmd[3:], "env": env, "cwd": cwd})
         except (KernelServerRefused, OSError) as exc:
             with self._changed:
                 self._pending.pop(request_id, None)
@@ -212,7 +212,7 @@ class KernelServer:
             return self._forks.get(pid, 0)
 
     def exit_code(self, pid: int, generation: int) -> int | None:
-        """The exit code of the ``generation``-th kernel with this pid, once the server reaped it."""
+        """Exit code of the ``generation``-th kernel with this pid, once the server reaped it."""
         with self._changed:
             codes = self._exits.get(pid, [])
             if len(codes) >= generation:

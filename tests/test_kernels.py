@@ -1,0 +1,229 @@
+"""Warm kernels (flows.kernels): forks of a server that did the imports, started and stopped
+through jupyter_client like any kernel, and indistinguishable from a fresh one to the notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient.exceptions import CellTimeoutError
+
+from flows import kernels
+from flows.notebook import execute_notebook
+
+# What a notebook can observe of its interpreter; "preloaded" is the one intended difference.
+PROBE = """
+import sys
+preloaded = "pandas" in sys.modules
+import json, os, pathlib
+import numpy as np
+import pandas
+import threadpoolctl
+info = {
+    "pid": os.getpid(),
+    "ppid": os.getppid(),
+    "preloaded": preloaded,
+    "cwd": os.getcwd(),
+    "sys_path": sys.path,
+    "argv0": sys.argv[0],
+    "executable": sys.executable,
+    "names": sorted(k for k in globals() if not k.startswith("_")),
+    "env": os.environ.get("NBPROD_PROBE_VALUE"),
+    "value": value,
+    "random": float(np.random.random()),
+    "pools": sorted({(p["internal_api"], p["num_threads"])
+                     for p in threadpoolctl.threadpool_info()}),
+}
+pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+pathlib.Path(output_dir, "info.json").write_text(json.dumps(info))
+"""
+
+
+def make_notebook(folder: Path, body: str, name: str = "probe.ipynb") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    params = nbformat.v4.new_code_cell('value = 0\noutput_dir = "out"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    path = folder / name
+    nbformat.write(nb, path)
+    return path
+
+
+def cell_notebook(folder: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    path = folder / "imports.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[None]:
+    """Each test gets its own server (the server is per process otherwise)."""
+    kernels.stop_kernel_server()
+    yield
+    kernels.stop_kernel_server()
+
+
+def run_probe(folder: Path, notebook: Path, tag: str, *, warm: bool, value: int = 0) -> dict:
+    out = folder / tag
+    execute_notebook(
+        notebook,
+        folder / f"{tag}.ipynb",
+        {"output_dir": str(out), "value": value},
+        warm_kernel=warm,
+        timeout_s=120,
+    )
+    return json.loads((out / "info.json").read_text())
+
+
+# --- which modules are preloaded ----------------------------------------------------------------
+
+
+def test_notebook_imports_lists_installed_top_level_imports_only(tmp_path: Path) -> None:
+    (tmp_path / "helpers.py").write_text("X = 1\n")  # a local module: never preloaded
+    nb = cell_notebook(
+        tmp_path,
+        "%matplotlib inline\nimport json\nimport pandas as pd",
+        "from sklearn.ensemble import HistGradientBoostingClassifier\nimport helpers",
+        "def f():\n    import decimal\n",  # not at top level: may never run
+        "from . import sibling\nimport flows.notebook\nimport no_such_module_here",
+        "this is not python",
+    )
+    assert kernels.notebook_imports([nb]) == ["json", "pandas", "sklearn.ensemble"]
+
+
+def test_notebook_imports_skips_unreadable_notebooks(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{not json")
+    assert kernels.notebook_imports([broken, tmp_path / "missing.ipynb"]) == []
+
+
+# --- real kernels ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_forked_kernel_looks_like_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
+) -> None:
+    monkeypatch.setenv("NBPROD_PROBE_VALUE", "from-the-driver")
+    nb = make_notebook(tmp_path, PROBE)
+    server = kernels.start_kernel_server([nb])
+    assert server is not None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set after the server loaded OpenBLAS/OpenMP
+    warm = run_probe(tmp_path, nb, "warm", warm=True, value=7)
+    cold = run_probe(tmp_path, nb, "cold", warm=False, value=7)
+
+    assert warm["ppid"] == server.process.pid  # forked by the server...
+    assert cold["ppid"] == os.getpid()  # ...while a fresh kernel is this process's child
+    assert warm["preloaded"] and not cold["preloaded"]
+    assert "pandas" in server.imported
+    for key in ("cwd", "sys_path", "argv0", "executable", "names", "env", "value", "pools"):
+        assert warm[key] == cold[key], key
+    assert warm["pools"] and all(threads == 1 for _, threads in warm["pools"])
+
+
+@pytest.mark.integration
+def test_forks_do_not_share_numpy_random_state(tmp_path: Path, fresh_server: None) -> None:
+    nb = make_notebook(tmp_path, PROBE)
+    kernels.start_kernel_server([nb])
+    first = run_probe(tmp_path, nb, "one", warm=True)
+    second = run_probe(tmp_path, nb, "two", warm=True)
+    assert first["ppid"] == second["ppid"] != os.getpid()
+    assert first["random"] != second["random"]
+
+
+@pytest.mark.integration
+def test_forked_kernel_death_is_reported_not_hung(tmp_path: Path, fresh_server: None) -> None:
+    from nbclient.exceptions import DeadKernelError
+
+    nb = make_notebook(tmp_path, "import os\nos._exit(3)")
+    kernels.start_kernel_server([nb])
+    with pytest.raises(DeadKernelError):
+        execute_notebook(
+            nb, tmp_path / "dead.ipynb", {"output_dir": "out"}, warm_kernel=True, timeout_s=60
+        )
+
+
+@pytest.mark.integration
+def test_forked_kernel_is_interrupted_on_cell_timeout(tmp_path: Path, fresh_server: None) -> None:
+    nb = make_notebook(tmp_path, "import time\nfor _ in range(600):\n    time.sleep(0.1)")
+    kernels.start_kernel_server([nb])
+    started = time.monotonic()
+    with pytest.raises(CellTimeoutError):
+        execute_notebook(
+            nb, tmp_path / "slow.ipynb", {"output_dir": "out"}, warm_kernel=True, timeout_s=2
+        )
+    assert time.monotonic() - started < 45  # interrupted and shut down, not left to run 60 s
+
+
+@pytest.mark.integration
+def test_a_different_interpreter_environment_gets_a_fresh_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
+) -> None:
+    nb = make_notebook(tmp_path, PROBE)
+    server = kernels.start_kernel_server([nb])
+    assert server is not None
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # changes sys.path at interpreter start
+    info = run_probe(tmp_path, nb, "refused", warm=True)
+    assert info["ppid"] == os.getpid()
+    assert str(tmp_path) in info["sys_path"]
+
+
+@pytest.mark.integration
+def test_a_dead_server_is_never_asked_and_the_next_run_replaces_it(
+    tmp_path: Path, fresh_server: None
+) -> None:
+    nb = make_notebook(tmp_path, PROBE)
+    server = kernels.start_kernel_server([nb])
+    assert server is not None
+    server.process.kill()
+    server.process.wait()
+    with pytest.raises(kernels.KernelServerRefused):
+        server.fork(["python", "-m", "ipykernel_launcher"], dict(os.environ), str(tmp_path))
+    info = run_probe(tmp_path, nb, "after", warm=True)
+    replacement = kernels.active_kernel_server()
+    assert replacement is not None and replacement is not server
+    assert info["ppid"] == replacement.process.pid
+
+
+@pytest.mark.integration
+def test_a_forked_kernel_exits_when_its_server_does(tmp_path: Path, fresh_server: None) -> None:
+    """No orphans: the driver's exit closes the server, and ipykernel's poller ends the kernel."""
+    import asyncio
+
+    from flows.notebook import reserved_port_kernel_manager
+
+    server = kernels.start_kernel_server([])
+    assert server is not None
+    manager = reserved_port_kernel_manager(server)(kernel_name="python3")
+
+    async def start() -> int:
+        await manager.start_kernel()
+        return int(manager.provisioner.pid)
+
+    pid = asyncio.run(start())
+    assert isinstance(manager.provisioner.process, kernels.ForkedKernelProcess)
+    os.kill(pid, 0)  # running
+    kernels.stop_kernel_server()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"kernel {pid} outlived its fork server")

@@ -41,4 +41,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from flows.cli import run_without_teardown
+
+    run_without_teardown(lambda: main() or 0)  # and exits as the `nbprod` command does

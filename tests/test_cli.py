@@ -49,6 +49,41 @@ def test_help_lists_commands() -> None:
         assert command in out.stdout
 
 
+def test_console_script_exit_keeps_codes_output_and_exit_handlers(tmp_path: Path) -> None:
+    """`nbprod` skips the interpreter's teardown (run_without_teardown); nothing else changes."""
+    import os
+
+    env = {**os.environ, "NBPROD_HOME": str(tmp_path)}
+
+    def nbprod(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+
+    helped = nbprod("--help")
+    assert helped.returncode == 0 and "dashboard" in helped.stdout  # buffered output flushed
+    bad = nbprod("no-such-command")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    missing = nbprod("show", "v-none")
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+    code = (
+        "import atexit\nfrom flows.cli import run_without_teardown\n"
+        "def command():\n"
+        "    atexit.register(lambda: print('later handler ran', flush=False))\n"
+        "    print('x' * 100_000)\n"
+        "    return 3\n"
+        "run_without_teardown(command)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 3
+    assert out.stdout.splitlines() == ["x" * 100_000, "later handler ran"]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONTAINER_TESTS_ENV = "NBPROD_CONTAINER_TESTS"
 BUILD_TIMEOUT_S = 1200.0  # first build downloads uv, build tools and the wheels
 READY_DEADLINE_S = 120.0
-# What the `nbprod` console script runs (pyproject: nbprod = "flows.cli:main").
-NBPROD = "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"
+# What the `nbprod` console script runs (pyproject: nbprod = "flows.cli:entrypoint").
+NBPROD = "from flows.cli import entrypoint; entrypoint()"
 NUMERICAL = {"age": "int", "income": "float", "rate": "float"}
 CATEGORICAL = {"purpose": ["car", "education", "business"]}
 

@@ -196,3 +196,53 @@ def test_kernel_gets_its_share_of_threads_unless_the_user_chose(
     out = tmp_path / "chosen"
     execute_notebook(nb, tmp_path / "b.ipynb", {"output_dir": str(out)})
     assert (out / "threads.txt").read_text() == "3"
+
+
+def test_html_copy_matches_nbconvert_html_exporter(tmp_path: Path) -> None:
+    """render_html skips HTMLExporter's BeautifulSoup pass; the page must not change for it."""
+    import base64
+
+    from bs4 import BeautifulSoup
+    from nbconvert import HTMLExporter
+
+    from flows.notebook import render_html
+
+    png = base64.b64encode(bytes.fromhex("89504e470d0a1a0a")).decode()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Title\n\nSome *text* <img src='x.png'>"),
+        nbformat.v4.new_code_cell(
+            "print('hello')\nx = {'a': 1}",
+            outputs=[
+                nbformat.v4.new_output("stream", name="stdout", text="hello\n"),
+                nbformat.v4.new_output(
+                    "display_data", data={"image/png": png, "text/plain": "<Figure>"}
+                ),
+                nbformat.v4.new_output(
+                    "execute_result",
+                    data={"text/html": "<table><tr><td>1</td></tr></table>", "text/plain": "1"},
+                    execution_count=1,
+                ),
+            ],
+        ),
+        nbformat.v4.new_code_cell(
+            "1 / 0",
+            outputs=[
+                nbformat.v4.new_output(
+                    "error", ename="ZeroDivisionError", evalue="division by zero", traceback=[]
+                )
+            ],
+        ),
+    ]
+    ipynb = tmp_path / "page.ipynb"
+    nbformat.write(nb, ipynb)
+
+    ours = BeautifulSoup(render_html(ipynb).read_text(), "html.parser")
+    theirs = BeautifulSoup(HTMLExporter().from_notebook_node(nb)[0], "html.parser")
+    assert ours.get_text() == theirs.get_text()
+    assert len(ours.select('[tabindex="0"]')) == len(theirs.select('[tabindex="0"]')) >= 4
+    assert [img.get("alt") for img in ours.select("img")] == [
+        img.get("alt") for img in theirs.select("img")
+    ]
+    assert all(img.get("alt") for img in ours.select("img"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient.exceptions import CellTimeoutError
+from notebook_files import parameterized_notebook
 
 from flows import kernels
 from flows.notebook import execute_notebook
@@ -46,18 +47,7 @@ pathlib.Path(output_dir, "info.json").write_text(json.dumps(info))
 
 
 def make_notebook(folder: Path, body: str, name: str = "probe.ipynb") -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    params = nbformat.v4.new_code_cell('value = 0\noutput_dir = "out"')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    path = folder / name
-    nbformat.write(nb, path)
-    return path
+    return parameterized_notebook(folder / name, 'value = 0\noutput_dir = "out"', body)
 
 
 def cell_notebook(folder: Path, *sources: str) -> Path:

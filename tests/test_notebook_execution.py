@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_files import parameterized_notebook
 
 from flows.errors import NotebookExecutionError, ParameterError
 from flows.notebook import execute_notebook
@@ -35,18 +36,7 @@ def make_notebook(
     parameters: str = 'value = 1\nmode = "ok"\nattempts = "attempts.txt"\noutput_dir = "out"',
     name: str = "step.ipynb",
 ) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    path = tmp_path / name
-    nbformat.write(nb, path)
-    return path
+    return parameterized_notebook(tmp_path / name, parameters, body)
 
 
 def params(tmp_path: Path, **extra: object) -> dict[str, object]:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pandas as pd
 import pytest
+from notebook_files import parameterized_notebook
 
 from flows.errors import OutputContractError, ParameterError
 from flows.lint import lint_notebook, register_commands
@@ -160,18 +160,7 @@ def test_report_names_the_differing_outputs(tmp_path: Path) -> None:
 
 
 def write_notebook(folder: Path, body: str, params: str = 'output_dir = "out"') -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [nbformat.v4.new_code_cell(params), nbformat.v4.new_code_cell(body)]
-    nb.cells[0].metadata["tags"] = ["parameters"]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "nb.ipynb"
-    nbformat.write(nb, path)
-    return path
+    return parameterized_notebook(folder / "nb.ipynb", params, body)
 
 
 def test_bad_parameters_are_refused_before_any_kernel(tmp_path: Path) -> None:

@@ -739,8 +739,10 @@ def scaling_drift(cfg: Config, sizes: list[int]) -> list[Curve]:
     return curves
 
 
-def tree_rss(proc: Any) -> int:
-    """Bytes resident in a process and all its descendants (shared pages counted per process)."""
+def tree_pss(proc: Any) -> int:
+    """Bytes of memory a process and all its descendants use, shared pages split among the
+    processes sharing them (PSS): forked kernels share their server's imported libraries, and
+    summing RSS would count those once per kernel."""
     import psutil
 
     try:
@@ -750,13 +752,13 @@ def tree_rss(proc: Any) -> int:
     total = 0
     for p in procs:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss
     return total
 
 
 def sampled(cmd: list[str], env: dict[str, str], cfg: Config, what: str, timeout: float
             ) -> tuple[float, str, int]:  # fmt: skip
-    """Run a command; return its wall time, stdout and the peak RSS (bytes) of its process tree,
+    """Run a command; return its wall time, stdout and the peak PSS (bytes) of its process tree,
     sampled every PIPELINE_SAMPLE_S seconds."""
     import psutil
 
@@ -769,7 +771,7 @@ def sampled(cmd: list[str], env: dict[str, str], cfg: Config, what: str, timeout
         try:
             ps = psutil.Process(proc.pid)
             while proc.poll() is None:
-                peak = max(peak, tree_rss(ps))
+                peak = max(peak, tree_pss(ps))
                 if time.perf_counter() - started > timeout:
                     raise RuntimeError(f"{what} timed out after {timeout:.0f} s")
                 time.sleep(PIPELINE_SAMPLE_S)
@@ -795,7 +797,7 @@ def sampled(cmd: list[str], env: dict[str, str], cfg: Config, what: str, timeout
 
 def scaling_pipeline(cfg: Config, sizes: list[int]) -> list[Curve]:
     """One first run of training_pipeline per size (fresh NBPROD_HOME and BENTOML_HOME), against
-    a Prefect server of its own; wall time of the flow call and peak RSS of the process tree."""
+    a Prefect server of its own; wall time of the flow call and peak PSS of the process tree."""
     port = free_port()
     env = {
         **cfg.env,
@@ -822,9 +824,10 @@ def scaling_pipeline(cfg: Config, sizes: list[int]) -> list[Curve]:
         Curve("pipeline: training_pipeline flow call, time",
               {n: r["flow_s"] for n, r in runs.items()}, "s",
               note=f"first run per size; {statuses}"),
-        Curve("pipeline: peak RSS, sum over the process tree",
+        Curve("pipeline: peak memory (PSS), sum over the process tree",
               {n: r["peak_bytes"] / 1024 for n, r in runs.items()}, "KiB",
-              note=f"driver + kernels + bentoml serve, sampled every {PIPELINE_SAMPLE_S} s; "
+              note=f"driver + kernel server + kernels + bentoml serve, shared pages split "
+              f"between the processes sharing them, sampled every {PIPELINE_SAMPLE_S} s; "
               "fixed per-process memory makes the growth look smaller than the data part's"),
     ]  # fmt: skip
     steps = list(dict.fromkeys(step for r in runs.values() for step in r.get("steps", {})))

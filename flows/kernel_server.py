@@ -30,9 +30,17 @@ import signal
 import threading
 from typing import Any
 
-# Environment variables that change how the interpreter itself starts; a kernel asking for
-# different values must start as a fresh process.
-INTERPRETER_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONSAFEPATH")
+# Environment variables that change how the interpreter starts or how native libraries load; a
+# kernel asking for different values must start as a fresh process. (Other variables a library
+# reads when imported are read with this server's environment: the driver's when it started.)
+INTERPRETER_VARIABLES = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONHASHSEED",
+    "PYTHONSAFEPATH",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

@@ -102,12 +102,16 @@ def prestart_kernels(spec: str | None) -> None:
     the first kernel starts with them already loaded. A spec that does not load is the flow's
     to report.
     """
+    from flows.kernels import start_kernel_server, stop_kernel_server
+
+    start_kernel_server([])  # ipykernel's imports start now; the notebooks' follow below
+
     from flows.errors import NbprodError
-    from flows.kernels import start_kernel_server
     from flows.settings import load_settings
 
     settings = load_settings()
     if not settings.warm_kernels:
+        stop_kernel_server()
         return
     notebooks = [settings.notebooks_dir / "prepare.ipynb", settings.notebooks_dir / "train.ipynb"]
     if spec:

@@ -23,8 +23,6 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import yaml
 
 from flows import container
 from flows.errors import ContainerizeError
+from flows.serving import free_port, post_json
 from flows.store import RunStore, new_version_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -343,7 +342,7 @@ def test_containerized_champion_serves_the_models_predictions(
         assert f"built image {image}" in built.stdout
         assert champion["bento_tag"] in built.stdout
 
-        port = _free_port()
+        port = free_port()
         started = time.monotonic()
         _docker(docker, "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
         base = f"http://127.0.0.1:{port}"
@@ -371,27 +370,10 @@ def _docker(docker: str, *args: str) -> str:
     return proc.stdout.strip()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _request(url: str, payload: dict[str, Any] | None) -> tuple[int, Any]:
-    """GET (payload None) or POST JSON; return (status, decoded body) even for 4xx/5xx."""
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw) if raw.strip() else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    """GET (payload None) or POST JSON; (status, decoded body) even for 4xx/5xx."""
+    status, body, _ = post_json(url, payload, timeout=30)
+    return status, body
 
 
 def _wait_ready(docker: str, name: str, base: str) -> None:

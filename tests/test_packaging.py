@@ -15,17 +15,15 @@ import importlib.metadata
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from flows.serving import free_port, post_json, stop_server, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +146,7 @@ def test_served_bento_predicts_like_the_joblib_model(
     # Otherwise the test could not tell the pinned model from ':latest'.
     assert expected != [int(p) for p in model_b.predict(frame)]
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     command = [sys.executable, "-m", "bentoml", "serve", packaged["bento_tag"]]
@@ -187,58 +185,19 @@ def test_served_bento_predicts_like_the_joblib_model(
         status, body = _request(base + "/predict", {"records": []})
         assert 400 <= status < 500, body
     finally:
-        _stop(server)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        stop_server(server)
 
 
 def _request(url: str, payload: dict[str, Any] | None) -> tuple[int, Any]:
-    """GET (payload None) or POST JSON; return (status, decoded body) even for 4xx/5xx."""
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw) if raw.strip() else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    """GET (payload None) or POST JSON; (status, decoded body) even for 4xx/5xx."""
+    status, body, _ = post_json(url, payload, timeout=30)
+    return status, body
 
 
 def _wait_ready(base: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Poll /readyz until 200, the server exits, or the deadline passes."""
-    deadline = time.monotonic() + SERVE_DEADLINE_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"bentoml serve exited with {server.returncode}:\n{log_path.read_text()}")
-        try:
-            if _request(base + "/readyz", None)[0] == 200:
-                return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    pytest.fail(f"bentoml serve not ready after {SERVE_DEADLINE_S}s:\n{log_path.read_text()}")
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (graceful), SIGKILL it if it lingers."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
-
-
-# --- the packaging script, run in a subprocess with an isolated BENTOML_HOME ---------------------
+    reason = wait_ready(base, server, log_path, timeout_s=SERVE_DEADLINE_S)
+    if reason:
+        pytest.fail(f"{reason}\n{log_path.read_text()}")
 
 
 def _train(path: Path, *, seed: int, flip: bool) -> tuple[Any, dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from flows import kernels
 from flows.store import RunStore
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PARAMS = 'value = 1\ndata_path = "data.csv"\napi_token = ""\noutput_dir = "out"'
 BODY = """
-import hashlib, json, pathlib, time
+import hashlib, json, os, pathlib, time
 started = time.time()
 total = sum(int(x) for x in pathlib.Path(data_path).read_text().split())
 time.sleep(0.5)  # long enough for parallel runs to overlap, if they run in parallel
@@ -36,7 +37,7 @@ print("calling the API with", api_token)
     "outputs": {"result": "result.txt"},
     "metrics": {"roc_auc": value / 10, "total": total},
     "values": {"token_sha256": hashlib.sha256(api_token.encode()).hexdigest(),
-               "interval": [started, time.time()]},
+               "interval": [started, time.time()], "kernel_parent": os.getppid()},
 }))
 """
 
@@ -179,12 +180,16 @@ def test_grid_runs_in_parallel_keeps_every_point_and_picks_the_best(
         store.fs.cat_file(store.version_path(record["version"], "outputs/step/result.txt")).decode()
         == "24"
     )
-    intervals = []
+    intervals, parents = [], set()
     for i in range(4):
         out = json.loads(
             store.fs.cat_file(store.version_path(record["version"], f"grid/step/{i}/outputs.json"))
         )
         intervals.append(out["values"]["interval"])
+        parents.add(out["values"]["kernel_parent"])
+    # Warm kernels: every point's kernel is a fork of this process's kernel server.
+    server = kernels.active_kernel_server()
+    assert server is not None and parents == {server.process.pid} != {os.getpid()}
     intervals.sort()
     assert any(b[0] < a[1] for a, b in itertools.pairwise(intervals)), (
         "no two grid points ran at the same time"

@@ -140,18 +140,26 @@ class KernelServer:
         self.preload([*KERNEL_MODULES, *modules])
 
     def _send(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message) + "\n").encode()
-        with self._lock:
-            if not self.alive:
+        data = memoryview((json.dumps(message) + "\n").encode())
+        with self._lock:  # one writer at a time: requests must not interleave on the pipe
+            if not self.alive or self._request_write < 0:
                 raise KernelServerRefused("the kernel fork server has exited")
-            os.write(self._request_write, data)
+            try:
+                while data:  # a request larger than the pipe's buffer waits for the server
+                    data = data[os.write(self._request_write, data) :]
+            except OSError as exc:
+                raise KernelServerRefused(f"the kernel fork server is gone: {exc}") from exc
 
     def preload(self, modules: Iterable[str]) -> None:
-        """Ask the server to import more modules (before the next fork it serves)."""
+        """Ask the server to import more modules (before the next fork it serves).
+
+        A server that is gone is not an error here: its kernels start fresh instead.
+        """
         new = [m for m in modules if m not in self.modules]
         if new:
             self.modules.update(new)
-            self._send({"op": "import", "modules": new})
+            with contextlib.suppress(KernelServerRefused):
+                self._send({"op": "import", "modules": new})
 
     def _read_replies(self) -> None:
         with os.fdopen(self._reply_read, "rb", buffering=0) as replies:
@@ -178,6 +186,10 @@ class KernelServer:
             self._changed.notify_all()
         if future is None:
             return
+        if not future.set_running_or_notify_cancel():  # the caller gave up and started afresh
+            if op == "forked":  # this one would compete for that kernel's ports
+                _kill(reply["pid"])
+            return
         if op == "forked":
             future.set_result(reply["pid"])
         else:
@@ -201,10 +213,10 @@ class KernelServer:
             self._pending[request_id] = future
         try:
             self._send({"op": "fork", "id": request_id, "argv": cmd[3:], "env": env, "cwd": cwd})
-        except (KernelServerRefused, OSError) as exc:
+        except KernelServerRefused:
             with self._changed:
                 self._pending.pop(request_id, None)
-            raise KernelServerRefused(str(exc)) from exc
+            raise
         return future
 
     def generation(self, pid: int) -> int:
@@ -250,6 +262,11 @@ class KernelServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 class ForkedKernelProcess:
@@ -337,9 +354,19 @@ def forking_provisioner(kernel_manager: Any, server: KernelServer) -> Any:
                 cwd = str(kwargs.get("cwd") or os.getcwd())
                 try:
                     future = server.fork(cmd, dict(kwargs.get("env") or os.environ), cwd)
-                    pid = await asyncio.wait_for(asyncio.wrap_future(future), FORK_TIMEOUT_S)
-                except (KernelServerRefused, TimeoutError) as exc:
+                    pid = await asyncio.wait_for(
+                        asyncio.shield(asyncio.wrap_future(future)), FORK_TIMEOUT_S
+                    )
+                except KernelServerRefused as exc:
                     self.log.info("starting a fresh kernel: %s", exc)
+                except TimeoutError:
+                    if not future.cancel():  # the fork happened meanwhile: not wanted now
+                        with contextlib.suppress(Exception):
+                            _kill(future.result(timeout=10))
+                    self.log.warning(
+                        "the kernel fork server did not answer in %.0f s; starting a fresh kernel",
+                        FORK_TIMEOUT_S,
+                    )
                 else:
                     self.process = ForkedKernelProcess(server, pid)
                     self.pid = pid

@@ -236,3 +236,33 @@ def test_nbprod_run_prestarts_the_server_unless_turned_off(
     prestart_kernels(None)
     assert kernels.active_kernel_server() is None
     assert server.process.poll() is not None  # the stopped server is gone, not orphaned
+
+
+@pytest.mark.integration
+def test_a_server_too_slow_to_answer_means_a_fresh_kernel_and_no_stray_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
+) -> None:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "nbprod_slow_import.py").write_text("import time\ntime.sleep(6)\n")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(modules), os.environ.get("PYTHONPATH", "")])
+    )
+    monkeypatch.setattr(kernels, "FORK_TIMEOUT_S", 1.0)
+    nb = make_notebook(tmp_path, PROBE)
+    server = kernels.start_kernel_server([nb])
+    assert server is not None
+    server.preload(["nbprod_slow_import"])  # the fork request queues behind this import
+
+    info = run_probe(tmp_path, nb, "impatient", warm=True)
+    assert info["ppid"] == os.getpid()  # gave up on the server, started a fresh kernel
+
+    deadline = time.monotonic() + 60  # the server forks once the import ends; that fork dies
+    while time.monotonic() < deadline:
+        forked = [pid for pid, count in server._forks.items() if count]
+        if forked and all(server.exit_code(pid, 1) is not None for pid in forked):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the late fork was not stopped: forks {server._forks}, exits {server._exits}")
+    assert [server.exit_code(pid, 1) for pid in forked] == [-signal.SIGKILL]

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 import yaml
+from notebook_files import parameterized_notebook
 
 from flows.errors import ConfigError, DeployError, PromotionError
 from flows.promote import (
@@ -50,20 +50,7 @@ WRITE_OUTPUTS = (
 
 
 def write_notebook(path: Path, parameters: str, body: str) -> Path:
-    """A notebook as Jupyter saves it: kernel metadata, a tagged parameters cell, then code."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.metadata["language_info"] = {"name": "python"}
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
+    return parameterized_notebook(path, parameters, body)
 
 
 def tiny_notebook(path: Path) -> Path:

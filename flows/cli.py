@@ -113,7 +113,7 @@ def prestart_kernels(spec: str | None) -> None:
     if not settings.warm_kernels:
         stop_kernel_server()
         return
-    notebooks = [settings.notebooks_dir / "prepare.ipynb", settings.notebooks_dir / "train.ipynb"]
+    notebooks = list(settings.training_notebooks)
     if spec:
         from flows.spec import load_spec, resolve_project_path
 

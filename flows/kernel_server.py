@@ -16,17 +16,12 @@ kernel's exit code, reported when this process reaps it).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run by path, Python put this file's folder first on sys.path: a kernel must not see it.
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import importlib
 import importlib.util
 import json
+import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -154,6 +149,9 @@ def serve(request_fd: int, reply_fd: int) -> list[str] | None:
 
 
 def main() -> None:
+    # Run by path, Python put this file's folder first on sys.path: a kernel must not see it.
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
     request_fd, reply_fd = int(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when this process ends
     importlib.import_module("ipykernel.kernelapp")

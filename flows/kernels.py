@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import atexit
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -46,9 +47,10 @@ class KernelServerRefused(RuntimeError):
     """The fork server cannot start this kernel; it is started as a fresh process instead."""
 
 
-def _installed_locations() -> list[Path]:
+@functools.cache
+def _installed_locations() -> tuple[Path, ...]:
     paths = sysconfig.get_paths()
-    return [Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    return tuple(Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
 def _is_installed(top_level: str, notebook_dir: Path) -> bool:
@@ -85,28 +87,40 @@ def notebook_imports(notebooks: Iterable[Path]) -> list[str]:
     """Installed modules the notebooks import at the top level of their code cells, in order."""
     found: dict[str, None] = {}
     for notebook in notebooks:
-        notebook = Path(notebook)
+        path = Path(notebook).resolve()
         try:
-            cells = json.loads(notebook.read_text()).get("cells", [])
-        except (OSError, ValueError):
-            continue  # a broken notebook is reported by the run itself
-        for cell in cells:
-            if cell.get("cell_type") != "code":
-                continue
-            try:
-                tree = ast.parse(_cell_source(cell))
-            except SyntaxError:
-                continue
-            for node in tree.body:
-                names: list[str] = []
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                for name in names:
-                    if _is_installed(name.split(".")[0], notebook.parent.resolve()):
-                        found.setdefault(name)
+            modified = path.stat().st_mtime_ns
+        except OSError:
+            continue  # a missing notebook is reported by the run itself
+        found.update(dict.fromkeys(_notebook_imports(path, modified)))
     return list(found)
+
+
+@functools.lru_cache(maxsize=64)
+def _notebook_imports(path: Path, modified_ns: int) -> tuple[str, ...]:
+    """One notebook's scan, kept while the file is unchanged: every grid point asks again."""
+    try:
+        cells = json.loads(path.read_text()).get("cells", [])
+    except (OSError, ValueError):
+        return ()  # a broken notebook is reported by the run itself
+    found: dict[str, None] = {}
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        try:
+            tree = ast.parse(_cell_source(cell))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                if _is_installed(name.split(".")[0], path.parent):
+                    found.setdefault(name)
+    return tuple(found)
 
 
 class KernelServer:

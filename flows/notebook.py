@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.errors import NotebookExecutionError, OutputContractError, ParameterError
+from flows.kernel_server import THREAD_VARIABLES
 from flows.kernels import KernelServer, forking_provisioner, start_kernel_server
 
 OUTPUTS_FILE = "outputs.json"
@@ -280,7 +281,8 @@ def reserve_kernel_ports(ip: str, count: int = 5) -> list[int]:
 
 
 # Thread pools a kernel's numeric libraries size from these; left alone when the user set them.
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# (The kernel server applies the same variables to libraries it loaded before they were set.)
+THREAD_ENV_VARS = THREAD_VARIABLES
 _running_lock = threading.Lock()
 _running_kernels = 0
 

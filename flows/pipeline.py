@@ -484,8 +484,7 @@ def resolve_training_config(
         "start_date": "2024-01-01",
         "end_date": "2024-10-01",
     }
-    prepare_nb = settings.notebooks_dir / "prepare.ipynb"
-    train_nb = settings.notebooks_dir / "train.ipynb"
+    prepare_nb, train_nb = settings.training_notebooks
     spec_params: dict[str, dict[str, Any]] = {}
     grid: dict[str, list[Any]] = {}
     secrets: dict[str, dict[str, dict[str, str]]] = {}

@@ -61,6 +61,11 @@ class NbprodSettings(BaseSettings):
         return self.run_store_url or str(self.home / "runs")
 
     @property
+    def training_notebooks(self) -> tuple[Path, Path]:
+        """The training pipeline's prepare and train notebooks when no spec names others."""
+        return self.notebooks_dir / "prepare.ipynb", self.notebooks_dir / "train.ipynb"
+
+    @property
     def scratch_dir(self) -> Path:
         return self.home / "scratch"
 

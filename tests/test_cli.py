@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from nbprod_cli import run_nbprod
 
 from flows.cli import UsageError, main, parse_assignment
 
@@ -56,13 +57,7 @@ def test_console_script_exit_keeps_codes_output_and_exit_handlers(tmp_path: Path
     env = {**os.environ, "NBPROD_HOME": str(tmp_path)}
 
     def nbprod(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=env,
-        )
+        return run_nbprod(*args, env=env)
 
     helped = nbprod("--help")
     assert helped.returncode == 0 and "dashboard" in helped.stdout  # buffered output flushed

@@ -18,6 +18,7 @@ from uuid import UUID
 import nbformat
 import pandas as pd
 import pytest
+from nbprod_cli import run_nbprod
 
 from flows.errors import DataValidationError, NotebookExecutionError, ParameterError
 from flows.store import RunStore
@@ -379,14 +380,7 @@ def test_cli_lists_shows_and_reports_champion(accepted: dict[str, Any], home: Pa
     env = {**os.environ, "NBPROD_HOME": str(home)}
 
     def nbprod(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        return run_nbprod(*args, env=env, timeout=60)
 
     runs = nbprod("runs")
     assert runs.returncode == 0

@@ -134,6 +134,81 @@ def test_forks_do_not_share_numpy_random_state(tmp_path: Path, fresh_server: Non
     assert first["random"] != second["random"]
 
 
+# Left for the interpreter's exit: an unclosed buffered file, an atexit handler, a cycle with a
+# finaliser. A fork exits without the interpreter's teardown; all three must still happen.
+AT_EXIT = """
+import atexit, pathlib
+out = pathlib.Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+log = open(out / "unclosed.txt", "w")
+log.write("buffered, never closed")
+atexit.register(lambda: (out / "atexit.txt").write_text("ran"))
+class Finalised:
+    def __init__(self, path):
+        self.path, self.me = path, self
+    def __del__(self):
+        self.path.write_text("collected")
+cycle = Finalised(out / "finalised.txt")
+"""
+
+
+@pytest.mark.integration
+def test_a_forked_kernel_finalises_the_notebook_at_exit_like_a_fresh_one(
+    tmp_path: Path, fresh_server: None
+) -> None:
+    nb = make_notebook(tmp_path, AT_EXIT)
+    kernels.start_kernel_server([nb])
+    written = {}
+    for tag, warm in (("warm", True), ("cold", False)):
+        out = tmp_path / tag
+        execute_notebook(
+            nb, tmp_path / f"{tag}.ipynb", {"output_dir": str(out)}, warm_kernel=warm, timeout_s=60
+        )
+        written[tag] = {p.name: p.read_text() for p in sorted(out.iterdir())}
+    assert (
+        written["warm"]
+        == written["cold"]
+        == {
+            "atexit.txt": "ran",
+            "finalised.txt": "collected",
+            "unclosed.txt": "buffered, never closed",
+        }
+    )
+
+
+@pytest.mark.integration
+def test_a_ready_kernel_has_no_start_up_messages_left_to_read(fresh_server: None) -> None:
+    """The client's wait for a ready kernel reads IOPub through its last kernel_info."""
+    import asyncio
+
+    from flows.notebook import reserved_port_kernel_manager
+
+    manager = reserved_port_kernel_manager(kernels.start_kernel_server([]))(kernel_name="python3")
+
+    async def session() -> tuple[bool, list[str]]:
+        await manager.start_kernel()
+        client = manager.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            left_over = await client.iopub_channel.msg_ready()
+            request = client.execute("print(6 * 7)")
+            seen = []
+            while True:
+                msg = await client.iopub_channel.get_msg(timeout=30)
+                assert msg["parent_header"].get("msg_id") == request  # nothing from before
+                seen.append(msg["msg_type"])
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    return left_over, seen
+        finally:
+            client.stop_channels()
+            await manager.shutdown_kernel()
+
+    left_over, seen = asyncio.run(session())
+    assert not left_over
+    assert seen[0] == "status" and "stream" in seen
+
+
 @pytest.mark.integration
 def test_forked_kernel_death_is_reported_not_hung(tmp_path: Path, fresh_server: None) -> None:
     from nbclient.exceptions import DeadKernelError

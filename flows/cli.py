@@ -89,7 +89,10 @@ def dask_task_runner(address: str) -> Any:
             "n_workers": 1,
             "threads_per_worker": 4,
             "processes": False,
-            "dashboard_address": None,
+            # Even without a dashboard, distributed serves HTTP (health, metrics) on 0.0.0.0:8787
+            # and on a worker port: keep both on the loopback, on free ports.
+            "dashboard_address": "127.0.0.1:0",
+            "worker_dashboard_address": "127.0.0.1:0",
         }
     )
 

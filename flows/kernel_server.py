@@ -152,16 +152,6 @@ def serve(request_fd: int, reply_fd: int) -> list[str] | None:
         send(reply_fd, {"op": "forked", "id": request["id"], "pid": pid})
 
 
-# What every kernel imports while it initialises (the kernel class, its shell, the debugger):
-# ~0.2 s per kernel when left to the fork.
-KERNEL_MODULES = (
-    "ipykernel.kernelapp",
-    "ipykernel.ipkernel",
-    "ipykernel.zmqshell",
-    "ipykernel.debugger",
-)
-
-
 def run_kernel(kernel_argv: list[str]) -> NoReturn:
     """Run the kernel, then exit like the interpreter would, minus its teardown.
 
@@ -201,7 +191,7 @@ def main() -> None:
     # debugpy warns at import that frozen modules may hide breakpoints; papermill's CLI sets
     # this for its kernels too. (Each kernel still gets exactly the environment it asked for.)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    import_modules(list(KERNEL_MODULES))
+    importlib.import_module("ipykernel.kernelapp")
     kernel_argv = serve(request_fd, reply_fd)
     if kernel_argv is not None:
         run_kernel(kernel_argv)

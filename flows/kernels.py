@@ -37,9 +37,17 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from flows.pysource import parse_source
+
 SERVER_SCRIPT = Path(__file__).with_name("kernel_server.py")
-# Always worth having in the server: every kernel imports these before running a cell.
-KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel")
+# Always worth having in the server: every kernel imports these before running a cell (the
+# kernel class, its shell, the debugger: ~0.2 s per kernel when left to the fork).
+KERNEL_MODULES = (
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",
+)
 FORK_TIMEOUT_S = 120.0  # the server may still be importing when the first kernel is asked for
 
 
@@ -108,7 +116,7 @@ def _notebook_imports(path: Path, modified_ns: int) -> tuple[str, ...]:
         if cell.get("cell_type") != "code":
             continue
         try:
-            tree = ast.parse(_cell_source(cell))
+            tree = parse_source(_cell_source(cell))
         except SyntaxError:
             continue
         for node in tree.body:

@@ -72,6 +72,7 @@ from typing import Any, Literal
 
 from flows.errors import LintError
 from flows.notebook import OUTPUTS_FILE
+from flows.pysource import parse_source
 
 Severity = Literal["error", "warning"]
 
@@ -292,11 +293,11 @@ def _expand(tree: ast.Module) -> ast.Module:
             if magic.name == "capture":
                 names = [t for t in magic.line.split() if not t.startswith("-")]
                 if names and names[0].isidentifier():
-                    captured = ast.parse(f"{names[0]} = None").body[0]
+                    captured = parse_source(f"{names[0]} = None").body[0]
                     ast.increment_lineno(captured, stmt.lineno - 1)
                     body.append(captured)
             try:
-                inner = ast.parse(_to_python(magic.body))
+                inner = parse_source(_to_python(magic.body))
             except SyntaxError as exc:  # report the line within the cell, not the body
                 exc.lineno = (exc.lineno or 0) + stmt.lineno
                 raise
@@ -307,7 +308,7 @@ def _expand(tree: ast.Module) -> ast.Module:
             while code.startswith("-"):  # options such as `%timeit -n1 -r1 f()`
                 code = code.partition(" ")[2].lstrip()
             try:
-                inner = ast.parse(code)
+                inner = parse_source(code)
             except SyntaxError:
                 body.append(stmt)
                 continue
@@ -320,7 +321,7 @@ def _expand(tree: ast.Module) -> ast.Module:
 
 def _parse_cell(cell: _Cell) -> None:
     try:
-        cell.tree = _expand(ast.parse(_to_python(cell.source)))
+        cell.tree = _expand(parse_source(_to_python(cell.source)))
     except SyntaxError as exc:
         cell.syntax_error = exc.msg
         cell.syntax_line = exc.lineno
@@ -1023,7 +1024,7 @@ def _module_source(module: str) -> ast.Module | None:
     for candidate in (base / "__init__.py", base.with_suffix(".py")):
         if candidate.is_file():
             try:
-                return ast.parse(candidate.read_text(encoding="utf-8"))
+                return parse_source(candidate.read_text(encoding="utf-8"))
             except (SyntaxError, OSError, UnicodeDecodeError):
                 return None
     return None

@@ -30,6 +30,7 @@ from typing import Any
 from flows.errors import NotebookExecutionError, OutputContractError, ParameterError
 from flows.kernel_server import THREAD_VARIABLES
 from flows.kernels import KernelServer, forking_provisioner, start_kernel_server
+from flows.pysource import parse_source
 
 OUTPUTS_FILE = "outputs.json"
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -83,7 +84,7 @@ def declared_parameters(path: str | Path) -> dict[str, ParameterSpec]:
     path = Path(path)
     source = _parameters_cell(path)
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except SyntaxError as exc:
         raise ParameterError(
             f"notebook {path.name}: parameters cell does not parse: {exc}"

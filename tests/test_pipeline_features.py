@@ -255,6 +255,25 @@ def test_grid_on_a_dask_task_runner(prefect_server: None, project: Path, tmp_pat
     assert grid["best_parameters"] == {"value": 5}
 
 
+def test_the_local_dask_cluster_listens_on_the_loopback_only() -> None:
+    import psutil
+    from distributed import LocalCluster
+
+    from flows.cli import dask_task_runner
+
+    def listening() -> set[tuple[str, int]]:
+        return {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.Process().net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+
+    before = listening()
+    with LocalCluster(**dask_task_runner("").cluster_kwargs):
+        opened = listening() - before
+    assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}
+
+
 def test_secret_from_a_prefect_secret_block(
     prefect_server: None, project: Path, tmp_path: Path
 ) -> None:

@@ -24,9 +24,9 @@ def main() -> None:
 
     prestart_kernels(spec)  # as `nbprod run` does: warm kernels start while Prefect loads
     from flows.pipeline import notebook_pipeline
-    from flows.prefect_fixes import stop_heartbeats_promptly
+    from flows.prefect_fixes import apply_prefect_fixes
 
-    stop_heartbeats_promptly()  # as `nbprod run` does
+    apply_prefect_fixes()  # as `nbprod run` does
 
     imported = time.perf_counter()
     record = notebook_pipeline(spec=spec, no_cache="--no-cache" in sys.argv, triggered_by="bench")

@@ -134,9 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dask is None:  # Dask runs the kernels in its own worker processes
         prestart_kernels(args.spec)
     from flows.pipeline import training_pipeline
-    from flows.prefect_fixes import stop_heartbeats_promptly
+    from flows.prefect_fixes import apply_prefect_fixes
 
-    stop_heartbeats_promptly()
+    apply_prefect_fixes()
 
     grid = dict(parse_assignment(p) for p in args.grid)
     for name, values in grid.items():

@@ -137,11 +137,11 @@ def run_demo() -> int:
     prepare_environment()
     from flows.errors import NbprodError
     from flows.pipeline import training_pipeline
-    from flows.prefect_fixes import stop_heartbeats_promptly
+    from flows.prefect_fixes import apply_prefect_fixes
     from flows.settings import load_settings
     from flows.store import RunStore
 
-    stop_heartbeats_promptly()
+    apply_prefect_fixes()
 
     settings = load_settings()
     store = RunStore(settings.resolved_run_store_url)

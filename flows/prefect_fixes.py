@@ -1,20 +1,29 @@
-"""A fix for Prefect behaviour that adds time to every flow run, applied by nbprod's commands.
+"""Fixes for Prefect behaviour that adds time to every flow run, applied by nbprod's commands.
 
-Prefect 3.9's flow engine (``prefect.flow_engine._send_heartbeats``, from PrefectHQ/prefect#19641)
-emits heartbeats from a thread that sleeps in 1 s steps between looks at its stop event, and the
-engine joins that thread when the flow ends: up to 1 s, 0.5 s on average, after the work is done.
-:func:`stop_heartbeats_promptly` swaps in the same heartbeats (same events, same interval, same
-context) whose thread waits on the stop event itself, so it ends the moment the flow does.
+Heartbeats. Prefect 3.9's flow engine (``prefect.flow_engine._send_heartbeats``, added in
+PrefectHQ/prefect#19641) emits heartbeats from a thread that sleeps in 1 s steps between looks
+at its stop event, and the engine joins that thread when the flow ends: up to 1 s, 0.5 s on
+average, after the work is done. :func:`stop_heartbeats_promptly` swaps in the same heartbeats
+(same events, same interval, same context) whose thread waits on the stop event itself, so it
+ends the moment the flow does.
 
-Applied by the commands that run flows in their own process (``nbprod run``, the demo,
-``benchmarks/drive_flow.py``), not on import: importing nbprod changes nothing in Prefect. If
-Prefect's engine no longer looks like the one this was written against, it is left alone.
+Parameters. Creating a flow run serialises its parameters with FastAPI's ``jsonable_encoder``;
+importing FastAPI for it costs ~0.4 s in each process that runs a flow. nbprod's flows take JSON
+values (paths as strings, numbers, lists, dicts), which that encoder returns unchanged:
+:func:`skip_encoding_json_parameters` passes such values through and leaves any other to
+Prefect's own code.
+
+Applied (:func:`apply_prefect_fixes`) by the commands that run flows in their own process
+(``nbprod run``, the demo, ``benchmarks/drive_flow.py``), not on import: importing nbprod
+changes nothing in Prefect. A fix whose target no longer looks like the code it was written
+against is left out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import threading
 from collections.abc import Iterator
@@ -91,3 +100,51 @@ def stop_heartbeats_promptly() -> bool:
         return False
     flow_engine._send_heartbeats = _send_heartbeats
     return True
+
+
+def is_json_value(value: Any, depth: int = 0) -> bool:
+    """True for what JSON itself holds (str keys only); such values need no encoder."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return type(value) in (str, bool, int, float, type(None))  # not enums or subclasses
+    if depth > 32:
+        return False
+    if type(value) is list:
+        return all(is_json_value(item, depth + 1) for item in value)
+    if type(value) is dict:
+        return all(
+            type(key) is str and is_json_value(item, depth + 1) for key, item in value.items()
+        )
+    return False
+
+
+def skip_encoding_json_parameters() -> bool:
+    """Let ``Flow.serialize_parameters`` return JSON values as they are; True if in place."""
+    from prefect.flows import Flow
+
+    current = Flow.serialize_parameters
+    if getattr(current, "_nbprod_json_passthrough", False):
+        return True
+    try:
+        parameters = list(inspect.signature(current).parameters)
+    except (TypeError, ValueError):
+        return False
+    if parameters != ["self", "parameters"]:
+        return False
+
+    @functools.wraps(current)
+    def serialize_parameters(self: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+        if type(parameters) is dict and all(is_json_value(v) for v in parameters.values()):
+            return dict(parameters)
+        return current(self, parameters)
+
+    serialize_parameters._nbprod_json_passthrough = True  # type: ignore[attr-defined]
+    Flow.serialize_parameters = serialize_parameters  # type: ignore[method-assign]
+    return True
+
+
+def apply_prefect_fixes() -> dict[str, bool]:
+    """Both fixes; which ones are in place (a changed Prefect leaves a fix out, not broken)."""
+    return {
+        "prompt_heartbeat_stop": stop_heartbeats_promptly(),
+        "json_parameters_unencoded": skip_encoding_json_parameters(),
+    }

@@ -114,3 +114,83 @@ def test_a_real_flow_run_sends_its_heartbeat_through_the_fix(
     assert state.is_completed() and state.result() == 5
     assert sent == ["nbprod-flow-heartbeat"]
     assert not [t for t in threading.enumerate() if t.name == "nbprod-flow-heartbeat"]
+
+
+# --- parameters: JSON values pass through, anything else is Prefect's to encode ----------------
+
+
+@pytest.fixture
+def prefect_flow_class(monkeypatch: pytest.MonkeyPatch) -> type:
+    """Prefect's Flow with its serialize_parameters restored after the test."""
+    from prefect.flows import Flow
+
+    monkeypatch.setattr(Flow, "serialize_parameters", Flow.serialize_parameters)
+    return Flow
+
+
+def test_json_values_are_told_apart_from_values_an_encoder_must_convert() -> None:
+    import enum
+    from datetime import date
+    from pathlib import Path
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    for value in (None, "a", 1, 2.5, True, [1, "a", None], {"a": {"b": [1.0, {"c": False}]}}):
+        assert prefect_fixes.is_json_value(value), value
+    for value in (Path("x"), (1, 2), {1: "a"}, Colour.RED, date(2024, 1, 1), [Path("x")], {"a"}):
+        assert not prefect_fixes.is_json_value(value), value
+
+
+def test_serialized_parameters_equal_prefects_own(prefect_flow_class: type) -> None:
+    from datetime import date
+    from pathlib import Path
+
+    @flow
+    def takes(a: Any = None, b: Any = None) -> None:
+        return None
+
+    cases = [
+        {"a": "data/loans.csv", "b": {"train": {"seed": 3, "grid": [0.1, 0.2]}}},
+        {"a": Path("data/loans.csv"), "b": date(2024, 1, 1)},  # left to Prefect's encoder
+        {"a": None, "b": [1, (2, 3)]},
+    ]
+    expected = [prefect_flow_class.serialize_parameters(takes, case) for case in cases]
+    assert prefect_fixes.skip_encoding_json_parameters()
+    assert prefect_fixes.skip_encoding_json_parameters()  # twice changes nothing
+    assert [prefect_flow_class.serialize_parameters(takes, case) for case in cases] == expected
+    assert expected[1] == {"a": "data/loans.csv", "b": "2024-01-01"}
+
+
+def test_a_serializer_that_changed_shape_is_left_alone(
+    prefect_flow_class: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def serialize_parameters(self: Any, parameters: dict[str, Any], strict: bool) -> dict:
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(prefect_flow_class, "serialize_parameters", serialize_parameters)
+    assert not prefect_fixes.skip_encoding_json_parameters()
+    assert prefect_flow_class.serialize_parameters is serialize_parameters
+
+
+@pytest.mark.integration
+def test_a_real_flow_run_stores_its_json_parameters(
+    prefect_server: None, prefect_flow_class: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", flow_engine._send_heartbeats)
+    assert prefect_fixes.apply_prefect_fixes() == {
+        "prompt_heartbeat_stop": True,
+        "json_parameters_unencoded": True,
+    }
+
+    @flow
+    def echo(spec: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        return overrides
+
+    overrides = {"train": {"seed": 7, "features": ["age", "income"], "rate": 0.5}}
+    state = echo("deployments/x.yaml", overrides, return_state=True)
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(state.state_details.flow_run_id).parameters
+    assert stored == {"spec": "deployments/x.yaml", "overrides": overrides}

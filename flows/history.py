@@ -162,7 +162,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from flows.monitoring import monitoring_pipeline
+    from flows.prefect_fixes import apply_prefect_fixes
 
+    apply_prefect_fixes()
     record = monitoring_pipeline(
         args.source,
         args.start,

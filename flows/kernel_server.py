@@ -169,6 +169,8 @@ def run_kernel(kernel_argv: list[str]) -> NoReturn:
         kernelapp.launch_new_instance()
     except SystemExit as exc:
         code = exc.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)  # as the interpreter reports SystemExit("message")
     except BaseException:
         traceback.print_exc()
         code = 1

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from prefect import flow, flow_engine
+from prefect.flows import Flow
 
 from flows import prefect_fixes
 
@@ -78,17 +79,6 @@ def test_applying_twice_changes_nothing(prefect_engine: StuckClock) -> None:
     assert prefect_fixes.stop_heartbeats_promptly()
     assert prefect_fixes.stop_heartbeats_promptly()
     assert flow_engine._send_heartbeats is prefect_fixes._send_heartbeats
-
-
-def test_an_engine_that_changed_shape_is_left_alone(
-    prefect_engine: StuckClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def _send_heartbeats(engine: Any, join_on_exit: bool, interval: int) -> None:
-        raise AssertionError("not called")
-
-    monkeypatch.setattr(flow_engine, "_send_heartbeats", _send_heartbeats)
-    assert not prefect_fixes.stop_heartbeats_promptly()
-    assert flow_engine._send_heartbeats is _send_heartbeats
 
 
 @pytest.mark.integration
@@ -162,15 +152,27 @@ def test_serialized_parameters_equal_prefects_own(prefect_flow_class: type) -> N
     assert expected[1] == {"a": "data/loans.csv", "b": "2024-01-01"}
 
 
-def test_a_serializer_that_changed_shape_is_left_alone(
-    prefect_flow_class: type, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def serialize_parameters(self: Any, parameters: dict[str, Any], strict: bool) -> dict:
-        raise AssertionError("not called")
+def _changed_send_heartbeats(engine: Any, join_on_exit: bool, interval: int) -> None:
+    raise AssertionError("not called")
 
-    monkeypatch.setattr(prefect_flow_class, "serialize_parameters", serialize_parameters)
-    assert not prefect_fixes.skip_encoding_json_parameters()
-    assert prefect_flow_class.serialize_parameters is serialize_parameters
+
+def _changed_serializer(self: Any, parameters: dict[str, Any], strict: bool) -> dict:
+    raise AssertionError("not called")
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "fix", "changed"),
+    [
+        (flow_engine, "_send_heartbeats", "stop_heartbeats_promptly", _changed_send_heartbeats),
+        (Flow, "serialize_parameters", "skip_encoding_json_parameters", _changed_serializer),
+    ],
+)
+def test_a_target_that_changed_shape_is_left_alone(
+    owner: Any, name: str, fix: str, changed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owner, name, changed)
+    assert not getattr(prefect_fixes, fix)()
+    assert getattr(owner, name) is changed
 
 
 @pytest.mark.integration

@@ -29,6 +29,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+# Prefect's own functions, by what was replaced: for comparison (tests) and to undo a fix.
+REPLACED: dict[str, Any] = {}
 _ENGINE_NEEDS = ("heartbeat_seconds", "_build_heartbeat_event_template", "_emit_flow_run_heartbeat")
 
 
@@ -98,6 +100,7 @@ def stop_heartbeats_promptly() -> bool:
         hasattr(engine_class, name) for name in _ENGINE_NEEDS
     ):
         return False
+    REPLACED["prefect.flow_engine._send_heartbeats"] = current
     flow_engine._send_heartbeats = _send_heartbeats
     return True
 
@@ -138,6 +141,7 @@ def skip_encoding_json_parameters() -> bool:
         return current(self, parameters)
 
     serialize_parameters._nbprod_json_passthrough = True  # type: ignore[attr-defined]
+    REPLACED["prefect.flows.Flow.serialize_parameters"] = current
     Flow.serialize_parameters = serialize_parameters  # type: ignore[method-assign]
     return True
 

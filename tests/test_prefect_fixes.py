@@ -41,11 +41,18 @@ class StuckClock:
         self.released.wait(60)
 
 
+def prefects_own_heartbeats() -> Any:
+    """Prefect's function even if an earlier test in this process applied the fix."""
+    return prefect_fixes.REPLACED.get(
+        "prefect.flow_engine._send_heartbeats", flow_engine._send_heartbeats
+    )
+
+
 @pytest.fixture
 def prefect_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[StuckClock]:
     """Prefect's engine restored after the test; its heartbeat sleeps never end by themselves."""
     clock = StuckClock()
-    monkeypatch.setattr(flow_engine, "_send_heartbeats", flow_engine._send_heartbeats)
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", prefects_own_heartbeats())
     monkeypatch.setattr(flow_engine, "time", clock)
     yield clock
     clock.released.set()
@@ -85,7 +92,7 @@ def test_applying_twice_changes_nothing(prefect_engine: StuckClock) -> None:
 def test_a_real_flow_run_sends_its_heartbeat_through_the_fix(
     prefect_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flow_engine, "_send_heartbeats", flow_engine._send_heartbeats)
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", prefects_own_heartbeats())
     assert prefect_fixes.stop_heartbeats_promptly()
     sent: list[str] = []
     original = flow_engine.FlowRunEngine._emit_flow_run_heartbeat
@@ -111,10 +118,11 @@ def test_a_real_flow_run_sends_its_heartbeat_through_the_fix(
 
 @pytest.fixture
 def prefect_flow_class(monkeypatch: pytest.MonkeyPatch) -> type:
-    """Prefect's Flow with its serialize_parameters restored after the test."""
-    from prefect.flows import Flow
-
-    monkeypatch.setattr(Flow, "serialize_parameters", Flow.serialize_parameters)
+    """Prefect's Flow with Prefect's own serialize_parameters; as it was after the test."""
+    own = prefect_fixes.REPLACED.get(
+        "prefect.flows.Flow.serialize_parameters", Flow.serialize_parameters
+    )
+    monkeypatch.setattr(Flow, "serialize_parameters", own)
     return Flow
 
 
@@ -181,7 +189,7 @@ def test_a_real_flow_run_stores_its_json_parameters(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    monkeypatch.setattr(flow_engine, "_send_heartbeats", flow_engine._send_heartbeats)
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", prefects_own_heartbeats())
     assert prefect_fixes.apply_prefect_fixes() == {
         "prompt_heartbeat_stop": True,
         "json_parameters_unencoded": True,

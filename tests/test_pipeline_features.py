@@ -208,6 +208,7 @@ def test_secret_value_never_stored_logged_or_published(
         LogFilter,
         LogFilterFlowRunId,
     )
+    from prefect.logging.handlers import APILogWorker
 
     token = "tok-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
     monkeypatch.setenv("NBPROD_TEST_TOKEN", token)
@@ -229,6 +230,7 @@ def test_secret_value_never_stored_logged_or_published(
     assert params["step"]["api_token"] == "<secret from env NBPROD_TEST_TOKEN>"
 
     run_id = record["flow_run_id"]
+    APILogWorker.drain_all(timeout=60)  # logs reach the API from a background worker: send them
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))

@@ -281,9 +281,8 @@ def reserve_kernel_ports(ip: str, count: int = 5) -> list[int]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-# Thread pools a kernel's numeric libraries size from these; left alone when the user set them.
-# (The kernel server applies the same variables to libraries it loaded before they were set.)
-THREAD_ENV_VARS = THREAD_VARIABLES
+# THREAD_VARIABLES: the thread pools a kernel's numeric libraries size from; left alone when the
+# user set them. (The kernel server applies them to libraries it loaded before they were set.)
 _running_lock = threading.Lock()
 _running_kernels = 0
 
@@ -386,9 +385,9 @@ def reserved_port_kernel_manager(server: KernelServer | None = None) -> type:
                 reserve_kernel_ports(self.ip)
             )
             env = dict(kwargs.get("env") or os.environ)
-            if not any(name in os.environ for name in THREAD_ENV_VARS):
+            if not any(name in os.environ for name in THREAD_VARIABLES):
                 threads = str(kernel_threads())
-                env.update(dict.fromkeys(THREAD_ENV_VARS, threads))
+                env.update(dict.fromkeys(THREAD_VARIABLES, threads))
             kwargs["env"] = env
             await super().start_kernel(**kwargs)
 

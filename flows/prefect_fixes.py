@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import inspect
 import threading
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 # Prefect's own functions, by what was replaced: for comparison (tests) and to undo a fix.
 REPLACED: dict[str, Any] = {}
+_HEARTBEATS = "prefect.flow_engine._send_heartbeats"
 _ENGINE_NEEDS = ("heartbeat_seconds", "_build_heartbeat_event_template", "_emit_flow_run_heartbeat")
 
 
@@ -100,7 +100,7 @@ def stop_heartbeats_promptly() -> bool:
         hasattr(engine_class, name) for name in _ENGINE_NEEDS
     ):
         return False
-    REPLACED["prefect.flow_engine._send_heartbeats"] = current
+    REPLACED[_HEARTBEATS] = current
     flow_engine._send_heartbeats = _send_heartbeats
     return True
 
@@ -120,12 +120,22 @@ def is_json_value(value: Any, depth: int = 0) -> bool:
     return False
 
 
+_SERIALIZER = "prefect.flows.Flow.serialize_parameters"
+
+
+def _serialize_parameters(self: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Prefect's ``Flow.serialize_parameters``, without its encoder for values already JSON."""
+    if type(parameters) is dict and all(is_json_value(v) for v in parameters.values()):
+        return dict(parameters)
+    return REPLACED[_SERIALIZER](self, parameters)
+
+
 def skip_encoding_json_parameters() -> bool:
     """Let ``Flow.serialize_parameters`` return JSON values as they are; True if in place."""
     from prefect.flows import Flow
 
     current = Flow.serialize_parameters
-    if getattr(current, "_nbprod_json_passthrough", False):
+    if current is _serialize_parameters:
         return True
     try:
         parameters = list(inspect.signature(current).parameters)
@@ -133,16 +143,8 @@ def skip_encoding_json_parameters() -> bool:
         return False
     if parameters != ["self", "parameters"]:
         return False
-
-    @functools.wraps(current)
-    def serialize_parameters(self: Any, parameters: dict[str, Any]) -> dict[str, Any]:
-        if type(parameters) is dict and all(is_json_value(v) for v in parameters.values()):
-            return dict(parameters)
-        return current(self, parameters)
-
-    serialize_parameters._nbprod_json_passthrough = True  # type: ignore[attr-defined]
-    REPLACED["prefect.flows.Flow.serialize_parameters"] = current
-    Flow.serialize_parameters = serialize_parameters  # type: ignore[method-assign]
+    REPLACED[_SERIALIZER] = current
+    Flow.serialize_parameters = _serialize_parameters  # type: ignore[method-assign]
     return True
 
 

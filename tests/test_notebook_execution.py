@@ -173,9 +173,9 @@ def test_kernel_gets_its_share_of_threads_unless_the_user_chose(
 ) -> None:
     import os
 
-    from flows.notebook import THREAD_ENV_VARS
+    from flows.kernel_server import THREAD_VARIABLES
 
-    for name in THREAD_ENV_VARS:
+    for name in THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     nb = make_notebook(tmp_path, THREADS_BODY, 'output_dir = "out"', "threads.ipynb")
     out = tmp_path / "alone"

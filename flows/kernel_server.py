@@ -159,6 +159,12 @@ def run_kernel(kernel_argv: list[str]) -> NoReturn:
     also copies every shared page it touches; jupyter_client waits for it at every shutdown. The
     atexit handlers still run (IPython's clears the user namespace, so the notebook's objects are
     finalised: open files flushed and closed), and a last collection catches cycles among them.
+
+    All but one: ipykernel's socket teardown (``IPKernelApp.close``), which only closes what
+    ``os._exit`` closes anyway, and joins the control thread without a timeout. That thread can
+    still be flushing stdout after the ``shutdown_request`` it answered, waiting (10 s) on the
+    IOPub thread that an earlier atexit handler already stopped: under load the kernel then hung
+    until jupyter_client's SIGTERM (2.5 s later) cut its exit short, losing the last collection.
     """
     code: int | str | None = 0
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -174,6 +180,8 @@ def run_kernel(kernel_argv: list[str]) -> NoReturn:
     except BaseException:
         traceback.print_exc()
         code = 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # jupyter_client interrupts before shutting down
+    skip_socket_teardown()
     atexit._run_exitfuncs()
     gc.collect()
     for stream in (sys.stdout, sys.stderr):
@@ -182,6 +190,13 @@ def run_kernel(kernel_argv: list[str]) -> NoReturn:
         except (OSError, ValueError, AttributeError):
             pass
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def skip_socket_teardown() -> None:
+    """Unregister ipykernel's ``IPKernelApp.close`` from atexit (see :func:`run_kernel` for why)."""
+    kernelapp = sys.modules.get("ipykernel.kernelapp")
+    if kernelapp is not None and kernelapp.IPKernelApp.initialized():
+        atexit.unregister(kernelapp.IPKernelApp.instance().close)
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,28 +154,52 @@ cycle = Finalised(out / "finalised.txt")
 """
 
 
+AT_EXIT_FILES = {
+    "atexit.txt": "ran",
+    "finalised.txt": "collected",
+    "unclosed.txt": "buffered, never closed",
+}
+
+# ipykernel's shutdown race, made certain: its control thread is still busy when the exit path
+# joins it (in the race: flushing stdout into the stopped IOPub thread, for up to 10 s).
+BUSY_CONTROL_THREAD_AT_EXIT = """
+import time
+control_thread = get_ipython().kernel.control_thread
+atexit.register(lambda: control_thread.io_loop.add_callback(time.sleep, 60))
+"""
+
+
+def files_written(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
 @pytest.mark.integration
-def test_a_forked_kernel_finalises_the_notebook_at_exit_like_a_fresh_one(
+def test_a_forked_kernel_finalises_the_notebook_at_exit_like_a_fresh_interpreter(
     tmp_path: Path, fresh_server: None
 ) -> None:
     nb = make_notebook(tmp_path, AT_EXIT)
     kernels.start_kernel_server([nb])
-    written = {}
-    for tag, warm in (("warm", True), ("cold", False)):
-        out = tmp_path / tag
-        execute_notebook(
-            nb, tmp_path / f"{tag}.ipynb", {"output_dir": str(out)}, warm_kernel=warm, timeout_s=60
-        )
-        written[tag] = {p.name: p.read_text() for p in sorted(out.iterdir())}
-    assert (
-        written["warm"]
-        == written["cold"]
-        == {
-            "atexit.txt": "ran",
-            "finalised.txt": "collected",
-            "unclosed.txt": "buffered, never closed",
-        }
+    execute_notebook(
+        nb, tmp_path / "warm.ipynb", {"output_dir": str(tmp_path / "warm")}, warm_kernel=True
     )
+    fresh = tmp_path / "fresh"
+    subprocess.run(
+        [sys.executable, "-c", f"output_dir = {str(fresh)!r}\n{AT_EXIT}"], check=True, timeout=60
+    )
+    assert files_written(tmp_path / "warm") == files_written(fresh) == AT_EXIT_FILES
+
+
+@pytest.mark.integration
+def test_a_busy_control_thread_does_not_hold_a_forked_kernels_exit(
+    tmp_path: Path, fresh_server: None
+) -> None:
+    """Without the fix the kernel hangs in ipykernel's socket teardown until jupyter_client's
+    SIGTERM, before the last collection: the finaliser never runs."""
+    nb = make_notebook(tmp_path, AT_EXIT + BUSY_CONTROL_THREAD_AT_EXIT)
+    kernels.start_kernel_server([nb])
+    out = tmp_path / "out"
+    execute_notebook(nb, tmp_path / "warm.ipynb", {"output_dir": str(out)}, warm_kernel=True)
+    assert files_written(out) == AT_EXIT_FILES
 
 
 @pytest.mark.integration

@@ -155,11 +155,17 @@ class KernelServer:
         self.modules: set[str] = set()
         self.imported: list[str] = []
         self.failed: dict[str, str] = {}
-        self.alive = True
+        self._replies_open = True  # exits can still be reported
         threading.Thread(
             target=self._read_replies, name="nbprod-kernel-server", daemon=True
         ).start()
         self.preload([*KERNEL_MODULES, *modules])
+
+    @property
+    def alive(self) -> bool:
+        """Whether kernels can be asked of it: its process runs (checked now, not when the reply
+        reader gets round to the end of the pipe, which can lag a dead server under load)."""
+        return self._replies_open and self.process.poll() is None
 
     def _send(self, message: dict[str, Any]) -> None:
         data = memoryview((json.dumps(message) + "\n").encode())
@@ -188,7 +194,7 @@ class KernelServer:
             for line in iter(replies.readline, b""):
                 self._handle(json.loads(line))
         with self._changed:
-            self.alive = False
+            self._replies_open = False
             pending, self._pending = self._pending, {}
             self._changed.notify_all()
         for future in pending.values():
@@ -251,7 +257,7 @@ class KernelServer:
             codes = self._exits.get(pid, [])
             if len(codes) >= generation:
                 return codes[generation - 1]
-            if self.alive:
+            if self._replies_open:
                 return None
         try:  # the server is gone, so nobody reports exits: ask the OS
             os.kill(pid, 0)
@@ -262,10 +268,11 @@ class KernelServer:
         return None
 
     def wait_exit(self, pid: int, generation: int, timeout: float | None) -> int | None:
+        def reported() -> bool:
+            return len(self._exits.get(pid, [])) >= generation or not self._replies_open
+
         with self._changed:
-            self._changed.wait_for(
-                lambda: len(self._exits.get(pid, [])) >= generation or not self.alive, timeout
-            )
+            self._changed.wait_for(reported, timeout)
         return self.exit_code(pid, generation)
 
     def close(self, timeout: float = 5.0) -> None:

@@ -183,11 +183,13 @@ def run_kernel(kernel_argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # jupyter_client interrupts before shutting down
     skip_socket_teardown()
     atexit._run_exitfuncs()
+    # What the skipped teardown did first: from here on, output goes to the real streams.
+    sys.stdout, sys.stderr, sys.displayhook = sys.__stdout__, sys.__stderr__, sys.__displayhook__
     gc.collect()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError, AttributeError):
+        except Exception:  # nothing may keep the process from exiting with its code
             pass
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 

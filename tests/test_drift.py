@@ -205,3 +205,21 @@ def test_empty_column_in_window_is_not_judged() -> None:
     assert result.columns["y"].drifted is None
     assert result.columns["y"].note == "no values in the window"
     assert result.to_dict()["n_columns"] == len(NUMERICAL + CATEGORICAL) - 1
+
+
+@pytest.mark.parametrize("n", [4001, 25_000, 120_000])
+def test_profile_quantiles_and_counts_are_numpys(n: int) -> None:
+    """The profile reads order statistics off its sorted copy; the numbers must stay NumPy's."""
+    frame = synthetic(n, 0.3, seed=n)
+    frame["y"] = frame["y"].round(3)  # ties, as in real data
+    profile = profile_reference(frame, NUMERICAL, CATEGORICAL)
+    for name in ("x", "y"):
+        values = frame[name].dropna().to_numpy()
+        column = profile.columns[name]
+        assert column.quantiles is not None and column.quantile_probs is not None
+        assert column.quantiles == np.quantile(values, column.quantile_probs).tolist()
+        assert column.n_unique == np.unique(values).size
+    uniques, counts = np.unique(frame["k"].to_numpy(), return_counts=True)
+    assert profile.columns["k"].counts == {
+        str(int(u)): int(c) for u, c in zip(uniques, counts, strict=True)
+    }

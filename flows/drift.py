@@ -197,12 +197,17 @@ def _counts(series: pd.Series) -> dict[str, int]:
     return counts
 
 
-def _clean_categorical(series: pd.Series) -> pd.Series:
+def _category_counts(series: pd.Series) -> dict[str, int]:
+    """Counts of the present values; infinities count as missing, as Evidently drops them.
+
+    Why no ``dropna()`` first: ``value_counts`` leaves missing values out anyway, and on string
+    columns the extra pass cost as much as the counting (~0.06 s per 1M-row column).
+    """
     import numpy as np
 
     if series.dtype.kind == "f":
         series = series.replace([-np.inf, np.inf], np.nan)
-    return series.dropna()
+    return _counts(series)
 
 
 def profile_reference(
@@ -242,12 +247,14 @@ def profile_reference(
             profile.quantile_error = _wasserstein_sorted(probs, atoms, values) / max(std, 0.001)
         columns[name] = profile
     for name in categorical:
-        clean = _clean_categorical(frame[name])
-        if clean.empty:
+        counts_map = _category_counts(frame[name])
+        if not counts_map:
             raise DriftError(f"reference column {name!r} has no values: drift cannot be measured")
-        counts_map = _counts(clean)
         columns[name] = ColumnProfile(
-            kind="categorical", rows=int(clean.size), n_unique=len(counts_map), counts=counts_map
+            kind="categorical",
+            rows=sum(counts_map.values()),
+            n_unique=len(counts_map),
+            counts=counts_map,
         )
     return ReferenceProfile(
         rows=len(frame), numerical=list(numerical), categorical=list(categorical), columns=columns
@@ -432,9 +439,8 @@ def _score(
             # Distinct values decide the method only when the reference has few of them.
             cur_counts, _ = _numeric_keys(cur_sorted)
     else:
-        clean = _clean_categorical(current)
-        rows = int(clean.size)
-        cur_counts = _counts(clean)
+        cur_counts = _category_counts(current)
+        rows = sum(cur_counts.values())
     method = rule.method or _default_method(
         profile, set(cur_counts) if cur_counts is not None else None
     )

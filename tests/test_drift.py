@@ -223,3 +223,21 @@ def test_profile_quantiles_and_counts_are_numpys(n: int) -> None:
     assert profile.columns["k"].counts == {
         str(int(u)): int(c) for u, c in zip(uniques, counts, strict=True)
     }
+
+
+def test_missing_and_infinite_categories_are_not_counted() -> None:
+    reference = synthetic(3000, 0.0, seed=1)
+    reference["f"] = np.where(np.arange(3000) % 2, 1.0, 2.0)
+    current = synthetic(300, 0.0, seed=2)
+    current["c"] = current["c"].astype(object)
+    current.loc[:9, "c"] = None
+    current.loc[10:19, "c"] = np.nan
+    current["f"] = np.r_[[np.inf, -np.inf, np.nan] * 10, np.ones(270)]
+    profile = profile_reference(reference, NUMERICAL, [*CATEGORICAL, "f"])
+    assert profile.columns["f"].rows == 3000 and profile.columns["f"].counts == {
+        "1": 1500,
+        "2": 1500,
+    }
+    result = check_drift(profile, current)
+    assert result.columns["c"].rows == 280
+    assert result.columns["f"].rows == 270

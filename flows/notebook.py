@@ -31,6 +31,7 @@ from flows.errors import NotebookExecutionError, OutputContractError, ParameterE
 from flows.kernel_server import THREAD_VARIABLES
 from flows.kernels import KernelServer, forking_provisioner, start_kernel_server
 from flows.pysource import parse_source
+from flows.warmup import warm_up
 
 OUTPUTS_FILE = "outputs.json"
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -141,34 +142,25 @@ def check_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[st
     return specs
 
 
-_HTML_WARM_UP = threading.Lock()
-_html_warm_up_started = False
+HTML_WARM_UP = "html-rendering"
 
 
 def warm_up_html_rendering() -> None:
-    """Import nbconvert and render an empty notebook, once per process, in a background thread.
+    """Import nbconvert and render an empty notebook, once per process (flows.warmup).
 
     Why: the first HTML render of a process pays ~1.5 s of imports and template compilation
     (nbconvert, jinja2, pygments, mistune). Started while the kernel runs the notebook, where
     this process mostly waits, that cost leaves the run's critical path. Once: a grid's
     parallel tasks must not each start one.
     """
-    global _html_warm_up_started
-    with _HTML_WARM_UP:
-        if _html_warm_up_started:
-            return
-        _html_warm_up_started = True
 
     def warm() -> None:
-        try:
-            import nbformat
+        import nbformat
 
-            with _HTML_RENDERING:
-                _html_exporter().from_notebook_node(nbformat.v4.new_notebook())
-        except Exception:  # only a warm-up: render_html reports real problems
-            return
+        with _HTML_RENDERING:
+            _html_exporter().from_notebook_node(nbformat.v4.new_notebook())
 
-    threading.Thread(target=warm, name="nbprod-html-warm-up", daemon=True).start()
+    warm_up(HTML_WARM_UP, warm)
 
 
 # One exporter per process: a new HTMLExporter loads and compiles its Jinja templates again

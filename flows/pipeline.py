@@ -31,7 +31,9 @@ from flows.notebook import (
     check_parameters,
     execute_notebook,
     read_outputs,
+    warm_up_html_rendering,
 )
+from flows.reports import EVIDENTLY_WARM_UP, warm_up_evidently
 from flows.runner import (
     cache_dir,
     expand_grid,
@@ -43,6 +45,7 @@ from flows.runner import (
 from flows.schema import DataSchema, derive_schema, read_table, validate_frame
 from flows.settings import PROJECT_ROOT, NbprodSettings, load_settings
 from flows.store import RunStore, new_version_id, utc_now
+from flows.warmup import wait_for_warm_up
 
 TARGET = "defaulted"
 # triggered_by of a retraining run started by a monitoring run's drift event (prefect.yaml).
@@ -616,6 +619,9 @@ def training_pipeline(
         store.put_json(version, "schema.json", schema.to_dict())
 
         state.step = "prepare"
+        # While the kernels run, this process mostly waits: the later steps' imports go first.
+        warm_up_html_rendering()
+        warm_up_evidently()
         plan = notebook_planner(settings, state)
         prep_call = plan(
             "prepare",
@@ -646,6 +652,9 @@ def training_pipeline(
             calls.append(call)
         state.parameters["train"] = _stored_parameters(calls[0])
         trained, best, grid_record = run_grid(calls, points, settings, policy, no_cache)
+        # Evidently's modules overlap those loaded from here on (pyarrow, scikit-learn, SciPy):
+        # never import them in two threads at once (flows.warmup).
+        wait_for_warm_up(EVIDENTLY_WARM_UP)
         if len(points) > 1:
             state.parameters["train"] = _stored_parameters(calls[best])
             state.executed["train"] = calls[best].executed

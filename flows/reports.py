@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.warmup import warm_up
+
 if TYPE_CHECKING:
     import pandas as pd
     from evidently.core.report import Snapshot
@@ -26,6 +28,24 @@ __all__ = [
     "write_data_summary_report",
     "write_model_performance_report",
 ]
+
+EVIDENTLY_WARM_UP = "evidently"
+
+
+def warm_up_evidently() -> None:
+    """Import what the report functions import, in the background (flows.warmup).
+
+    Why: Evidently takes ~5 s to import; the training flow starts this while its notebooks run
+    and calls ``wait_for_warm_up(EVIDENTLY_WARM_UP)`` once they are done.
+    """
+
+    def load() -> None:
+        import evidently.core.report
+        import evidently.metrics
+        import evidently.presets  # noqa: F401
+
+    warm_up(EVIDENTLY_WARM_UP, load)
+
 
 # Evidently's classification task names inside one DataDefinition. Two tasks are needed because
 # 0.7.23 silently ignores ``prediction_labels`` when ``prediction_probas`` is set on the same task

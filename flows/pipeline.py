@@ -791,6 +791,9 @@ def training_pipeline(
         return final
     except BaseException as exc:
         _record_failure(store, state, record, links, exc, logger)
+        # A run that failed during its notebooks: the warm-up's imports end here too, not in
+        # whatever this process runs next (flows.warmup).
+        wait_for_warm_up(EVIDENTLY_WARM_UP)
         raise
 
 

@@ -142,7 +142,7 @@ def check_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[st
     return specs
 
 
-HTML_WARM_UP = "html-rendering"
+_HTML_WARM_UP = "html-rendering"
 
 
 def warm_up_html_rendering() -> None:
@@ -160,7 +160,7 @@ def warm_up_html_rendering() -> None:
         with _HTML_RENDERING:
             _html_exporter().from_notebook_node(nbformat.v4.new_notebook())
 
-    warm_up(HTML_WARM_UP, warm)
+    warm_up(_HTML_WARM_UP, warm)
 
 
 # One exporter per process: a new HTMLExporter loads and compiles its Jinja templates again

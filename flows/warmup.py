@@ -39,17 +39,15 @@ def warm_up(name: str, work: Callable[[], object]) -> None:
     """Queue ``work`` for the warm-up thread, once per process and name."""
     global _queue, _owner_pid
     with _LOCK:
-        if _owner_pid != os.getpid():  # a forked child has the queue but not the thread
-            _started.clear()
-            _queue, _owner_pid = None, os.getpid()
-        if name in _started:
-            return
-        _started[name] = threading.Event()
-        if _queue is None:
-            _queue = queue.SimpleQueue()
+        if _queue is None or _owner_pid != os.getpid():  # first use, or a forked child:
+            _started.clear()  # it has the parent's queue but not its thread
+            _queue, _owner_pid = queue.SimpleQueue(), os.getpid()
             threading.Thread(
                 target=_run_warm_ups, args=(_queue,), name="nbprod-warm-up", daemon=True
             ).start()
+        if name in _started:
+            return
+        _started[name] = threading.Event()
         _queue.put((_started[name], work))
 
 

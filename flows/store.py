@@ -32,8 +32,11 @@ def utc_now() -> str:
 
 
 def new_version_id() -> str:
-    """Sortable by time (UTC), unique across concurrent runs, and a valid BentoML tag version."""
-    return f"v{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    """Sortable by time (UTC, to the millisecond), unique across concurrent runs, and a valid
+    BentoML tag version. Milliseconds: two runs that fail at once within a second (a bad
+    parameter, then bad data) must still list in the order they ran."""
+    now = datetime.now(UTC)
+    return f"v{now:%Y%m%d-%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
 
 class RunStore:

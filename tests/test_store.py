@@ -83,3 +83,29 @@ def test_versions_are_unique_and_sortable() -> None:
     ids = [new_version_id() for _ in range(50)]
     assert len(set(ids)) == 50
     assert all(i.startswith("v") and i == i.lower() for i in ids)
+
+
+def test_versions_made_within_one_second_sort_in_the_order_they_were_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs that fail fast can start within one second; the random suffix must not reorder them."""
+    import secrets
+    from datetime import UTC, datetime
+
+    import flows.store
+
+    moments = iter(
+        [datetime(2026, 1, 2, 3, 4, 5, 100_000, UTC), datetime(2026, 1, 2, 3, 4, 5, 900_000, UTC)]
+    )
+    suffixes = iter(["ffffff", "000000"])  # the later run draws the smaller suffix
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
+            return next(moments)
+
+    monkeypatch.setattr(flows.store, "datetime", Clock)
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(suffixes))
+    first, second = new_version_id(), new_version_id()
+    assert sorted([second, first]) == [first, second]
+    assert first.startswith("v20260102-030405100-")

@@ -203,7 +203,7 @@ def test_run_page_shows_nbprod_artifacts(page: Page, ui_stack: dict[str, Any]) -
     page.get_by_role("tab", name="Artifacts").click()
     for key in (SUMMARY_KEY, METRICS_KEY):
         _visible(page.get_by_text(key, exact=True))
-    _visible(page.get_by_text(re.compile(r"^nbprod run v\d{8}-\d{6}-\w+: completed")))
+    _visible(page.get_by_text(re.compile(r"^nbprod run v\d{8}-\d{9}-\w+: completed")))
     _screenshot(page, ui_stack, "artifacts")
 
     page.get_by_text(SUMMARY_KEY, exact=True).click()

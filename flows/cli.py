@@ -204,14 +204,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs yet: start one with `nbprod run`")
         return 0
-    header = f"{'VERSION':<26} {'STATUS':<9} {'ROC_AUC':>8} {'F1':>7} {'STARTED':<26} REASON"
+    width = 1 + max(len(r["version"]) for r in runs)  # never runs into STATUS, whatever the format
+    header = f"{'VERSION':<{width}} {'STATUS':<9} {'ROC_AUC':>8} {'F1':>7} {'STARTED':<26} REASON"
     print(header)
     for r in runs:
         reason = (
             (r.get("reasons") or [r.get("error") or ""])[0] if r["status"] != "accepted" else ""
         )
         print(
-            f"{r['version']:<26} {r['status']:<9} {_fmt_metric(r, 'roc_auc'):>8} "
+            f"{r['version']:<{width}} {r['status']:<9} {_fmt_metric(r, 'roc_auc'):>8} "
             f"{_fmt_metric(r, 'f1'):>7} {r.get('started_at', ''):<26} {reason[:80]}"
         )
     return 0

@@ -134,10 +134,14 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not rows:
         print("no champion changes yet: the first accepted `nbprod run` becomes the champion")
         return 0
-    print(f"{'WHEN':<26} {'FROM':<24} {'TO':<24} {'WHY':<9} TRIGGERED BY")
+    # Columns as wide as the longest version plus one, so a version never runs into the next
+    # column whatever the version format (ids grew milliseconds once).
+    width = 1 + max(len(v) for row in rows for v in (row["from_version"] or "", row["to_version"]))
+    print(f"{'WHEN':<26} {'FROM':<{width}} {'TO':<{width}} {'WHY':<9} TRIGGERED BY")
     for row in rows:
         print(
-            f"{row['at'] or '':<26} {row['from_version'] or '—':<24} {row['to_version']:<24} "
+            f"{row['at'] or '':<26} {row['from_version'] or '—':<{width}} "
+            f"{row['to_version']:<{width}} "
             f"{row['why']:<9} {row['triggered_by'] or ''}"
             + (f"  ({row['note']})" if row.get("note") else "")
         )

@@ -142,6 +142,26 @@ def test_history_lists_every_change_with_why(store: RunStore, built: dict[str, s
     assert json.loads(out)[2]["run_triggered_by"] == "drift:vmonitoring"
 
 
+def _assert_columns_align(out: str, columns: tuple[str, ...]) -> None:
+    """Every row's fields start where the header's titles do: no value runs into the next column."""
+    header, *rows = out.splitlines()
+    starts = [header.index(title) for title in columns]
+    assert rows
+    for row in rows:
+        for start in starts[1:]:
+            assert row[start - 1] == " " and row[start] != " ", (header, row)
+
+
+def test_tables_fit_the_version_ids(store: RunStore) -> None:
+    # Versions are 26 characters (milliseconds); a fixed 24-wide column shifted every later field.
+    code, out, _ = run_cli("history", "--store", store.url)
+    assert code == 0
+    _assert_columns_align(out, ("WHEN", "FROM", "TO", "WHY"))
+    code, out, _ = run_cli("runs", "--store", store.url)
+    assert code == 0
+    _assert_columns_align(out, ("VERSION", "STATUS"))  # the metrics are right-aligned
+
+
 def test_rollback_defaults_to_the_previous_champion(store: RunStore, built: dict[str, str]) -> None:
     code, out, err = run_cli("rollback", "--reason", "third misbehaves", "--store", store.url)
     assert code == 0, err

@@ -1,0 +1,52 @@
+"""Prefect's own floor for P2: the least any Prefect flow run costs, whatever it caches.
+
+Usage: ``python benchmarks/empty_flow.py``, with PREFECT_API_URL set by benchmarks/run.py.
+A fresh process imports Prefect, runs a flow whose one task does nothing, then runs it again in
+the same process. A cache hit through Prefect cannot cost less than this: it is still a flow run
+(and task runs) recorded on the server, in a process that imported Prefect. The last stdout line
+is JSON: ``import_s`` (Prefect's import), ``flow_s`` (the first call), ``resident_flow_s`` (the
+second call, as a process that imported Prefect earlier would see it). The process exits the way
+``nbprod`` does (flows.cli.run_without_teardown), so the floor and nbprod's hit end alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import json  # noqa: E402
+
+
+def main() -> int:
+    from prefect import flow, task
+
+    @task
+    def do_nothing() -> int:
+        return 0
+
+    @flow
+    def empty_flow() -> int:
+        return do_nothing()
+
+    imported = time.perf_counter()
+    empty_flow()
+    first = time.perf_counter()
+    empty_flow()
+    second = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "import_s": imported - STARTED,
+                "flow_s": first - imported,
+                "resident_flow_s": second - first,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from flows.cli import run_without_teardown
+
+    run_without_teardown(main)

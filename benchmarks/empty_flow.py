@@ -1,12 +1,15 @@
 """Prefect's own floor for P2: the least any Prefect flow run costs, whatever it caches.
 
-Usage: ``python benchmarks/empty_flow.py``, with PREFECT_API_URL set by benchmarks/run.py.
-A fresh process imports Prefect, runs a flow whose one task does nothing, then runs it again in
-the same process. A cache hit through Prefect cannot cost less than this: it is still a flow run
-(and task runs) recorded on the server, in a process that imported Prefect. The last stdout line
-is JSON: ``import_s`` (Prefect's import), ``flow_s`` (the first call), ``resident_flow_s`` (the
-second call, as a process that imported Prefect earlier would see it). The process exits the way
-``nbprod`` does (flows.cli.run_without_teardown), so the floor and nbprod's hit end alike.
+Usage: ``python benchmarks/empty_flow.py [--fixes]``, with PREFECT_API_URL set by
+benchmarks/run.py. A fresh process imports Prefect, runs a flow whose one task does nothing, then
+runs it again in the same process. A cache hit through Prefect cannot cost less than this: it is
+still a flow run (and task runs) recorded on the server, in a process that imported Prefect.
+``--fixes`` applies nbprod's fixes for Prefect's per-run costs (flows.prefect_fixes) first, as
+``nbprod run`` and benchmarks/drive_flow.py do: without them Prefect as shipped is measured. The
+last stdout line is JSON: ``import_s`` (Prefect's import), ``flow_s`` (the first call),
+``resident_flow_s`` (the second call, as a process that imported Prefect earlier would see it).
+The process exits the way ``nbprod`` does (flows.cli.run_without_teardown), so the floor and
+nbprod's hit end alike.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 STARTED = time.perf_counter()
 
 import json  # noqa: E402
+import sys  # noqa: E402
 
 
 def main() -> int:
@@ -30,6 +34,10 @@ def main() -> int:
         return do_nothing()
 
     imported = time.perf_counter()
+    if "--fixes" in sys.argv:
+        from flows.prefect_fixes import apply_prefect_fixes
+
+        apply_prefect_fixes()
     empty_flow()
     first = time.perf_counter()
     empty_flow()

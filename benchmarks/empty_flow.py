@@ -7,10 +7,10 @@ still a flow run (and task runs) recorded on the server, in a process that impor
 ``--fixes`` applies nbprod's fixes for Prefect's per-run costs (flows.prefect_fixes) first, as
 ``nbprod run`` and benchmarks/drive_flow.py do: without them Prefect as shipped is measured. The
 last stdout line is JSON: ``import_s`` (Prefect's import), ``flow_s`` (the first call),
-``resident_flow_s`` (the second call, as a process that imported Prefect earlier would see it;
-after an untimed pause, SETTLE_S).
-The process exits the way ``nbprod`` does (flows.cli.run_without_teardown), so the floor and
-nbprod's hit end alike.
+``resident_flow_s`` (the second call, as a process that imported Prefect earlier would see it,
+after an untimed pause: SETTLE_S) and ``after_first_s`` (pause and second call: what a fresh
+run's wall time leaves out). The process exits the way ``nbprod`` does
+(flows.cli.run_without_teardown), so the floor and nbprod's hit end alike.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> int:
                 "import_s": imported - STARTED,
                 "flow_s": first - imported,
                 "resident_flow_s": second - started_again,
+                "after_first_s": second - first,
             }
         )
     )

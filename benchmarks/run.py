@@ -345,8 +345,6 @@ def prefect_floor(cfg: Config, cold: float) -> str:
     Measured as shipped and with nbprod's Prefect fixes (interleaved): the fixed one is the
     floor nbprod's own runs stand on.
     """
-    from empty_flow import SETTLE_S  # this script's folder is on sys.path
-
     runs: dict[str, list[tuple[float, dict[str, Any]]]] = {"shipped": [], "fixed": []}
     for i in range(cfg.reps):
         for kind, flags in (("shipped", []), ("fixed", ["--fixes"])):
@@ -357,7 +355,7 @@ def prefect_floor(cfg: Config, cold: float) -> str:
 
     def figures(kind: str) -> tuple[float, float, float]:
         # The process also ran the second call and its pause: not part of a fresh run.
-        fresh = median([t - r["resident_flow_s"] - SETTLE_S for t, r in runs[kind]])
+        fresh = median([t - r["after_first_s"] for t, r in runs[kind]])
         resident = median([r["resident_flow_s"] for _, r in runs[kind]])
         return fresh, resident, median([r["import_s"] for _, r in runs[kind]])
 

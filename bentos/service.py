@@ -803,8 +803,46 @@ def cancel_request_timers() -> bool:
     return True
 
 
+# --- BentoML's tracing, without recording the spans it will not export ---------------------------
+
+
+def drop_unsampled_spans() -> bool:
+    """Make BentoML's tracer build only the spans it samples (idempotent); False if it cannot.
+
+    BentoML 1.4's sampler records every span it does not sample ("so that we can get the
+    trace_id"), so with ``tracing.sample_rate`` at its default of 0 each request builds and
+    fills a full SDK span that nothing ever exports: ~10 % of a worker's CPU under load
+    (benchmarks/RESULTS.md, P5). OpenTelemetry's own ``ParentBasedTraceIdRatio`` samples the
+    same traces and drops the rest as non-recording spans, which still carry a trace and span
+    id, so the access log's ``trace=…,span=…`` and trace propagation are unchanged; a sampled
+    request is recorded and exported as before. Call before BentoML creates its tracer
+    provider (the worker does when it builds the app, after importing this module).
+    """
+    try:
+        from bentoml._internal.utils import telemetry
+        from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+    except ImportError:
+        return False
+    if telemetry.ParentBasedTraceIdRatio is ParentBasedTraceIdRatio:
+        return True
+    if not issubclass(telemetry.ParentBasedTraceIdRatio, ParentBasedTraceIdRatio.__mro__[1]):
+        logger.warning("BentoML's trace sampler changed: its unsampled spans are left recording")
+        return False
+    telemetry.ParentBasedTraceIdRatio = ParentBasedTraceIdRatio  # type: ignore[misc]
+    return True
+
+
+def trace_sampler_name() -> str:
+    """The dotted class name of the sampler BentoML's (process-wide) tracer provider uses."""
+    from bentoml._internal.container import BentoMLContainer
+
+    sampler = BentoMLContainer.tracer_provider.get().sampler
+    return f"{type(sampler).__module__}.{type(sampler).__qualname__}"
+
+
 # --- the service ---------------------------------------------------------------------------------
 
+TRACING_DROPS_UNSAMPLED = drop_unsampled_spans()  # before the worker builds its app: see there
 MODEL_TAG = resolve_model_tag()
 MODEL_METADATA = load_model_metadata(MODEL_TAG)
 LoanRecord = build_record_model(MODEL_METADATA[FEATURE_SCHEMA_KEY])
@@ -824,6 +862,7 @@ class LoanDefaultClassifier:
         import numpy as np
 
         self.request_timers_cancelled = cancel_request_timers()
+        self.trace_sampler = trace_sampler_name()
         stored = self.model
         self.model_tag = str(stored.tag)
         self.model_metadata: dict[str, Any] = dict(stored.info.metadata)
@@ -986,6 +1025,8 @@ class LoanDefaultClassifier:
             "fast_model": self.fast_model is not None,
             # Whether BentoML's request timers are cancelled (see cancel_request_timers).
             "request_timers_cancelled": self.request_timers_cancelled,
+            # The sampler of the tracer that spans each request (see drop_unsampled_spans).
+            "trace_sampler": self.trace_sampler,
         }
 
     def _example_record(self) -> dict[str, Any]:

@@ -840,6 +840,24 @@ def trace_sampler_name() -> str:
     return f"{type(sampler).__module__}.{type(sampler).__qualname__}"
 
 
+# --- BentoML's API methods, bound once ----------------------------------------------------------
+
+
+def bind_api_methods(instance: Any, names: tuple[str, ...]) -> None:
+    """Store each API method's bound wrapper on the instance, so BentoML stops rebuilding it.
+
+    BentoML 1.4's ``APIMethod.__get__`` builds a new wrapper (``inspect.signature`` plus
+    ``functools.wraps``) on every attribute access, and its app reads the method twice per
+    request: ~5 % of a worker's CPU under load (benchmarks/RESULTS.md, P5). The wrapper depends
+    only on the function, so the first one serves every request; instance attributes take
+    precedence over the (non-data) descriptor. The app calls its ``.local``, as before. One
+    difference, on purpose: ``self.<api>()`` inside the service now runs locally instead of
+    through BentoML's HTTP proxy to the same service, which would tie up a worker.
+    """
+    for name in names:
+        setattr(instance, name, getattr(instance, name))
+
+
 # --- the service ---------------------------------------------------------------------------------
 
 TRACING_DROPS_UNSAMPLED = drop_unsampled_spans()  # before the worker builds its app: see there
@@ -863,6 +881,7 @@ class LoanDefaultClassifier:
 
         self.request_timers_cancelled = cancel_request_timers()
         self.trace_sampler = trace_sampler_name()
+        bind_api_methods(self, tuple(LoanDefaultClassifier.apis))
         stored = self.model
         self.model_tag = str(stored.tag)
         self.model_metadata: dict[str, Any] = dict(stored.info.metadata)

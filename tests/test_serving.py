@@ -422,6 +422,17 @@ def test_predict_command_errors_are_one_clear_line(
         _cli(["predict", str(tmp_path / "missing.csv")])
 
 
+def _run_service_probe(stack: Stack, probe: str) -> dict[str, Any]:
+    """Run a probe script that loads bentos/service.py in its own process; return its JSON."""
+    env = {**stack.env, "NBPROD_MODEL_TAG": stack.model_tag}
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO / "bentos" / "service.py")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=stack.workdir, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # Runs BentoML's TimeoutMiddleware around tiny ASGI apps, before and after the service's fix.
 TIMER_PROBE = """
 import asyncio, importlib.util, json, sys
@@ -464,13 +475,7 @@ print(json.dumps(result))
 def test_request_timers_are_cancelled_and_timeouts_still_answer_504(stack: Stack) -> None:
     # BentoML 1.4 leaves every request's 30 s timer (and the request's context) alive: under load
     # that made the garbage collector pause for 200-300 ms (the P5 tail). The service fixes it.
-    env = {**stack.env, "NBPROD_MODEL_TAG": stack.model_tag}
-    out = subprocess.run(
-        [sys.executable, "-c", TIMER_PROBE, str(REPO / "bentos" / "service.py")],
-        capture_output=True, text=True, timeout=120, env=env, cwd=stack.workdir, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _run_service_probe(stack, TIMER_PROBE)
     assert result["before"]["live_timers"] == 50  # the upstream behaviour this guards against
     assert result["patched"] is True
     assert result["after"] == {"live_timers": 0, "statuses": [200] * 50, "bodies": ["ok"] * 50}
@@ -533,13 +538,7 @@ def _wait_for_log(path: Path, text: str, timeout_s: float = 30.0) -> str:
 def test_unsampled_requests_are_not_recorded_and_keep_their_trace_ids(stack: Stack) -> None:
     # BentoML 1.4 records every span it does not sample: ~20 % of a worker's CPU per request at
     # sample_rate 0 (benchmarks/RESULTS.md, P5). The service drops them; ids and sampling stay.
-    env = {**stack.env, "NBPROD_MODEL_TAG": stack.model_tag}
-    out = subprocess.run(
-        [sys.executable, "-c", SAMPLER_PROBE, str(REPO / "bentos" / "service.py")],
-        capture_output=True, text=True, timeout=120, env=env, cwd=stack.workdir, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _run_service_probe(stack, SAMPLER_PROBE)
     # The upstream behaviour this guards against: unsampled, yet recorded with its child.
     assert result["before"] == {**result["before"], "recording": True, "child_recording": True}
     assert result["before"]["sampled"] is False
@@ -600,13 +599,7 @@ print(json.dumps(result))
 def test_api_methods_are_bound_once_and_keep_their_defaults(stack: Stack) -> None:
     # BentoML 1.4 rebuilds an API's wrapper (inspect.signature) on every access, twice per
     # request; the service binds it once. Field defaults must still be filled in.
-    env = {**stack.env, "NBPROD_MODEL_TAG": stack.model_tag}
-    out = subprocess.run(
-        [sys.executable, "-c", BIND_PROBE, str(REPO / "bentos" / "service.py")],
-        capture_output=True, text=True, timeout=120, env=env, cwd=stack.workdir, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _run_service_probe(stack, BIND_PROBE)
     assert result["before_same"] is False  # the upstream behaviour this guards against
     assert result["after_same"] is True
     assert result["local"] == ["hi", "abab", "hihihi"]

@@ -820,12 +820,12 @@ def drop_unsampled_spans() -> bool:
     """
     try:
         from bentoml._internal.utils import telemetry
-        from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+        from opentelemetry.sdk.trace.sampling import ParentBased, ParentBasedTraceIdRatio
     except ImportError:
         return False
     if telemetry.ParentBasedTraceIdRatio is ParentBasedTraceIdRatio:
         return True
-    if not issubclass(telemetry.ParentBasedTraceIdRatio, ParentBasedTraceIdRatio.__mro__[1]):
+    if not issubclass(telemetry.ParentBasedTraceIdRatio, ParentBased):
         logger.warning("BentoML's trace sampler changed: its unsampled spans are left recording")
         return False
     telemetry.ParentBasedTraceIdRatio = ParentBasedTraceIdRatio  # type: ignore[misc]

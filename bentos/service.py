@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
+from bentoml._internal.context import trace_context
+from opentelemetry.trace import get_current_span
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 PIN_FILE = Path(__file__).with_name("model_pin.json")
@@ -580,6 +582,8 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Guard POST bodies; add request ids, readable errors and logging to /predict."""
+        if scope["type"] == "http":
+            set_bentoml_request_id()
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -814,8 +818,9 @@ def drop_unsampled_spans() -> bool:
     fills a full SDK span that nothing ever exports: ~10 % of a worker's CPU under load
     (benchmarks/RESULTS.md, P5). OpenTelemetry's own ``ParentBasedTraceIdRatio`` samples the
     same traces and drops the rest as non-recording spans, which still carry a trace and span
-    id, so the access log's ``trace=…,span=…`` and trace propagation are unchanged; a sampled
-    request is recorded and exported as before. Call before BentoML creates its tracer
+    id, so the access log's ``trace=…,span=…`` and trace propagation are unchanged (BentoML's
+    request id, which it reads from recorded spans only, is set by set_bentoml_request_id); a
+    sampled request is recorded and exported as before. Call before BentoML creates its tracer
     provider (the worker does when it builds the app, after importing this module).
     """
     try:
@@ -830,6 +835,18 @@ def drop_unsampled_spans() -> bool:
         return False
     telemetry.ParentBasedTraceIdRatio = ParentBasedTraceIdRatio  # type: ignore[misc]
     return True
+
+
+def set_bentoml_request_id() -> None:
+    """Set BentoML's request id (its ``X-BentoML-Request-ID`` header) to the request span's id.
+
+    BentoML's own hook reads it from ``span.context``, which only a recorded span has; with
+    drop_unsampled_spans most spans are not recorded. Called by RequestGuard, which runs inside
+    the OpenTelemetry middleware (the request's span is current) and before BentoML's endpoint.
+    """
+    ids = get_current_span().get_span_context()
+    if ids.is_valid:  # no span on the paths BentoML does not trace (health, metrics)
+        trace_context.request_id = ids.span_id
 
 
 def trace_sampler_name() -> str:

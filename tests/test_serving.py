@@ -553,8 +553,10 @@ def test_unsampled_requests_are_not_recorded_and_keep_their_trace_ids(stack: Sta
     assert result["provider_sampler"] == OTEL_SAMPLER
 
     # The real server's tracer uses it, and its access log still names each request's trace.
-    status, meta, _ = post_json(stack.base + "/metadata", {})
+    status, meta, headers = post_json(stack.base + "/metadata", {})
     assert status == 200 and meta["trace_sampler"] == OTEL_SAMPLER
+    # BentoML's request id header (the span's id) survives the span not being recorded.
+    assert re.fullmatch("[0-9a-f]{16}", headers.get("X-BentoML-Request-ID", "")), dict(headers)
     trace_id = "12" * 16
     request = urllib.request.Request(
         stack.base + "/metadata",
@@ -563,8 +565,9 @@ def test_unsampled_requests_are_not_recorded_and_keep_their_trace_ids(stack: Sta
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
+        span_id = response.headers["X-BentoML-Request-ID"]
     log = _wait_for_log(stack.workdir / "serve.log", f"trace={trace_id},")
-    assert f"trace={trace_id},span=" in log and "sampled=1" in log
+    assert f"trace={trace_id},span={span_id},sampled=1," in log
     # Every /metadata request so far (this test's first one at least) is logged with its ids.
     requests = [line for line in log.splitlines() if "path=/metadata" in line]
     ids = re.compile(r"\(trace=(?!0{32})[0-9a-f]{32},span=[0-9a-f]{16},sampled=[01],")

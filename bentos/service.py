@@ -815,13 +815,14 @@ def drop_unsampled_spans() -> bool:
 
     BentoML 1.4's sampler records every span it does not sample ("so that we can get the
     trace_id"), so with ``tracing.sample_rate`` at its default of 0 each request builds and
-    fills a full SDK span that nothing ever exports: ~10 % of a worker's CPU under load
-    (benchmarks/RESULTS.md, P5). OpenTelemetry's own ``ParentBasedTraceIdRatio`` samples the
-    same traces and drops the rest as non-recording spans, which still carry a trace and span
-    id, so the access log's ``trace=…,span=…`` and trace propagation are unchanged (BentoML's
-    request id, which it reads from recorded spans only, is set by set_bentoml_request_id); a
-    sampled request is recorded and exported as before. Call before BentoML creates its tracer
-    provider (the worker does when it builds the app, after importing this module).
+    fills a full SDK span that nothing ever exports: a fifth of a request's server CPU under
+    load (0.82 → 0.66 ms, benchmarks/RESULTS.md, P5). OpenTelemetry's own
+    ``ParentBasedTraceIdRatio`` samples the same traces and drops the rest as non-recording
+    spans, which still carry a trace and span id, so the access log's ``trace=…,span=…`` and
+    trace propagation are unchanged (BentoML's request id, which it reads from recorded spans
+    only, is set by set_bentoml_request_id); a sampled request is recorded and exported as
+    before. Call before BentoML creates its tracer provider (the worker does when it builds
+    the app, after importing this module).
     """
     try:
         from bentoml._internal.utils import telemetry
@@ -865,7 +866,8 @@ def bind_api_methods(instance: Any, names: tuple[str, ...]) -> None:
 
     BentoML 1.4's ``APIMethod.__get__`` builds a new wrapper (``inspect.signature`` plus
     ``functools.wraps``) on every attribute access, and its app reads the method twice per
-    request: ~5 % of a worker's CPU under load (benchmarks/RESULTS.md, P5). The wrapper depends
+    request: a tenth of a request's server CPU under load (0.62 → 0.56 ms, benchmarks/RESULTS.md,
+    P5). The wrapper depends
     only on the function, so the first one serves every request; instance attributes take
     precedence over the (non-data) descriptor. The app calls its ``.local``, as before. One
     difference, on purpose: ``self.<api>()`` inside the service now runs locally instead of

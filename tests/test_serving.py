@@ -536,7 +536,7 @@ def _wait_for_log(path: Path, text: str, timeout_s: float = 30.0) -> str:
 
 
 def test_unsampled_requests_are_not_recorded_and_keep_their_trace_ids(stack: Stack) -> None:
-    # BentoML 1.4 records every span it does not sample: ~20 % of a worker's CPU per request at
+    # BentoML 1.4 records every span it does not sample: a fifth of a request's server CPU at
     # sample_rate 0 (benchmarks/RESULTS.md, P5). The service drops them; ids and sampling stay.
     result = _run_service_probe(stack, SAMPLER_PROBE)
     # The upstream behaviour this guards against: unsampled, yet recorded with its child.

@@ -866,12 +866,12 @@ def bind_api_methods(instance: Any, names: tuple[str, ...]) -> None:
 
     BentoML 1.4's ``APIMethod.__get__`` builds a new wrapper (``inspect.signature`` plus
     ``functools.wraps``) on every attribute access, and its app reads the method twice per
-    request: a tenth of a request's server CPU under load (0.62 → 0.56 ms, benchmarks/RESULTS.md,
-    P5). The wrapper depends
-    only on the function, so the first one serves every request; instance attributes take
-    precedence over the (non-data) descriptor. The app calls its ``.local``, as before. One
-    difference, on purpose: ``self.<api>()`` inside the service now runs locally instead of
-    through BentoML's HTTP proxy to the same service, which would tie up a worker.
+    request: a tenth of a request's server CPU under load (0.62 → 0.56 ms,
+    benchmarks/RESULTS.md, P5). The wrapper depends only on the function, so the first one
+    serves every request; instance attributes take precedence over the (non-data) descriptor.
+    The app calls its ``.local``, as before. One difference, on purpose: ``self.<api>()``
+    inside the service now runs locally instead of through BentoML's HTTP proxy to the same
+    service, which would tie up a worker.
     """
     for name in names:
         setattr(instance, name, getattr(instance, name))

@@ -63,15 +63,84 @@ def _fmt_metric(record: dict[str, Any], name: str) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "—"
 
 
-def precheck_parameters(prepare_params: dict[str, Any], train_params: dict[str, Any]) -> None:
-    """Fail in milliseconds, before a Prefect server or a kernel starts, on a parameter typo."""
+def precheck_parameters(
+    prepare_params: dict[str, Any], train_params: dict[str, Any], spec: Any = None
+) -> None:
+    """Fail in milliseconds, before a Prefect server or a kernel starts, on a parameter typo.
+
+    Checked against the notebooks that will run: a training spec may name its own pair.
+    """
     from flows.notebook import check_not_reserved, check_parameters
     from flows.settings import load_settings
 
     check_not_reserved(prepare_params, train_params)
-    notebooks = load_settings().notebooks_dir
-    check_parameters(notebooks / "prepare.ipynb", prepare_params)
-    check_parameters(notebooks / "train.ipynb", train_params)
+    if spec is not None and len(spec.notebooks) >= 2:
+        prepare_nb, train_nb = spec.notebook_paths()[-2:]
+    else:
+        prepare_nb, train_nb = load_settings().training_notebooks
+    check_parameters(prepare_nb, prepare_params)
+    check_parameters(train_nb, train_params)
+
+
+# `nbprod run` options that only the training pipeline takes, and where a notebook spec says it.
+TRAINING_ONLY_OPTIONS = {
+    "data": ("--data", "give data files as notebook parameters (--param NAME_path=FILE)"),
+    "reference": ("--reference", "give data files as notebook parameters (--param NAME_path=FILE)"),
+    "start": ("--start", "give the window as notebook parameters, or in the spec's parameters"),
+    "end": ("--end", "give the window as notebook parameters, or in the spec's parameters"),
+    "prepare_param": ("--prepare-param", "use --param for the spec's last notebook"),
+    "grid": ("--grid", "write the grid in the spec (grid: {NOTEBOOK: {NAME: [V1, V2]}})"),
+    "policy": ("--policy", "name the ranking policy in the spec (policy: FILE)"),
+}
+
+
+def load_run_spec(spec: str | None) -> Any:
+    """The spec ``nbprod run --spec`` names, validated, or None; a bad spec is a ConfigError."""
+    if not spec:
+        return None
+    from flows.spec import load_spec
+
+    return load_spec(spec)
+
+
+def run_notebook_spec(args: argparse.Namespace, spec: Any) -> int:
+    """A notebook spec runs ``notebook_pipeline``, as its deployment does, not the training flow.
+
+    Why refuse the training options rather than ignore them: a window or data file the user gave
+    and the run silently did not use would be recorded as if it had.
+    """
+    given = [
+        f"{flag} ({fix})"
+        for attr, (flag, fix) in TRAINING_ONLY_OPTIONS.items()
+        if getattr(args, attr) not in (None, [])
+    ]
+    if given:
+        raise UsageError(
+            f"{args.spec} is a notebook spec (flow: notebook), which the training options do not "
+            f"apply to: {'; '.join(given)}"
+        )
+    from flows.notebook import check_parameters
+
+    params = dict(parse_assignment(p) for p in args.param)
+    check_parameters(spec.notebook_paths()[-1], params)
+    if args.dask is None:
+        prestart_kernels(args.spec)
+    from flows.pipeline import notebook_pipeline
+    from flows.prefect_fixes import apply_prefect_fixes
+
+    apply_prefect_fixes()
+    flow_fn = notebook_pipeline
+    if args.dask is not None:
+        flow_fn = notebook_pipeline.with_options(task_runner=dask_task_runner(args.dask))
+    record = flow_fn(
+        spec=args.spec,
+        parameters=params or None,
+        no_cache=args.no_cache,
+        run_store_url=args.store,
+        triggered_by="cli",
+    )
+    print(render_run(record, open_store(args.store)))
+    return 0
 
 
 def dask_task_runner(address: str) -> Any:
@@ -128,9 +197,12 @@ def prestart_kernels(spec: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_run_spec(args.spec)
+    if spec is not None and spec.flow == "notebook":
+        return run_notebook_spec(args, spec)
     train_params = dict(parse_assignment(p) for p in args.param)
     prepare_params = dict(parse_assignment(p) for p in args.prepare_param)
-    precheck_parameters(prepare_params, train_params)
+    precheck_parameters(prepare_params, train_params, spec)
     if args.dask is None:  # Dask runs the kernels in its own worker processes
         prestart_kernels(args.spec)
     from flows.pipeline import training_pipeline
@@ -164,7 +236,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def render_run(record: dict[str, Any], store: Any) -> str:
-    kind = record.get("kind") or "training"
+    kind = record.get("kind") or (
+        "notebook" if record.get("pipeline") == "notebook_pipeline" else "training"
+    )
     lines = [f"run {record['version']} ({kind}): {record['status'].upper()}"]
     lines.append(f"  triggered by {record.get('triggered_by')}")
     for reason in record.get("reasons") or []:
@@ -185,6 +259,13 @@ def render_run(record: dict[str, Any], store: Any) -> str:
                 f"  → {later.get('kind')} {later['version']}: {str(later.get('status')).upper()}"
                 f"{' — ' + reasons if reasons else ''}"
             )
+    elif kind == "notebook":
+        cache = ", ".join(f"{nb} {status}" for nb, status in (record.get("cache") or {}).items())
+        lines.append(f"  spec {record.get('spec')}" + (f"; cache: {cache}" if cache else ""))
+        metrics = (record.get("metrics") or {}).get("candidate") or {}
+        shown = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        if shown:
+            lines.append("  " + "  ".join(shown))
     else:
         lines.append(
             f"  roc_auc {_fmt_metric(record, 'roc_auc')}  f1 {_fmt_metric(record, 'f1')}  "
@@ -262,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = add_store_option(
         sub.add_parser(
             "run",
-            help="run the training pipeline (embedded Prefect server unless "
-            "PREFECT_API_URL is set)",
+            help="run the training pipeline, or the notebook pipeline a --spec names "
+            "(embedded Prefect server unless PREFECT_API_URL is set)",
         )
     )
     run.add_argument(
@@ -306,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="train notebook parameter, repeatable (e.g. --param max_depth=4)",
+        help="train notebook parameter, repeatable (e.g. --param max_depth=4); with a "
+        "notebook spec, the spec's last notebook's",
     )
     run.add_argument(
         "--prepare-param",

@@ -122,6 +122,43 @@ def test_cache_hits_across_runs_and_misses_on_every_kind_of_change(
     assert metrics["step"]["total"] == 6
 
 
+def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
+    prefect_server: None, project: Path, tmp_path: Path
+) -> None:
+    """``nbprod run --spec`` on a notebook spec runs notebook_pipeline, as its deployment does."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.nbprod_cli import run_nbprod
+
+    spec = write_spec(project)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    store = RunStore(tmp_path / "home" / "runs")
+
+    first = run_nbprod("run", "--spec", spec, "--param", "value=3", env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "(notebook): COMPLETED" in first.stdout and "cache: step miss" in first.stdout
+    [record] = store.list_runs()
+    assert record["pipeline"] == "notebook_pipeline" and record["triggered_by"] == "cli"
+    assert store.read_json(store.version_path(record["version"], "metrics.json")) == {
+        "step": {"roc_auc": 0.3, "total": 6}
+    }
+    (result,) = [f for f in store.files(record["version"]) if f.endswith("result.txt")]
+    assert (Path(store.version_path(record["version"])) / result).read_text() == "18"
+
+    again = run_nbprod("run", "--spec", spec, "--param", "value=3", env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cache: step hit" in again.stdout
+
+    # Training-only options and a wrong parameter fail before any run starts, naming the fix.
+    window = run_nbprod("run", "--spec", spec, "--start", "2024-01-01", env=env)
+    assert window.returncode == 2
+    assert "notebook spec" in window.stderr and "--start" in window.stderr
+    typo = run_nbprod("run", "--spec", spec, "--param", "value=many", env=env)
+    assert typo.returncode == 1
+    assert "parameter 'value' expects int" in typo.stderr
+    assert len(store.list_runs()) == 2
+
+
 def test_cache_key_changes_with_the_environment(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -120,3 +120,34 @@ def test_empty_store_commands_explain_next_step(
     assert "no champion yet" in capsys.readouterr().out
     assert main(["show", "v1"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_parameters_are_checked_against_the_notebooks_a_training_spec_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training spec may name its own pair of notebooks: `--param` is checked against those."""
+    import nbformat
+
+    from flows.cli import load_run_spec, precheck_parameters
+    from flows.errors import ParameterError
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "deployments").mkdir()
+    for stem, params in (("churn_prep", "data_path = ''"), ("churn_fit", "depth = 3")):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(f"{params}\noutput_dir = 'out'")
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell]
+        nbformat.write(nb, tmp_path / "notebooks" / f"{stem}.ipynb")
+    (tmp_path / "deployments" / "churn.yaml").write_text(
+        "name: churn\nflow: training\n"
+        "notebooks: [notebooks/churn_prep.ipynb, notebooks/churn_fit.ipynb]\n"
+    )
+    monkeypatch.setenv("NBPROD_PROJECT_DIR", str(tmp_path))
+    spec = load_run_spec("deployments/churn.yaml")
+
+    precheck_parameters({}, {"depth": 5}, spec)  # unknown to the default train.ipynb
+    with pytest.raises(ParameterError, match=r"churn_fit\.ipynb: parameter 'depth' expects int"):
+        precheck_parameters({}, {"depth": "deep"}, spec)
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        precheck_parameters({}, {"depth": 5}, None)  # no spec: the default notebooks

@@ -63,6 +63,15 @@ def _fmt_metric(record: dict[str, Any], name: str) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "—"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fmt_number(value: float) -> str:
+    """A notebook's own metrics: counts stay counts (14400, not 14400.0000), scores get 4 places."""
+    return f"{value:.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+
+
 def precheck_parameters(
     prepare_params: dict[str, Any], train_params: dict[str, Any], spec: Any = None
 ) -> None:
@@ -263,7 +272,7 @@ def render_run(record: dict[str, Any], store: Any) -> str:
         cache = ", ".join(f"{nb} {status}" for nb, status in (record.get("cache") or {}).items())
         lines.append(f"  spec {record.get('spec')}" + (f"; cache: {cache}" if cache else ""))
         metrics = (record.get("metrics") or {}).get("candidate") or {}
-        shown = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        shown = [f"{k} {_fmt_number(v)}" for k, v in metrics.items() if _is_number(v)]
         if shown:
             lines.append("  " + "  ".join(shown))
     else:

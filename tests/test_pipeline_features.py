@@ -137,6 +137,7 @@ def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
     first = run_nbprod("run", "--spec", spec, "--param", "value=3", env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "(notebook): COMPLETED" in first.stdout and "cache: step miss" in first.stdout
+    assert "roc_auc 0.3  total 6" in first.stdout  # the notebook's own metrics, ints as ints
     [record] = store.list_runs()
     assert record["pipeline"] == "notebook_pipeline" and record["triggered_by"] == "cli"
     assert store.read_json(store.version_path(record["version"], "metrics.json")) == {

@@ -11,16 +11,18 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from flows.paths import DEFAULT_HOME, PROJECT_ROOT, SETTINGS_ENV_PREFIX
+
+__all__ = ["PROJECT_ROOT", "NbprodSettings", "load_settings"]
 
 
 class NbprodSettings(BaseSettings):
     """Where nbprod keeps its state. Every field can be set as ``NBPROD_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="NBPROD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=SETTINGS_ENV_PREFIX, extra="ignore")
 
     home: Path = Field(
-        default=PROJECT_ROOT / ".nbprod",
+        default=DEFAULT_HOME,
         description="Root of local state: the default run store and scratch space.",
     )
     run_store_url: str | None = Field(

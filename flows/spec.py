@@ -26,25 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.drift import DriftPolicy
 from flows.errors import ConfigError
-from flows.settings import PROJECT_ROOT
+from flows.paths import PROJECT_DIR_ENV, PROJECT_ROOT, project_root, resolve_project_path
 
+__all__ = ["PROJECT_DIR_ENV", "PROJECT_ROOT", "project_root", "resolve_project_path"]
 SPECS_DIR = "deployments"
-PROJECT_DIR_ENV = "NBPROD_PROJECT_DIR"
 NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 TRAINING_DATA_KEYS = ("data_path", "reference_path", "start_date", "end_date")
 TRAINING_NOTEBOOKS = ("notebooks/prepare.ipynb", "notebooks/train.ipynb")
-
-
-def project_root() -> Path:
-    """``$NBPROD_PROJECT_DIR`` if set, else this checkout: tests and workers can point elsewhere."""
-    configured = os.environ.get(PROJECT_DIR_ENV)
-    return Path(configured).expanduser().resolve() if configured else PROJECT_ROOT
-
-
-def resolve_project_path(path: str | Path, root: Path | None = None) -> Path:
-    """A spec's project-relative path as an absolute path (absolute paths pass through)."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else (root or project_root()) / candidate
 
 
 def spec_path(name: str, root: Path | None = None) -> Path:

@@ -205,7 +205,31 @@ def prestart_kernels(spec: str | None) -> None:
     start_kernel_server(notebooks)
 
 
+def answer_unchanged_rerun(args: argparse.Namespace) -> bool:
+    """Answer ``--spec`` from the run that already holds its outputs, if nothing changed.
+
+    Before the spec is even parsed: the check (flows.uptodate) needs no pydantic, YAML or
+    Prefect, which is the point. Only a notebook spec's completed runs leave what it checks.
+    """
+    if (
+        not args.spec
+        or args.no_cache
+        or any(getattr(args, attr) not in (None, []) for attr in TRAINING_ONLY_OPTIONS)
+    ):
+        return False
+    from flows.uptodate import answer_rerun
+
+    params = dict(parse_assignment(p) for p in args.param)
+    answered = answer_rerun(args.spec, params or None, args.store, "cli")
+    if answered is None:
+        return False
+    print(render_run(*answered))
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if answer_unchanged_rerun(args):
+        return 0
     spec = load_run_spec(args.spec)
     if spec is not None and spec.flow == "notebook":
         return run_notebook_spec(args, spec)
@@ -249,6 +273,13 @@ def render_run(record: dict[str, Any], store: Any) -> str:
         "notebook" if record.get("pipeline") == "notebook_pipeline" else "training"
     )
     lines = [f"run {record['version']} ({kind}): {record['status'].upper()}"]
+    rerun = record.get("rerun")
+    if rerun:
+        lines[0] += " (up to date: nothing changed since this run, nothing executed)"
+        lines.append(
+            f"  re-run by {rerun.get('triggered_by')} at {rerun.get('at')}: Prefect flow run "
+            f"{rerun.get('flow_run_id')} (Cached)"
+        )
     lines.append(f"  triggered by {record.get('triggered_by')}")
     for reason in record.get("reasons") or []:
         lines.append(f"  - {reason}")
@@ -315,6 +346,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2, default=str))
         return 0
     print(render_run(record, store))
+    reruns = store.reruns(args.version)
+    if reruns:
+        last = reruns[-1]
+        print(
+            f"  answered {len(reruns)} unchanged re-run(s), the last at {last.get('at')} by "
+            f"{last.get('triggered_by')} (Prefect flow run {last.get('flow_run_id')})"
+        )
     print("  files:")
     for rel in store.files(args.version):
         print(f"    {rel}")
@@ -338,7 +376,17 @@ def cmd_champion(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The commands defined in this module; every other command is registered by its own module.
+OWN_COMMANDS = ("run", "runs", "show", "champion")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; for one of :data:`OWN_COMMANDS`, that command's part only.
+
+    Why: registering the other modules' commands imports them (~0.1 s), which ``nbprod run``
+    answering an unchanged re-run in a fraction of a second (flows.uptodate) cannot afford.
+    ``nbprod --help`` and every other command get the full parser.
+    """
     parser = argparse.ArgumentParser(
         prog="nbprod",
         description="Run notebooks as a versioned, gated Prefect pipeline and package the "
@@ -425,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     champ = add_store_option(sub.add_parser("champion", help="show the current champion"))
     champ.add_argument("--json", action="store_true", help="machine-readable output")
     champ.set_defaults(func=cmd_champion)
+    if command in OWN_COMMANDS:
+        return parser
 
     from flows.serving import register_commands as register_serving
 
@@ -456,7 +506,8 @@ def prepare_environment() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     from flows.errors import NbprodError
 
     try:

@@ -38,3 +38,24 @@ def home_dir() -> Path:
 def settings_environment() -> dict[str, str]:
     """Every ``NBPROD_*`` variable: all the typed settings are read from (no .env file)."""
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith(SETTINGS_ENV_PREFIX)}
+
+
+def write_atomic(file: Path, text: str) -> None:
+    """Replace ``file`` with ``text`` in one rename, keeping no partial file on failure."""
+    import tempfile
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if file.exists():
+            os.chmod(tmp, file.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -36,8 +36,8 @@ from flows.notebook import (
 from flows.reports import EVIDENTLY_WARM_UP, warm_up_evidently
 from flows.runner import (
     cache_dir,
+    call_cache_key,
     expand_grid,
-    notebook_cache_key,
     resolve_secret,
     scrub_secrets,
     secret_reference,
@@ -162,7 +162,6 @@ def plan_notebook(
 ) -> NotebookCall:
     """Cached calls write under a content-addressed folder that outlives the run."""
     secrets = secrets or {}
-    params = {**parameters, **{k: secret_reference(ref) for k, ref in secrets.items()}}
     if not use_cache:
         out = scratch / "outputs" / name
         return NotebookCall(
@@ -173,7 +172,7 @@ def plan_notebook(
             None,
             secrets,
         )
-    key = notebook_cache_key(notebook, params, kernel_name, secret_names=secrets)
+    key = call_cache_key(notebook, parameters, secrets, kernel_name)
     base = cache_dir(home, notebook, key)
     return NotebookCall(
         name,
@@ -928,9 +927,8 @@ def notebook_pipeline(
         notebooks = [_resolve(nb) for nb in loaded.notebooks]
         stems = [nb.stem for nb in notebooks]
         overrides = split_parameters(parameters, stems)
-        policy = gate_mod.load_policy(
-            _resolve(loaded.policy) if loaded.policy else settings.policy_path
-        )
+        policy_file = _resolve(loaded.policy) if loaded.policy else settings.policy_path
+        policy = gate_mod.load_policy(policy_file)
         plans: list[tuple[Path, dict[str, Any], dict[str, dict[str, str]], list[dict]]] = []
         for nb in notebooks:
             declared = declared_parameters(nb)
@@ -961,6 +959,7 @@ def notebook_pipeline(
         previous: NotebookOutputs | None = None
         cache: dict[str, str] = {}
         metrics: dict[str, dict[str, float]] = {}
+        planned: list[NotebookCall] = []
         plan = notebook_planner(settings, state)
         for nb, params, nb_secrets, points in plans:
             state.step = nb.stem
@@ -970,6 +969,7 @@ def notebook_pipeline(
                 plan(nb.stem, nb, {**params, **point, **wired}, secrets=nb_secrets)
                 for point in points
             ]
+            planned.extend(calls)
             for i, call in enumerate(calls):
                 state.executed[nb.stem if len(calls) == 1 else f"{nb.stem}-grid-{i}"] = (
                     call.executed
@@ -1018,12 +1018,63 @@ def notebook_pipeline(
         )
         record["metrics"] = {"candidate": metrics[stems[-1]], "champion": None}
         final = store.finalize(version, {**record, "status": "completed"})
+        _write_uptodate_ticket(
+            settings, spec, parameters, run_store_url, store.url, version, planned, policy_file
+        )
         _publish(final, links, logger)
         shutil.rmtree(state.workdir, ignore_errors=True)
         return final
     except BaseException as exc:
         _record_failure(store, state, record, links, exc, logger)
         raise
+
+
+def _write_uptodate_ticket(
+    settings: NbprodSettings,
+    spec: str,
+    parameters: dict[str, Any] | None,
+    run_store_url: str | None,
+    store_url: str,
+    version: str,
+    calls: list[NotebookCall],
+    policy_file: Path,
+) -> None:
+    """What this completed run planned, so an unchanged re-run can be answered by it.
+
+    Best effort: the run is stored whatever happens here; without a ticket the next re-run
+    simply goes through the flow (flows.uptodate).
+    """
+    from flows.uptodate import write_ticket
+
+    if any(call.cache_key is None for call in calls):
+        return
+    try:
+        write_ticket(
+            home=settings.home,
+            spec_file=_resolve(spec),
+            parameters=parameters,
+            run_store_url=run_store_url,
+            store_url=store_url,
+            version=version,
+            kernel_name=settings.kernel_name,
+            calls=[
+                {
+                    "name": call.name,
+                    "notebook": str(call.notebook),
+                    "parameters": call.parameters,
+                    "secrets": call.secrets,
+                    "cache_key": call.cache_key,
+                    "cached": [
+                        str(call.executed),
+                        str(Path(call.parameters["output_dir"]) / OUTPUTS_FILE),
+                    ],
+                }
+                for call in calls
+            ],
+            inputs=[policy_file],
+        )
+    except (OSError, TypeError, ValueError) as exc:
+        get_run_logger().warning("could not record run %s for up-to-date re-runs: %s", version, exc)
 
 
 def _record_failure(

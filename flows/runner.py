@@ -74,6 +74,21 @@ def notebook_cache_key(
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def call_cache_key(
+    notebook: Path,
+    parameters: Mapping[str, Any],
+    secrets: Mapping[str, Mapping[str, str]],
+    kernel_name: str,
+) -> str:
+    """The key of one planned notebook call: its parameters, secrets by reference only.
+
+    One function for the flow's plan (flows.pipeline.plan_notebook) and for the check that an
+    unchanged re-run can be answered without it (flows.uptodate): both must mean the same.
+    """
+    params = {**parameters, **{k: secret_reference(ref) for k, ref in secrets.items()}}
+    return notebook_cache_key(notebook, params, kernel_name, secret_names=secrets)
+
+
 def cache_dir(home: Path, notebook: Path, key: str) -> Path:
     return home / CACHE_DIRNAME / notebook.stem / key
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -26,9 +25,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.drift import DriftPolicy
 from flows.errors import ConfigError
-from flows.paths import PROJECT_DIR_ENV, PROJECT_ROOT, project_root, resolve_project_path
+from flows.paths import (
+    PROJECT_DIR_ENV,
+    PROJECT_ROOT,
+    project_root,
+    resolve_project_path,
+    write_atomic,
+)
 
-__all__ = ["PROJECT_DIR_ENV", "PROJECT_ROOT", "project_root", "resolve_project_path"]
+__all__ = [
+    "PROJECT_DIR_ENV",
+    "PROJECT_ROOT",
+    "project_root",
+    "resolve_project_path",
+    "write_atomic",
+]
 SPECS_DIR = "deployments"
 NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 TRAINING_DATA_KEYS = ("data_path", "reference_path", "start_date", "end_date")
@@ -320,22 +331,3 @@ def save_spec(
     file = resolve_project_path(path, root) if path is not None else spec_path(spec.name, root)
     write_atomic(file, dump_spec(spec))
     return file
-
-
-def write_atomic(file: Path, text: str) -> None:
-    """Replace ``file`` with ``text`` in one rename, keeping no partial file on failure."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if file.exists():
-            os.chmod(tmp, file.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

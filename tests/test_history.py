@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from flows import cli
-from flows.cli import build_parser
 from flows.errors import RollbackError
 from flows.history import history_rows, register_commands, rollback
 from flows.store import RunStore, new_version_id
@@ -109,24 +108,10 @@ def store(tmp_path: Path, built: dict[str, str]) -> RunStore:
     return store
 
 
-def _parser_with_history() -> argparse.ArgumentParser:
-    """flows.cli's parser, with this module's commands added if cli.py does not add them yet."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "history" not in sub.choices:
-        register_commands(sub)
-    return parser
-
-
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """``nbprod`` in-process, through flows.cli.main and its one-line error handling."""
     out, err = io.StringIO(), io.StringIO()
-    with (
-        pytest.MonkeyPatch.context() as mp,
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        mp.setattr(cli, "build_parser", _parser_with_history)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(list(argv))
     return code, out.getvalue(), err.getvalue()
 

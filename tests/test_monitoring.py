@@ -185,23 +185,10 @@ def test_too_few_rows_gives_no_verdict_and_says_why(prefect_server: None, store:
 
 def test_monitor_command_reports_the_verdict(prefect_server: None, store: RunStore) -> None:
     """``nbprod monitor`` runs the flow and prints the verdict and why."""
-    import argparse
-
     from flows import cli
-    from flows.history import register_commands
-
-    original = cli.build_parser
-
-    def parser() -> argparse.ArgumentParser:
-        built = original()
-        sub = next(a for a in built._actions if isinstance(a, argparse._SubParsersAction))
-        if "monitor" not in sub.choices:  # until flows/cli.py registers flows.history's commands
-            register_commands(sub)
-        return built
 
     out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.setattr(cli, "build_parser", parser)
+    with contextlib.redirect_stdout(out):
         code = cli.main(
             [
                 "monitor",

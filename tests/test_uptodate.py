@@ -1,0 +1,144 @@
+"""What makes a re-run "unchanged" (flows.uptodate): the flow's cache keys, settings, spec, policy.
+
+Tiny files in a temporary project; no kernel and no Prefect server (tests/test_pipeline_features.py
+runs the whole thing through ``nbprod run`` against a real server).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from flows import uptodate
+from flows.runner import call_cache_key
+from flows.store import RunStore
+
+
+def write_notebook(path: Path, body: str = "print(value)") -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("value = 1\ndata_path = ''\noutput_dir = 'out'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A completed run's ticket, as notebook_pipeline writes it, and every file it names."""
+    monkeypatch.setenv("NBPROD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NBPROD_PROJECT_DIR", str(tmp_path))
+    monkeypatch.delenv("NBPROD_RUN_STORE_URL", raising=False)
+    notebook, data = tmp_path / "step.ipynb", tmp_path / "data.csv"
+    spec, policy = tmp_path / "step.yaml", tmp_path / "policy.yaml"
+    write_notebook(notebook)
+    data.write_text("1 2 3\n")
+    spec.write_text("name: step\nflow: notebook\n")
+    policy.write_text("floors: {}\n")
+    parameters = {"value": 2, "data_path": str(data)}
+    secrets = {"token": {"env": "STEP_TOKEN"}}
+    key = call_cache_key(notebook, parameters, secrets, "python3")
+    cached = [tmp_path / "cache" / "executed.ipynb", tmp_path / "cache" / "outputs.json"]
+    for file in cached:
+        file.parent.mkdir(exist_ok=True)
+        file.write_text("{}")
+    uptodate.write_ticket(
+        home=tmp_path / "home",
+        spec_file=spec,
+        parameters={"value": 2},
+        run_store_url=None,
+        store_url=str(tmp_path / "home" / "runs"),
+        version="v1",
+        kernel_name="python3",
+        calls=[
+            {
+                "name": "step",
+                "notebook": str(notebook),
+                "parameters": {**parameters, "output_dir": str(cached[1].parent)},
+                "secrets": secrets,
+                "cache_key": key,
+                "cached": [str(f) for f in cached],
+            }
+        ],
+        inputs=[policy],
+    )
+    return {
+        "notebook": notebook,
+        "data": data,
+        "spec": spec,
+        "policy": policy,
+        "cached": cached,
+        "key": key,
+    }
+
+
+def current(project: dict[str, Any], parameters: dict[str, Any] | None = None) -> Any:
+    return uptodate.current_ticket(
+        project["spec"], {"value": 2} if parameters is None else parameters, None
+    )
+
+
+def test_an_unchanged_run_is_current_and_names_its_version(project: dict[str, Any]) -> None:
+    ticket = current(project)
+    assert ticket is not None and ticket["version"] == "v1"
+    assert ticket["calls"][0]["cache_key"] == project["key"]
+    # Outputs and metadata of the notebook are not its source: still current, as for the cache.
+    nb = nbformat.read(project["notebook"], as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="2\n")]
+    nbformat.write(nb, project["notebook"])
+    assert current(project) is not None
+
+
+CHANGES: dict[str, Callable[[dict[str, Any], pytest.MonkeyPatch], None]] = {
+    "notebook source": lambda p, _: write_notebook(p["notebook"], "print(value * 2)"),
+    "input data": lambda p, _: p["data"].write_text("1 2 4\n"),
+    "spec": lambda p, _: p["spec"].write_text("name: step\nflow: notebook\n# edited\n"),
+    "policy": lambda p, _: p["policy"].write_text("floors: {roc_auc: 0.7}\n"),
+    "a setting": lambda _, mp: mp.setenv("NBPROD_KERNEL_NAME", "other"),
+    "a cached file": lambda p, _: p["cached"][1].unlink(),
+    "the environment": lambda _, mp: mp.setattr(
+        "flows.runner.package_versions", lambda: {"pandas": "0.0-upgraded"}
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_any_change_the_cache_would_see_means_not_current(
+    project: dict[str, Any], monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    assert current(project) is not None
+    CHANGES[change](project, monkeypatch)
+    assert current(project) is None
+
+
+def test_other_parameters_or_store_have_their_own_answer(project: dict[str, Any]) -> None:
+    assert current(project, {"value": 3}) is None
+    assert current(project, {}) is None
+    assert uptodate.current_ticket(project["spec"], {"value": 2}, "memory://elsewhere") is None
+
+
+def test_a_damaged_ticket_is_no_answer(project: dict[str, Any], tmp_path: Path) -> None:
+    path = uptodate.ticket_path(tmp_path / "home", project["spec"], {"value": 2})
+    path.write_text(path.read_text()[:40])
+    assert current(project) is None
+    path.write_text(json.dumps({"schema": uptodate.TICKET_SCHEMA}))
+    assert current(project) is None
+
+
+def test_no_answer_without_a_prefect_server_or_a_completed_run(
+    project: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert uptodate.answer_rerun(str(project["spec"]), {"value": 2}, None, "test") is None
+    # A server that does not answer: nothing is recorded, the flow will run (and report it).
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert uptodate.answer_rerun(str(project["spec"]), {"value": 2}, None, "test") is None
+    store = RunStore(tmp_path / "home" / "runs")
+    store.begin("v1")
+    store.finalize("v1", {"status": "completed"})
+    assert uptodate.answer_rerun(str(project["spec"]), {"value": 2}, None, "test") is None
+    assert store.reruns("v1") == []

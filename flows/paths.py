@@ -15,6 +15,18 @@ PROJECT_DIR_ENV = "NBPROD_PROJECT_DIR"
 # The typed settings' default for NBPROD_HOME (flows.settings.NbprodSettings.home).
 DEFAULT_HOME = PROJECT_ROOT / ".nbprod"
 SETTINGS_ENV_PREFIX = "NBPROD_"
+# The fields of flows.settings.NbprodSettings (tests/test_uptodate.py keeps the two in step).
+SETTINGS_FIELDS = (
+    "home",
+    "run_store_url",
+    "notebooks_dir",
+    "bentos_dir",
+    "policy_path",
+    "kernel_name",
+    "execution_timeout_s",
+    "warm_kernels",
+    "model_name",
+)
 
 
 def project_root() -> Path:
@@ -36,8 +48,13 @@ def home_dir() -> Path:
 
 
 def settings_environment() -> dict[str, str]:
-    """Every ``NBPROD_*`` variable: all the typed settings are read from (no .env file)."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(SETTINGS_ENV_PREFIX)}
+    """The variables the typed settings are read from (no .env file), by their upper-case name.
+
+    Only the settings' own: other ``NBPROD_*`` variables may hold secrets (a notebook's token
+    given as ``{env: NBPROD_TOKEN}``), and what this returns is written to disk.
+    """
+    names = {f"{SETTINGS_ENV_PREFIX}{name}".upper() for name in SETTINGS_FIELDS}
+    return {k.upper(): v for k, v in sorted(os.environ.items()) if k.upper() in names}
 
 
 def write_atomic(file: Path, text: str) -> None:

@@ -148,7 +148,7 @@ def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
 
     again = run_nbprod("run", "--spec", spec, "--param", "value=3", env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "cache: step hit" in again.stdout
+    assert f"run {record['version']} (notebook): COMPLETED (up to date" in again.stdout
 
     # Training-only options and a wrong parameter fail before any run starts, naming the fix.
     window = run_nbprod("run", "--spec", spec, "--start", "2024-01-01", env=env)
@@ -157,7 +157,79 @@ def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
     typo = run_nbprod("run", "--spec", spec, "--param", "value=many", env=env)
     assert typo.returncode == 1
     assert "parameter 'value' expects int" in typo.stderr
-    assert len(store.list_runs()) == 2
+    assert len(store.list_runs()) == 1
+
+
+def _recorded_on_prefect(flow_run_id: str) -> dict[str, Any]:
+    """What Prefect's server holds of one flow run: state, flow, parameters, tasks, artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        only_this = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        return {
+            "state": (run.state.type.value, run.state.name),
+            "flow": client.read_flow(run.flow_id).name,
+            "parameters": run.parameters,
+            "tasks": [
+                (t.name, t.state.name) for t in client.read_task_runs(flow_run_filter=only_this)
+            ],
+            "artifacts": {a.key: a.data for a in client.read_artifacts(flow_run_filter=only_this)},
+        }
+
+
+def test_an_unchanged_rerun_is_answered_by_its_run_and_recorded_on_prefect(
+    prefect_server: None, project: Path, tmp_path: Path
+) -> None:
+    """``nbprod run --spec``, nothing changed: no flow engine, no kernel, still accounted for."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.artifacts import SUMMARY_KEY
+    from tests.nbprod_cli import run_nbprod
+
+    spec = write_spec(project)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    store = RunStore(tmp_path / "home" / "runs")
+
+    def nbprod_run(*extra: str, **more_env: str) -> str:
+        proc = run_nbprod("run", "--spec", spec, *extra, env={**env, **more_env}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    assert "cache: step miss" in nbprod_run()
+    [first] = store.list_runs()
+    code = (
+        "import sys; from flows.cli import main\n"
+        f"assert main(['run', '--spec', {spec!r}]) == 0\n"
+        "print(sorted(m for m in ('prefect', 'pydantic', 'yaml', 'fsspec') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"  # answered without any of them
+    assert f"run {first['version']} (notebook): COMPLETED (up to date" in proc.stdout
+    assert len(store.list_runs()) == 1  # no new version: nothing was executed
+    [rerun] = store.reruns(first["version"])
+    assert rerun["triggered_by"] == "cli" and rerun["flow_run_id"] in proc.stdout
+
+    recorded = _recorded_on_prefect(rerun["flow_run_id"])
+    assert recorded["state"] == ("COMPLETED", "Cached")
+    assert recorded["flow"] == "notebook_pipeline" and recorded["parameters"]["spec"] == spec
+    assert recorded["tasks"] == [("run-notebook-step", "Cached")]
+    assert first["version"] in recorded["artifacts"][SUMMARY_KEY]
+    show = run_nbprod("show", first["version"], env=env)
+    assert "answered 1 unchanged re-run(s)" in show.stdout
+
+    # Whatever the cache would see, or a setting, or --no-cache: the flow runs, as before.
+    (project / "data.csv").write_text("1 2 4\n")
+    assert "cache: step miss" in nbprod_run()
+    assert "(up to date" in nbprod_run() and len(store.list_runs()) == 2
+    assert "cache: step hit" in nbprod_run(NBPROD_WARM_KERNELS="false")
+    assert "cache: step miss" in nbprod_run("--no-cache")
+    assert "cache: step miss" in nbprod_run("--param", "value=5")
+    assert "(up to date" in nbprod_run("--param", "value=5") and len(store.list_runs()) == 5
 
 
 def test_cache_key_changes_with_the_environment(

@@ -142,3 +142,16 @@ def test_no_answer_without_a_prefect_server_or_a_completed_run(
     store.finalize("v1", {"status": "completed"})
     assert uptodate.answer_rerun(str(project["spec"]), {"value": 2}, None, "test") is None
     assert store.reruns("v1") == []
+
+
+def test_the_settings_compared_are_the_typed_settings_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.paths import SETTINGS_FIELDS, settings_environment
+    from flows.settings import NbprodSettings
+
+    assert set(SETTINGS_FIELDS) == set(NbprodSettings.model_fields)
+    monkeypatch.setenv("nbprod_kernel_name", "other")  # pydantic-settings ignores the case
+    monkeypatch.setenv("NBPROD_API_TOKEN", "a secret a notebook reads")
+    assert settings_environment()["NBPROD_KERNEL_NAME"] == "other"
+    assert "NBPROD_API_TOKEN" not in settings_environment()

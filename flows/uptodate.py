@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,8 @@ TICKET_SCHEMA = 1
 FLOW_NAME = "notebook_pipeline"
 TASK_NAME = "run-notebook"
 HTTP_TIMEOUT_S = 10.0
+RETRIES = 5
+RETRY_CODES = (429, 502, 503)
 
 
 class PrefectApiError(NbprodError):
@@ -138,21 +141,38 @@ class PrefectApi:
             self.headers["Authorization"] = f"Basic {token}"
 
     def post(self, path: str, body: Mapping[str, Any]) -> Any:
-        request = urllib.request.Request(
-            f"{self.url}{path}",
-            data=json.dumps(body, default=str).encode(),
-            headers=self.headers,
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            raise PrefectApiError(f"Prefect API {path} answered {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise PrefectApiError(f"Prefect API at {self.url} did not answer: {exc}") from exc
-        return json.loads(payload) if payload else None
+        """POST ``body``; a busy server (429, 502, 503) is retried, as Prefect's client does.
+
+        Why retry: Prefect's SQLite server answers 503 ("database is locked") while it is still
+        writing the previous run's events, which a re-run right after a run can meet.
+        """
+        data = json.dumps(body, default=str).encode()
+        for attempt in range(RETRIES + 1):
+            request = urllib.request.Request(
+                f"{self.url}{path}", data=data, headers=self.headers, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                    payload = response.read()
+                return json.loads(payload) if payload else None
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:500]
+                if exc.code not in RETRY_CODES or attempt == RETRIES:
+                    raise PrefectApiError(
+                        f"Prefect API {path} answered {exc.code}: {detail}"
+                    ) from exc
+                time.sleep(_retry_after(exc.headers.get("Retry-After"), attempt))
+            except (urllib.error.URLError, OSError) as exc:
+                raise PrefectApiError(f"Prefect API at {self.url} did not answer: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retry_after(header: str | None, attempt: int) -> float:
+    """The server's Retry-After when it gives one (capped at 5 s), else 0.1 s doubling."""
+    try:
+        return min(float(header), 5.0) if header else 0.1 * 2**attempt
+    except ValueError:
+        return 0.1 * 2**attempt
 
 
 def answer_rerun(

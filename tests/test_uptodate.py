@@ -155,3 +155,57 @@ def test_the_settings_compared_are_the_typed_settings_and_nothing_else(
     monkeypatch.setenv("NBPROD_API_TOKEN", "a secret a notebook reads")
     assert settings_environment()["NBPROD_KERNEL_NAME"] == "other"
     assert "NBPROD_API_TOKEN" not in settings_environment()
+
+
+class _Answers:
+    """A real HTTP server on the loopback that answers POSTs from a script of (status, body)."""
+
+    def __init__(self, script: list[tuple[int, dict[str, Any]]]) -> None:
+        import http.server
+        import threading
+
+        self.script, self.seen = list(script), []
+        answers = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                answers.seen.append(self.path)
+                length = int(self.headers["Content-Length"])
+                self.rfile.read(length)
+                status, body = answers.script.pop(0) if answers.script else (200, {})
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_busy_server_is_retried_and_a_refusal_is_named() -> None:
+    busy = {"detail": "database is locked"}
+    server = _Answers([(503, busy), (503, busy), (201, {"id": "f1"})])
+    try:
+        api = uptodate.PrefectApi(server.url)
+        assert api.post("/flows/", {"name": "x"}) == {"id": "f1"}
+        assert server.seen == ["/api/flows/"] * 3
+        server.script = [(503, busy)] * (uptodate.RETRIES + 1)
+        with pytest.raises(uptodate.PrefectApiError, match="answered 503.*database is locked"):
+            api.post("/flows/", {"name": "x"})
+        server.script = [(422, {"detail": "flow_id: field required"})]
+        with pytest.raises(uptodate.PrefectApiError, match="422.*flow_id: field required"):
+            api.post("/flow_runs/", {})
+        assert len(server.seen) == 3 + uptodate.RETRIES + 1 + 1  # a refusal is not retried
+    finally:
+        server.close()

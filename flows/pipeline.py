@@ -1072,9 +1072,20 @@ def _write_uptodate_ticket(
                 for call in calls
             ],
             inputs=[policy_file],
+            prefect=_prefect_flow_identity(),
         )
     except (OSError, TypeError, ValueError) as exc:
         get_run_logger().warning("could not record run %s for up-to-date re-runs: %s", version, exc)
+
+
+def _prefect_flow_identity() -> dict[str, str] | None:
+    """The server this flow run is recorded on and the flow's id there."""
+    from prefect.settings import PREFECT_API_URL
+
+    flow_ctx = FlowRunContext.get()
+    if not (flow_ctx and flow_ctx.flow_run and PREFECT_API_URL.value()):
+        return None
+    return {"api_url": str(PREFECT_API_URL.value()), "flow_id": str(flow_ctx.flow_run.flow_id)}
 
 
 def _record_failure(

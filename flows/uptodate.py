@@ -9,8 +9,8 @@ notebook source, parameters, input file contents, environment), with their cache
 under the same settings, spec and policy? Then that version answers, as make or DVC answer for an
 up-to-date target, and the re-run is still accounted for: a ``notebook_pipeline`` flow run in a
 ``Cached`` state on Prefect's server, with a Cached task run per notebook call and the run's
-summary and metrics artifacts (Prefect's REST API), and an entry next to the version in the run
-store (``RunStore.add_rerun``). Any difference or doubt, and the flow runs as before.
+summary artifact (Prefect's REST API), and an entry next to the version in the run store
+(``RunStore.add_rerun``). Any difference or doubt, and the flow runs as before.
 
 The flow writes what this module checks (:func:`write_ticket`) when a run completes: what it
 planned. So "unchanged" here is the cache's own definition, not a second one.
@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flows.artifacts import METRICS_KEY, SUMMARY_KEY, metrics_rows, summary_markdown
+from flows.artifacts import SUMMARY_KEY, summary_markdown
 from flows.errors import NbprodError, RunStoreError
 from flows.manifest import file_sha256
 from flows.paths import home_dir, resolve_project_path, settings_environment, write_atomic
@@ -69,11 +70,14 @@ def write_ticket(
     kernel_name: str,
     calls: Iterable[Mapping[str, Any]],
     inputs: Iterable[Path] = (),
+    prefect: Mapping[str, str] | None = None,
 ) -> Path:
     """Record what a completed run planned, for :func:`current_ticket` to check later.
 
     ``calls`` are the planned notebook calls (name, notebook, parameters, secrets, cache_key and
-    ``cached``: the files the cache needs); ``inputs`` are other files the run read (the policy).
+    ``cached``: the files the cache needs); ``inputs`` are other files the run read (the policy);
+    ``prefect`` the server the run was recorded on and its flow's id there (``api_url``,
+    ``flow_id``), which spares a re-run recorded on the same server one round trip.
     """
     calls = [dict(call) for call in calls]
     ticket = {
@@ -87,6 +91,7 @@ def write_ticket(
         "settings": settings_environment(),
         "kernel_name": kernel_name,
         "calls": calls,
+        "prefect": dict(prefect or {}),
         "written_at": utc_now(),
     }
     path = ticket_path(home, spec_file, parameters)
@@ -202,77 +207,127 @@ def answer_rerun(
         return None
     api = PrefectApi(api_url)
     version = record["version"]
-    message = f"inputs unchanged since run {version}, which answers this re-run: nothing executed"
-    cached = {"type": "COMPLETED", "name": "Cached", "message": message}
     try:
-        flow_id = api.post("/flows/", {"name": FLOW_NAME})["id"]
-        flow_run = api.post(
-            "/flow_runs/",
-            {
-                "flow_id": flow_id,
-                "parameters": {
-                    "spec": spec,
-                    "parameters": dict(parameters) if parameters else None,
-                    "no_cache": False,
-                    "run_store_url": run_store_url,
-                    "triggered_by": triggered_by,
-                },
-                "state": cached,
-                "tags": ["nbprod", "up-to-date"],
-            },
-        )
+        flow_run_id = _create_flow_run(api, ticket, spec, parameters, run_store_url, triggered_by)
     except PrefectApiError:
         return None  # nothing recorded yet: the flow reports an unreachable server its own way
-    try:
-        rerun = {
-            "at": utc_now(),
-            "triggered_by": triggered_by,
-            "flow_run_id": flow_run["id"],
-            "spec": spec,
-            "parameters": dict(parameters or {}),
-        }
-        _record_task_runs(api, flow_run["id"], ticket["calls"])
-        _publish(api, flow_run["id"], {**record, "rerun": rerun}, store)
-        store.add_rerun(version, rerun)
-    except BaseException as exc:
+    rerun = {
+        "at": utc_now(),
+        "triggered_by": triggered_by,
+        "flow_run_id": flow_run_id,
+        "spec": spec,
+        "parameters": dict(parameters or {}),
+    }
+    # Independent of each other: sent at once, so the re-run costs two round trips, not 2 + n.
+    steps = [lambda: store.add_rerun(version, rerun)]
+    steps += [lambda: _publish_summary(api, flow_run_id, {**record, "rerun": rerun}, store)]
+    steps += [
+        lambda i=i, call=call: _record_task_run(api, flow_run_id, i, call)
+        for i, call in enumerate(ticket["calls"])
+    ]
+    errors = _run_together(steps)
+    if errors:
         try:
             api.post(
-                f"/flow_runs/{flow_run['id']}/set_state",
+                f"/flow_runs/{flow_run_id}/set_state",
                 {
-                    "state": {"type": "FAILED", "message": f"recording the re-run: {exc}"},
+                    "state": {"type": "FAILED", "message": f"recording the re-run: {errors[0]}"},
                     "force": True,
                 },
             )
         except PrefectApiError:
             pass
-        raise
+        raise errors[0]
     return {**record, "rerun": rerun}, store
 
 
-def _record_task_runs(api: PrefectApi, flow_run_id: str, calls: list[dict[str, Any]]) -> None:
-    """A Cached task run per notebook call, named as the flow names its own."""
-    for index, call in enumerate(calls):
-        api.post(
-            "/task_runs/",
-            {
-                "flow_run_id": flow_run_id,
-                "name": f"{TASK_NAME}-{call['name']}",
-                "task_key": f"{TASK_NAME}-up-to-date",
-                "dynamic_key": str(index),
-                "cache_key": call["cache_key"],
-                "state": {"type": "COMPLETED", "name": "Cached"},
-            },
-        )
+def _create_flow_run(
+    api: PrefectApi,
+    ticket: Mapping[str, Any],
+    spec: str,
+    parameters: Mapping[str, Any] | None,
+    run_store_url: str | None,
+    triggered_by: str,
+) -> str:
+    """A ``notebook_pipeline`` flow run, created in its final Cached state; returns its id.
+
+    The flow's id on this server comes from the ticket when the run it records used the same
+    server (one round trip less); a flow deleted since is looked up again.
+    """
+    known = ticket.get("prefect") or {}
+    same_server = str(known.get("api_url", "")).rstrip("/") == api.url
+    flow_id = known.get("flow_id") if same_server else None
+    version = ticket["version"]
+    body = {
+        "parameters": {
+            "spec": spec,
+            "parameters": dict(parameters) if parameters else None,
+            "no_cache": False,
+            "run_store_url": run_store_url,
+            "triggered_by": triggered_by,
+        },
+        "state": {
+            "type": "COMPLETED",
+            "name": "Cached",
+            "message": f"inputs unchanged since run {version}, which answers this re-run: "
+            "nothing executed",
+        },
+        "tags": ["nbprod", "up-to-date"],
+    }
+    if flow_id:
+        try:
+            return api.post("/flow_runs/", {**body, "flow_id": flow_id})["id"]
+        except PrefectApiError:
+            pass
+    flow_id = api.post("/flows/", {"name": FLOW_NAME})["id"]
+    return api.post("/flow_runs/", {**body, "flow_id": flow_id})["id"]
 
 
-def _publish(api: PrefectApi, flow_run_id: str, record: dict[str, Any], store: RunStore) -> None:
-    """The run's summary (saying it is a re-run) and metrics table, as the flow publishes them."""
+def _run_together(steps: list[Any]) -> list[BaseException]:
+    """Run the callables in threads and wait for all; the exceptions they raised, in order."""
+    errors: list[BaseException | None] = [None] * len(steps)
+
+    def run(index: int) -> None:
+        try:
+            steps[index]()
+        except BaseException as exc:  # handed to the caller, which fails the run with it
+            errors[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(steps))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [e for e in errors if e is not None]
+
+
+def _record_task_run(
+    api: PrefectApi, flow_run_id: str, index: int, call: Mapping[str, Any]
+) -> None:
+    """A Cached task run for one notebook call, named as the flow names its own."""
+    api.post(
+        "/task_runs/",
+        {
+            "flow_run_id": flow_run_id,
+            "name": f"{TASK_NAME}-{call['name']}",
+            "task_key": f"{TASK_NAME}-up-to-date",
+            "dynamic_key": str(index),
+            "cache_key": call["cache_key"],
+            "state": {"type": "COMPLETED", "name": "Cached"},
+        },
+    )
+
+
+def _publish_summary(
+    api: PrefectApi, flow_run_id: str, record: dict[str, Any], store: RunStore
+) -> None:
+    """The run's summary artifact, saying it is a re-run (its metrics table included)."""
     version = record["version"]
     links = {"run record": store.uri(version, "run.json"), "run folder": store.uri(version)}
     summary = (
         f"Re-run answered by run `{version}` (finished {record.get('finished_at')}): notebooks, "
         "parameters, input data, environment, settings and spec unchanged, nothing executed.\n\n"
-        + summary_markdown(record, links)
+        + summary_markdown(_without_nan(record), links)
     )
     api.post(
         "/artifacts/",
@@ -284,18 +339,6 @@ def _publish(api: PrefectApi, flow_run_id: str, record: dict[str, Any], store: R
             "flow_run_id": flow_run_id,
         },
     )
-    rows = metrics_rows(record)
-    if rows:
-        api.post(
-            "/artifacts/",
-            {
-                "key": METRICS_KEY,
-                "type": "table",
-                "data": json.dumps(_without_nan(rows)),
-                "description": f"Metrics of run {version}",
-                "flow_run_id": flow_run_id,
-            },
-        )
 
 
 def _without_nan(value: Any) -> Any:

@@ -209,3 +209,28 @@ def test_a_busy_server_is_retried_and_a_refusal_is_named() -> None:
         assert len(server.seen) == 3 + uptodate.RETRIES + 1 + 1  # a refusal is not retried
     finally:
         server.close()
+
+
+def test_the_flow_id_a_ticket_knows_is_used_and_looked_up_again_when_gone() -> None:
+    def ticket_for(url: str) -> dict[str, Any]:
+        return {"version": "v1", "prefect": {"api_url": url, "flow_id": "f-old"}}
+
+    server = _Answers([(201, {"id": "r1"})])
+    try:
+        made = uptodate._create_flow_run(
+            uptodate.PrefectApi(server.url), ticket_for(server.url + "/"), "s.yaml", None, None, "t"
+        )
+        assert made == "r1" and server.seen == ["/api/flow_runs/"]  # one round trip
+        server.seen.clear()
+        server.script = [
+            (404, {"detail": "flow not found"}),
+            (200, {"id": "f-new"}),
+            (201, {"id": "r2"}),
+        ]
+        made = uptodate._create_flow_run(
+            uptodate.PrefectApi(server.url), ticket_for(server.url), "s.yaml", None, None, "t"
+        )
+        assert made == "r2"
+        assert server.seen == ["/api/flow_runs/", "/api/flows/", "/api/flow_runs/"]
+    finally:
+        server.close()

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import subprocess
 import sys
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +74,10 @@ def data_fingerprint(path: str | Path) -> dict[str, Any]:
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    # Imported here: importlib.metadata costs ~40 ms, which an up-to-date re-run (flows.uptodate,
+    # through flows.runner) spares when the environment's stamp is unchanged.
+    from importlib import metadata
+
     versions: dict[str, str | None] = {}
     for name in names:
         try:
@@ -88,6 +89,8 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 
 def git_state(repo: Path) -> dict[str, Any] | None:
     """Commit and dirty flag of the project, or None outside a git checkout."""
+    import subprocess
+
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -123,6 +126,8 @@ def build_manifest(
     project_root: Path,
 ) -> dict[str, Any]:
     """The lineage record stored as ``manifest.json`` with every run version."""
+    import platform
+
     return {
         "version": version,
         "notebooks": {

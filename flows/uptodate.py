@@ -8,9 +8,9 @@ these parameters) planned still the same, by the same cache keys (flows.runner.c
 notebook source, parameters, input file contents, environment), with their cached files present,
 under the same settings, spec and policy? Then that version answers, as make or DVC answer for an
 up-to-date target, and the re-run is still accounted for: a ``notebook_pipeline`` flow run in a
-``Cached`` state on Prefect's server, with a Cached task run per notebook call and the run's
-summary artifact (Prefect's REST API), and an entry next to the version in the run store
-(``RunStore.add_rerun``). Any difference or doubt, and the flow runs as before.
+``Cached`` state on Prefect's server with a summary artifact naming the version and the cached
+notebook calls (Prefect's REST API; no task runs, as nothing ran), and an entry next to the
+version in the run store (``RunStore.add_rerun``). Any difference or doubt: the flow runs.
 
 The flow writes what this module checks (:func:`write_ticket`) when a run completes: what it
 planned. So "unchanged" here is the cache's own definition, not a second one.
@@ -22,7 +22,6 @@ import base64
 import hashlib
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,13 +33,12 @@ from flows.artifacts import SUMMARY_KEY, summary_markdown
 from flows.errors import NbprodError, RunStoreError
 from flows.manifest import file_sha256
 from flows.paths import home_dir, resolve_project_path, settings_environment, write_atomic
-from flows.runner import call_cache_key
+from flows.runner import call_cache_key, environment_fingerprint, environment_stamp
 from flows.store import RunStore, utc_now
 
 TICKETS_DIRNAME = "uptodate"
 TICKET_SCHEMA = 1
 FLOW_NAME = "notebook_pipeline"
-TASK_NAME = "run-notebook"
 HTTP_TIMEOUT_S = 10.0
 RETRIES = 5
 RETRY_CODES = (429, 502, 503)
@@ -91,6 +89,10 @@ def write_ticket(
         "settings": settings_environment(),
         "kernel_name": kernel_name,
         "calls": calls,
+        "environment": {
+            "fingerprint": environment_fingerprint(kernel_name),
+            "stamp": environment_stamp(),
+        },
         "prefect": dict(prefect or {}),
         "written_at": utc_now(),
     }
@@ -118,9 +120,17 @@ def current_ticket(
     try:
         if any(file_sha256(f) != digest for f, digest in ticket["files"].items()):
             return None
+        kernel_name = ticket["kernel_name"]
+        recorded = ticket["environment"]
+        unchanged = recorded["stamp"] == json.loads(json.dumps(environment_stamp()))
+        environment = recorded["fingerprint"] if unchanged else environment_fingerprint(kernel_name)
         for call in ticket["calls"]:
             key = call_cache_key(
-                Path(call["notebook"]), call["parameters"], call["secrets"], ticket["kernel_name"]
+                Path(call["notebook"]),
+                call["parameters"],
+                call["secrets"],
+                kernel_name,
+                environment=environment,
             )
             if key != call["cache_key"] or not all(Path(f).is_file() for f in call["cached"]):
                 return None
@@ -218,26 +228,23 @@ def answer_rerun(
         "spec": spec,
         "parameters": dict(parameters or {}),
     }
-    # Independent of each other: sent at once, so the re-run costs two round trips, not 2 + n.
-    steps = [lambda: store.add_rerun(version, rerun)]
-    steps += [lambda: _publish_summary(api, flow_run_id, {**record, "rerun": rerun}, store)]
-    steps += [
-        lambda i=i, call=call: _record_task_run(api, flow_run_id, i, call)
-        for i, call in enumerate(ticket["calls"])
-    ]
-    errors = _run_together(steps)
-    if errors:
+    # No task runs: nothing ran. The summary names the reused calls. And one request after the
+    # other: Prefect's SQLite server meets concurrent writes with 503 ("database is locked").
+    try:
+        _publish_summary(api, flow_run_id, {**record, "rerun": rerun}, ticket["calls"], store)
+        store.add_rerun(version, rerun)
+    except BaseException as exc:
         try:
             api.post(
                 f"/flow_runs/{flow_run_id}/set_state",
                 {
-                    "state": {"type": "FAILED", "message": f"recording the re-run: {errors[0]}"},
+                    "state": {"type": "FAILED", "message": f"recording the re-run: {exc}"},
                     "force": True,
                 },
             )
         except PrefectApiError:
             pass
-        raise errors[0]
+        raise
     return {**record, "rerun": rerun}, store
 
 
@@ -283,50 +290,21 @@ def _create_flow_run(
     return api.post("/flow_runs/", {**body, "flow_id": flow_id})["id"]
 
 
-def _run_together(steps: list[Any]) -> list[BaseException]:
-    """Run the callables in threads and wait for all; the exceptions they raised, in order."""
-    errors: list[BaseException | None] = [None] * len(steps)
-
-    def run(index: int) -> None:
-        try:
-            steps[index]()
-        except BaseException as exc:  # handed to the caller, which fails the run with it
-            errors[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(steps))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [e for e in errors if e is not None]
-
-
-def _record_task_run(
-    api: PrefectApi, flow_run_id: str, index: int, call: Mapping[str, Any]
-) -> None:
-    """A Cached task run for one notebook call, named as the flow names its own."""
-    api.post(
-        "/task_runs/",
-        {
-            "flow_run_id": flow_run_id,
-            "name": f"{TASK_NAME}-{call['name']}",
-            "task_key": f"{TASK_NAME}-up-to-date",
-            "dynamic_key": str(index),
-            "cache_key": call["cache_key"],
-            "state": {"type": "COMPLETED", "name": "Cached"},
-        },
-    )
-
-
 def _publish_summary(
-    api: PrefectApi, flow_run_id: str, record: dict[str, Any], store: RunStore
+    api: PrefectApi,
+    flow_run_id: str,
+    record: dict[str, Any],
+    calls: list[dict[str, Any]],
+    store: RunStore,
 ) -> None:
-    """The run's summary artifact, saying it is a re-run (its metrics table included)."""
+    """The run's summary artifact, saying it is a re-run and which cached calls answer it."""
     version = record["version"]
     links = {"run record": store.uri(version, "run.json"), "run folder": store.uri(version)}
+    reused = "\n".join(f"- `{c['name']}`: cache key `{c['cache_key']}`" for c in calls)
     summary = (
         f"Re-run answered by run `{version}` (finished {record.get('finished_at')}): notebooks, "
-        "parameters, input data, environment, settings and spec unchanged, nothing executed.\n\n"
+        "parameters, input data, environment, settings and spec unchanged, nothing executed. "
+        f"Notebook calls reused from the cache:\n\n{reused}\n\n"
         + summary_markdown(_without_nan(record), links)
     )
     api.post(

@@ -100,9 +100,6 @@ CHANGES: dict[str, Callable[[dict[str, Any], pytest.MonkeyPatch], None]] = {
     "policy": lambda p, _: p["policy"].write_text("floors: {roc_auc: 0.7}\n"),
     "a setting": lambda _, mp: mp.setenv("NBPROD_KERNEL_NAME", "other"),
     "a cached file": lambda p, _: p["cached"][1].unlink(),
-    "the environment": lambda _, mp: mp.setattr(
-        "flows.runner.package_versions", lambda: {"pandas": "0.0-upgraded"}
-    ),
 }
 
 
@@ -112,6 +109,24 @@ def test_any_change_the_cache_would_see_means_not_current(
 ) -> None:
     assert current(project) is not None
     CHANGES[change](project, monkeypatch)
+    assert current(project) is None
+
+
+def test_the_environment_is_read_again_only_when_its_stamp_changed(
+    project: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Package metadata is read (slowly) only when an install could have changed it."""
+    import sys
+
+    def unreadable() -> dict[str, str]:
+        raise AssertionError("package metadata read although the environment's stamp is the same")
+
+    monkeypatch.setattr("flows.runner.package_versions", unreadable)
+    assert current(project) is not None  # the recorded fingerprint was reused
+    # An install changes a folder on the import path (here: one more folder on it).
+    (tmp_path / "site").mkdir()
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path / "site")])
+    monkeypatch.setattr("flows.runner.package_versions", lambda: {"pandas": "0.0-upgraded"})
     assert current(project) is None
 
 

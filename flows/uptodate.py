@@ -85,7 +85,7 @@ def write_ticket(
         "run_store_url": run_store_url,
         "spec_file": str(spec_file),
         "parameters": dict(parameters or {}),
-        "files": {str(p): file_sha256(p) for p in (spec_file, *inputs) if Path(p).is_file()},
+        "files": {str(p): _content_hash(p) for p in (spec_file, *inputs)},
         "settings": settings_environment(),
         "kernel_name": kernel_name,
         "calls": calls,
@@ -118,7 +118,7 @@ def current_ticket(
     ):
         return None
     try:
-        if any(file_sha256(f) != digest for f, digest in ticket["files"].items()):
+        if any(_content_hash(f) != digest for f, digest in ticket["files"].items()):
             return None
         kernel_name = ticket["kernel_name"]
         recorded = ticket["environment"]
@@ -137,6 +137,11 @@ def current_ticket(
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return ticket
+
+
+def _content_hash(path: str | Path) -> str | None:
+    """A file's sha256, or None while it does not exist (so that creating it is a change)."""
+    return file_sha256(path) if Path(path).is_file() else None
 
 
 class PrefectApi:

@@ -98,6 +98,7 @@ CHANGES: dict[str, Callable[[dict[str, Any], pytest.MonkeyPatch], None]] = {
     "input data": lambda p, _: p["data"].write_text("1 2 4\n"),
     "spec": lambda p, _: p["spec"].write_text("name: step\nflow: notebook\n# edited\n"),
     "policy": lambda p, _: p["policy"].write_text("floors: {roc_auc: 0.7}\n"),
+    "policy removed": lambda p, _: p["policy"].unlink(),
     "a setting": lambda _, mp: mp.setenv("NBPROD_KERNEL_NAME", "other"),
     "a cached file": lambda p, _: p["cached"][1].unlink(),
 }

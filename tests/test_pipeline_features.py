@@ -122,17 +122,24 @@ def test_cache_hits_across_runs_and_misses_on_every_kind_of_change(
     assert metrics["step"]["total"] == 6
 
 
-def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
+@pytest.fixture
+def cli_spec(
     prefect_server: None, project: Path, tmp_path: Path
-) -> None:
-    """``nbprod run --spec`` on a notebook spec runs notebook_pipeline, as its deployment does."""
+) -> tuple[str, dict[str, str], RunStore]:
+    """The spec, the environment an ``nbprod`` process needs for the test server, the store."""
     from prefect.settings import PREFECT_API_URL
 
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return write_spec(project), env, RunStore(tmp_path / "home" / "runs")
+
+
+def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
+    cli_spec: tuple[str, dict[str, str], RunStore],
+) -> None:
+    """``nbprod run --spec`` on a notebook spec runs notebook_pipeline, as its deployment does."""
     from tests.nbprod_cli import run_nbprod
 
-    spec = write_spec(project)
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    store = RunStore(tmp_path / "home" / "runs")
+    spec, env, store = cli_spec
 
     first = run_nbprod("run", "--spec", spec, "--param", "value=3", env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -180,17 +187,13 @@ def _recorded_on_prefect(flow_run_id: str) -> dict[str, Any]:
 
 
 def test_an_unchanged_rerun_is_answered_by_its_run_and_recorded_on_prefect(
-    prefect_server: None, project: Path, tmp_path: Path
+    cli_spec: tuple[str, dict[str, str], RunStore], project: Path
 ) -> None:
     """``nbprod run --spec``, nothing changed: no flow engine, no kernel, still accounted for."""
-    from prefect.settings import PREFECT_API_URL
-
     from flows.artifacts import SUMMARY_KEY
     from tests.nbprod_cli import run_nbprod
 
-    spec = write_spec(project)
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    store = RunStore(tmp_path / "home" / "runs")
+    spec, env, store = cli_spec
 
     def nbprod_run(*extra: str, **more_env: str) -> str:
         proc = run_nbprod("run", "--spec", spec, *extra, env={**env, **more_env}, timeout=300)

@@ -276,10 +276,7 @@ class RunStore:
 
     def followups(self, version: str) -> list[dict[str, Any]]:
         """Runs recorded as caused by ``version``, oldest first."""
-        base = self._join(FOLLOWUPS_DIR, version)
-        if not self.fs.exists(base):
-            return []
-        return [self.read_json(p) for p in sorted(self.fs.ls(base, detail=False))]
+        return [self.read_json(p) for p in self._ls(self._join(FOLLOWUPS_DIR, version))]
 
     # -- re-runs -----------------------------------------------------------------------------
     def add_rerun(self, version: str, rerun: dict[str, Any]) -> str:
@@ -300,7 +297,4 @@ class RunStore:
         return [self.read_json(p) for p in self._ls(self._join(RERUNS_DIR, version))]
 
     def champion_history(self) -> list[dict[str, Any]]:
-        base = self._join(HISTORY_DIR)
-        if not self.fs.exists(base):
-            return []
-        return [self.read_json(p) for p in sorted(self.fs.ls(base, detail=False))]
+        return [self.read_json(p) for p in self._ls(self._join(HISTORY_DIR))]

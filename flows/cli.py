@@ -112,17 +112,48 @@ def load_run_spec(spec: str | None) -> Any:
     return load_spec(spec)
 
 
+def training_options_given(args: argparse.Namespace) -> list[str]:
+    """The training-only options on this command line, each with where a notebook spec says it."""
+    return [
+        f"{flag} ({fix})"
+        for attr, (flag, fix) in TRAINING_ONLY_OPTIONS.items()
+        if getattr(args, attr) not in (None, [])
+    ]
+
+
+def run_flow_from_cli(args: argparse.Namespace, flow_name: str, **arguments: Any) -> int:
+    """Start one of flows.pipeline's flows as ``nbprod run`` does, then print its record.
+
+    Warm kernels start before Prefect is imported (not under Dask, which runs the kernels in
+    its own worker processes), and nbprod's Prefect fixes are applied.
+    """
+    if args.dask is None:
+        prestart_kernels(args.spec)
+    from flows import pipeline
+    from flows.prefect_fixes import apply_prefect_fixes
+
+    apply_prefect_fixes()
+    flow_fn = getattr(pipeline, flow_name)
+    if args.dask is not None:
+        flow_fn = flow_fn.with_options(task_runner=dask_task_runner(args.dask))
+    record = flow_fn(
+        spec=args.spec,
+        no_cache=args.no_cache,
+        run_store_url=args.store,
+        triggered_by="cli",
+        **arguments,
+    )
+    print(render_run(record, open_store(args.store)))
+    return 0
+
+
 def run_notebook_spec(args: argparse.Namespace, spec: Any) -> int:
     """A notebook spec runs ``notebook_pipeline``, as its deployment does, not the training flow.
 
     Why refuse the training options rather than ignore them: a window or data file the user gave
     and the run silently did not use would be recorded as if it had.
     """
-    given = [
-        f"{flag} ({fix})"
-        for attr, (flag, fix) in TRAINING_ONLY_OPTIONS.items()
-        if getattr(args, attr) not in (None, [])
-    ]
+    given = training_options_given(args)
     if given:
         raise UsageError(
             f"{args.spec} is a notebook spec (flow: notebook), which the training options do not "
@@ -132,24 +163,7 @@ def run_notebook_spec(args: argparse.Namespace, spec: Any) -> int:
 
     params = dict(parse_assignment(p) for p in args.param)
     check_parameters(spec.notebook_paths()[-1], params)
-    if args.dask is None:
-        prestart_kernels(args.spec)
-    from flows.pipeline import notebook_pipeline
-    from flows.prefect_fixes import apply_prefect_fixes
-
-    apply_prefect_fixes()
-    flow_fn = notebook_pipeline
-    if args.dask is not None:
-        flow_fn = notebook_pipeline.with_options(task_runner=dask_task_runner(args.dask))
-    record = flow_fn(
-        spec=args.spec,
-        parameters=params or None,
-        no_cache=args.no_cache,
-        run_store_url=args.store,
-        triggered_by="cli",
-    )
-    print(render_run(record, open_store(args.store)))
-    return 0
+    return run_flow_from_cli(args, "notebook_pipeline", parameters=params or None)
 
 
 def dask_task_runner(address: str) -> Any:
@@ -211,11 +225,7 @@ def answer_unchanged_rerun(args: argparse.Namespace) -> bool:
     Before the spec is even parsed: the check (flows.uptodate) needs no pydantic, YAML or
     Prefect, which is the point. Only a notebook spec's completed runs leave what it checks.
     """
-    if (
-        not args.spec
-        or args.no_cache
-        or any(getattr(args, attr) not in (None, []) for attr in TRAINING_ONLY_OPTIONS)
-    ):
+    if not args.spec or args.no_cache or training_options_given(args):
         return False
     from flows.uptodate import answer_rerun
 
@@ -236,23 +246,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     train_params = dict(parse_assignment(p) for p in args.param)
     prepare_params = dict(parse_assignment(p) for p in args.prepare_param)
     precheck_parameters(prepare_params, train_params, spec)
-    if args.dask is None:  # Dask runs the kernels in its own worker processes
-        prestart_kernels(args.spec)
-    from flows.pipeline import training_pipeline
-    from flows.prefect_fixes import apply_prefect_fixes
-
-    apply_prefect_fixes()
-
     grid = dict(parse_assignment(p) for p in args.grid)
     for name, values in grid.items():
         if not isinstance(values, list):
             raise UsageError(f"--grid {name}: give a list, e.g. --grid {name}=[3,6]")
-    flow_fn = training_pipeline
-    if args.dask is not None:
-        flow_fn = training_pipeline.with_options(task_runner=dask_task_runner(args.dask))
-    record = flow_fn(
-        spec=args.spec,
-        no_cache=args.no_cache,
+    return run_flow_from_cli(
+        args,
+        "training_pipeline",
         train_grid=grid or None,
         data_path=args.data,
         reference_path=args.reference,
@@ -261,11 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         train_params=train_params,
         prepare_params=prepare_params,
         policy_path=args.policy,
-        run_store_url=args.store,
-        triggered_by="cli",
     )
-    print(render_run(record, open_store(args.store)))
-    return 0
 
 
 def render_run(record: dict[str, Any], store: Any) -> str:

@@ -7,12 +7,18 @@ under half a second, and Prefect, Evidently and BentoML each take seconds to imp
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+from flows.options import (
+    UsageError,
+    add_store_option,
+    open_store,
+    parse_assignment,
+)
 
 QUIET_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -21,41 +27,6 @@ QUIET_DEFAULTS = {
     # The embedded server needs 15-25 s to start on small machines; Prefect's default is 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
-
-
-class UsageError(Exception):
-    """A command-line value that cannot be used as given."""
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``k=v`` with v read as a Python literal when it is one (5, 0.1, True), else a string."""
-    if "=" not in text:
-        raise UsageError(f"--param {text!r} is not NAME=VALUE: write e.g. --param max_depth=4")
-    name, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return name.strip(), value
-
-
-def open_store(url: str | None) -> Any:
-    """The run store named on the command line, else the configured one."""
-    from flows.settings import load_settings
-    from flows.store import RunStore
-
-    return RunStore(url or load_settings().resolved_run_store_url)
-
-
-def add_store_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--store URL`` for every command that reads or writes the run store."""
-    parser.add_argument(
-        "--store",
-        default=None,
-        metavar="URL",
-        help="run store: folder or fsspec URL (default: $NBPROD_RUN_STORE_URL or .nbprod/runs)",
-    )
-    return parser
 
 
 def _fmt_metric(record: dict[str, Any], name: str) -> str:

@@ -34,8 +34,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from flows.cli import add_store_option, open_store
 from flows.errors import ContainerizeError
+from flows.options import add_store_option, open_store
 
 # Set to a docker client binary to use exactly that one (no detection).
 DOCKER_ENV_VAR = "NBPROD_DOCKER"

@@ -17,8 +17,8 @@ import os
 import sys
 from typing import Any
 
-from flows.cli import add_store_option, open_store
 from flows.errors import RollbackError, RunStoreError
+from flows.options import add_store_option, open_store
 
 # A training run's triggered_by starting with one of these was started by drift monitoring.
 RETRAIN_TRIGGERS = ("drift", "automation", "nbprod.drift")

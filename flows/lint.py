@@ -1597,7 +1597,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    from flows.cli import parse_assignment
+    from flows.options import parse_assignment
     from flows.repro import check_reproducibility, render_repro
     from flows.settings import load_settings
 

@@ -664,7 +664,7 @@ def render_promotion(result: PromotionResult) -> str:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from flows.cli import parse_assignment
+    from flows.options import parse_assignment
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.cli import add_store_option, open_store
 from flows.errors import InferenceLogError, ServingError
+from flows.options import add_store_option, open_store
 
 if TYPE_CHECKING:
     import subprocess

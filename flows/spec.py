@@ -43,7 +43,8 @@ __all__ = [
 SPECS_DIR = "deployments"
 NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 TRAINING_DATA_KEYS = ("data_path", "reference_path", "start_date", "end_date")
-TRAINING_NOTEBOOKS = ("notebooks/prepare.ipynb", "notebooks/train.ipynb")
+DEFAULT_PIPELINE = "training"
+Task = Literal["classification", "regression"]
 
 
 def spec_path(name: str, root: Path | None = None) -> Path:
@@ -162,7 +163,34 @@ class PipelineSpec(_Strict):
     description: str = Field(default="", description="Shown on the Prefect deployment.")
     notebooks: list[str] = Field(
         min_length=1,
-        description="Project-relative notebook paths in run order (training: prepare, train).",
+        description="Project-relative notebook paths in run order.",
+    )
+    task: Task | None = Field(
+        default=None,
+        description="Training: 'classification' (binary or multiclass, from the target's "
+        "values) or 'regression'.",
+    )
+    target: str | None = Field(default=None, description="Training: the target column.")
+    id_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns that identify a row: never features, kept in predictions.",
+    )
+    time_column: str | None = Field(
+        default=None,
+        description="Column the data window and monitoring read time from; none: all rows.",
+    )
+    model_name: str | None = Field(
+        default=None, description="BentoML model name; default the pipeline name."
+    )
+    model_file: str | None = Field(
+        default=None,
+        description="The fitted model a notebook writes to its output_dir; default "
+        "model.joblib or model.pkl.",
+    )
+    holdout_file: str | None = Field(
+        default=None,
+        description="The holdout rows (features and target) a notebook writes to its "
+        "output_dir; default holdout.parquet or holdout.csv.",
     )
     parameters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -170,11 +198,12 @@ class PipelineSpec(_Strict):
     )
     data: dict[str, str] = Field(
         default_factory=dict,
-        description="Training inputs: data_path, reference_path, start_date, end_date "
-        "(missing keys take the flow's defaults).",
+        description="Training inputs: data_path, reference_path (schema and drift baseline; "
+        "default the data), start_date, end_date (the window on time_column).",
     )
     policy: str | None = Field(
-        default=None, description="Gate policy YAML (project-relative); default the settings'."
+        default=None,
+        description="Gate policy YAML (project-relative); default the task's built-in policy.",
     )
     schedule: Schedule | None = Field(default=None, description="None: run on demand only.")
     work_pool: str = Field(default="nbprod-process", description="Prefect work pool to run on.")
@@ -220,21 +249,19 @@ class PipelineSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
-        if self.flow == "training" and len(self.notebooks) != 2:
-            raise ValueError(
-                "a training pipeline has exactly two notebooks, prepare then train, e.g. "
-                f"{list(TRAINING_NOTEBOOKS)}"
-            )
         if self.flow == "training":
-            unknown = sorted(set(self.data) - set(TRAINING_DATA_KEYS))
-            if unknown:
+            self._check_training()
+        else:
+            training_only = [
+                f
+                for f in ("task", "target", "time_column", "model_file", "holdout_file")
+                if getattr(self, f) is not None
+            ]
+            if self.data or self.id_columns or training_only:
                 raise ValueError(
-                    f"unknown data key(s) {unknown}: expected {list(TRAINING_DATA_KEYS)}"
+                    f"{['data', 'id_columns', *training_only]} apply to training pipelines "
+                    "only: put a notebook's inputs in parameters"
                 )
-        elif self.data:
-            raise ValueError(
-                "'data' applies to training pipelines only: put a notebook's inputs in parameters"
-            )
         stems = set(self.stems)
         for section in ("parameters", "grid", "secrets"):
             unknown = sorted(set(getattr(self, section)) - stems)
@@ -248,6 +275,53 @@ class PipelineSpec(_Strict):
             if both:
                 raise ValueError(f"{stem}: {both} given both as parameters and as secrets")
         return self
+
+    def _check_training(self) -> None:
+        if self.task is None:
+            raise ValueError(
+                "a training pipeline needs 'task': classification or regression "
+                "(nbprod promote --task)"
+            )
+        if not self.target:
+            raise ValueError(
+                "a training pipeline needs 'target': the column to predict (nbprod promote "
+                "--target)"
+            )
+        unknown = sorted(set(self.data) - set(TRAINING_DATA_KEYS))
+        if unknown:
+            raise ValueError(f"unknown data key(s) {unknown}: expected {list(TRAINING_DATA_KEYS)}")
+        if "data_path" not in self.data:
+            raise ValueError("a training pipeline needs data.data_path (nbprod promote --data)")
+        if ("start_date" in self.data or "end_date" in self.data) and not self.time_column:
+            raise ValueError(
+                "data.start_date/end_date need 'time_column' (nbprod promote --time-column)"
+            )
+        roles = [self.target, *self.id_columns, *([self.time_column] if self.time_column else [])]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"target, id_columns and time_column overlap: {roles}")
+        for stem, params in self.parameters.items():
+            given = params.get("target")
+            if given is not None and given != self.target:
+                raise ValueError(
+                    f"parameters.{stem}.target is {given!r} but the pipeline's target is "
+                    f"{self.target!r}: nbprod passes the spec's target to notebooks that "
+                    "declare it; remove the parameter or change 'target'"
+                )
+
+    @property
+    def resolved_model_name(self) -> str:
+        """The BentoML model name: ``model_name``, else the pipeline name."""
+        return self.model_name or self.name
+
+    @property
+    def non_feature_columns(self) -> list[str]:
+        """Columns that are never model features: ids, time and target."""
+        columns = [*self.id_columns]
+        if self.time_column:
+            columns.append(self.time_column)
+        if self.target:
+            columns.append(self.target)
+        return columns
 
     @property
     def stems(self) -> list[str]:
@@ -269,6 +343,26 @@ class PipelineSpec(_Strict):
     def relative_path(self) -> str:
         """``deployments/<name>.yaml``: what a deployment passes as its ``spec`` parameter."""
         return f"{SPECS_DIR}/{self.name}.yaml"
+
+
+def training_specs(root: Path | None = None) -> list[str]:
+    """Names of the project's training pipelines (``deployments/*.yaml`` with flow training)."""
+    folder = (root or project_root()) / SPECS_DIR
+    names = []
+    for file in sorted(folder.glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(raw, dict) and raw.get("flow") == "training" and raw.get("name") == file.stem:
+            names.append(file.stem)
+    return names
+
+
+def default_pipeline(root: Path | None = None) -> str:
+    """The project's only training pipeline, else ``training``."""
+    names = training_specs(root)
+    return names[0] if len(names) == 1 else DEFAULT_PIPELINE
 
 
 def _format_errors(path: Path, exc: ValidationError) -> str:

@@ -15,9 +15,12 @@ from typing import Any, NoReturn
 
 from flows.options import (
     UsageError,
+    add_pipeline_option,
     add_store_option,
+    join_durations,
     open_store,
     parse_assignment,
+    resolve_pipeline,
 )
 
 QUIET_DEFAULTS = {
@@ -43,23 +46,37 @@ def _fmt_number(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
 
 
+def notebook_parameters(assignments: list[str], stems: list[str]) -> dict[str, dict[str, Any]]:
+    """``--param NAME=VALUE`` for the last notebook, ``--param STEM.NAME=VALUE`` for another."""
+    by_stem: dict[str, dict[str, Any]] = {}
+    for text in assignments:
+        name, value = parse_assignment(text)
+        stem, _, bare = name.rpartition(".")
+        if stem and stem not in stems:
+            raise UsageError(
+                f"--param {text!r}: no notebook {stem!r} in this pipeline (notebooks: "
+                f"{', '.join(stems)})"
+            )
+        by_stem.setdefault(stem or stems[-1], {})[bare] = value
+    return by_stem
+
+
 def precheck_parameters(
-    prepare_params: dict[str, Any], train_params: dict[str, Any], spec: Any = None
+    spec: Any, parameters: dict[str, dict[str, Any]], grid: dict[str, list[Any]] | None = None
 ) -> None:
-    """Fail in milliseconds, before a Prefect server or a kernel starts, on a parameter typo.
+    """Fail in milliseconds, before a Prefect server or a kernel starts, on a parameter typo."""
+    from flows.planning import plan_chain
 
-    Checked against the notebooks that will run: a training spec may name its own pair.
-    """
-    from flows.notebook import check_not_reserved, check_parameters
-    from flows.settings import load_settings
-
-    check_not_reserved(prepare_params, train_params)
-    if spec is not None and len(spec.notebooks) >= 2:
-        prepare_nb, train_nb = spec.notebook_paths()[-2:]
+    if spec.flow == "training":
+        plan_chain(
+            spec,
+            overrides=parameters,
+            grid=grid,
+            first_inputs={"data_path": "."},
+            shared={"target": spec.target},
+        )
     else:
-        prepare_nb, train_nb = load_settings().training_notebooks
-    check_parameters(prepare_nb, prepare_params)
-    check_parameters(train_nb, train_params)
+        plan_chain(spec, overrides=parameters)
 
 
 # `nbprod run` options that only the training pipeline takes, and where a notebook spec says it.
@@ -68,16 +85,20 @@ TRAINING_ONLY_OPTIONS = {
     "reference": ("--reference", "give data files as notebook parameters (--param NAME_path=FILE)"),
     "start": ("--start", "give the window as notebook parameters, or in the spec's parameters"),
     "end": ("--end", "give the window as notebook parameters, or in the spec's parameters"),
-    "prepare_param": ("--prepare-param", "use --param for the spec's last notebook"),
     "grid": ("--grid", "write the grid in the spec (grid: {NOTEBOOK: {NAME: [V1, V2]}})"),
     "policy": ("--policy", "name the ranking policy in the spec (policy: FILE)"),
 }
 
 
-def load_run_spec(spec: str | None) -> Any:
-    """The spec ``nbprod run --spec`` names, validated, or None; a bad spec is a ConfigError."""
-    if not spec:
-        return None
+def run_spec_path(args: argparse.Namespace) -> str:
+    """``--spec``, else ``--pipeline``'s spec, else the project's default pipeline's."""
+    if args.spec:
+        return str(args.spec)
+    return f"deployments/{resolve_pipeline(args)}.yaml"
+
+
+def load_run_spec(spec: str) -> Any:
+    """The spec ``nbprod run`` runs, validated; a bad spec is a ConfigError."""
     from flows.spec import load_spec
 
     return load_spec(spec)
@@ -130,11 +151,12 @@ def run_notebook_spec(args: argparse.Namespace, spec: Any) -> int:
             f"{args.spec} is a notebook spec (flow: notebook), which the training options do not "
             f"apply to: {'; '.join(given)}"
         )
-    from flows.notebook import check_parameters
-
-    params = dict(parse_assignment(p) for p in args.param)
-    check_parameters(spec.notebook_paths()[-1], params)
-    return run_flow_from_cli(args, "notebook_pipeline", parameters=params or None)
+    params = notebook_parameters(args.param, spec.stems)
+    precheck_parameters(spec, params)
+    # The last notebook's alone stay a flat dict: the form an up-to-date re-run is keyed by.
+    flat = set(params) <= {spec.stems[-1]}
+    given = params.get(spec.stems[-1]) if flat else params
+    return run_flow_from_cli(args, "notebook_pipeline", parameters=given or None)
 
 
 def dask_task_runner(address: str) -> Any:
@@ -160,7 +182,7 @@ def dask_task_runner(address: str) -> Any:
     )
 
 
-def prestart_kernels(spec: str | None) -> None:
+def prestart_kernels(spec: str) -> None:
     """Start the warm kernel server (flows.kernels) before Prefect is imported.
 
     Why here: importing Prefect and starting a flow run take seconds of this process's time;
@@ -179,14 +201,12 @@ def prestart_kernels(spec: str | None) -> None:
     if not settings.warm_kernels:
         stop_kernel_server()
         return
-    notebooks = list(settings.training_notebooks)
-    if spec:
-        from flows.spec import load_spec, resolve_project_path
+    from flows.spec import load_spec, resolve_project_path
 
-        try:
-            notebooks = load_spec(resolve_project_path(spec)).notebook_paths()
-        except (NbprodError, OSError, ValueError):
-            return
+    try:
+        notebooks = load_spec(resolve_project_path(spec)).notebook_paths()
+    except (NbprodError, OSError, ValueError):
+        return
     start_kernel_server(notebooks)
 
 
@@ -201,6 +221,8 @@ def answer_unchanged_rerun(args: argparse.Namespace) -> bool:
     from flows.uptodate import answer_rerun
 
     params = dict(parse_assignment(p) for p in args.param)
+    if any("." in name for name in params):  # another notebook's: the flow sorts it out
+        return False
     answered = answer_rerun(args.spec, params or None, args.store, "cli")
     if answered is None:
         return False
@@ -211,33 +233,34 @@ def answer_unchanged_rerun(args: argparse.Namespace) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     if answer_unchanged_rerun(args):
         return 0
+    args.spec = run_spec_path(args)
     spec = load_run_spec(args.spec)
-    if spec is not None and spec.flow == "notebook":
+    if spec.flow == "notebook":
         return run_notebook_spec(args, spec)
-    train_params = dict(parse_assignment(p) for p in args.param)
-    prepare_params = dict(parse_assignment(p) for p in args.prepare_param)
-    precheck_parameters(prepare_params, train_params, spec)
+    params = notebook_parameters(args.param, spec.stems)
     grid = dict(parse_assignment(p) for p in args.grid)
     for name, values in grid.items():
         if not isinstance(values, list):
             raise UsageError(f"--grid {name}: give a list, e.g. --grid {name}=[3,6]")
+    precheck_parameters(spec, params, grid or None)
     return run_flow_from_cli(
         args,
         "training_pipeline",
-        train_grid=grid or None,
+        parameters=params or None,
+        grid=grid or None,
         data_path=args.data,
         reference_path=args.reference,
         start_date=args.start,
         end_date=args.end,
-        train_params=train_params,
-        prepare_params=prepare_params,
         policy_path=args.policy,
     )
 
 
 def render_run(record: dict[str, Any], store: Any) -> str:
+    from flows.store import flow_of
+
     kind = record.get("kind") or (
-        "notebook" if record.get("pipeline") == "notebook_pipeline" else "training"
+        "notebook" if flow_of(record) == "notebook_pipeline" else "training"
     )
     lines = [f"run {record['version']} ({kind}): {record['status'].upper()}"]
     rerun = record.get("rerun")
@@ -284,25 +307,54 @@ def render_run(record: dict[str, Any], store: Any) -> str:
     return "\n".join(lines)
 
 
+def _metrics_summary(record: dict[str, Any], limit: int = 4) -> str:
+    """A run's first numeric candidate metrics (not ``rows``), whatever its task; ``—`` if none."""
+    metrics = (record.get("metrics") or {}).get("candidate") or {}
+    shown = [f"{k} {_fmt_number(v)}" for k, v in metrics.items() if k != "rows" and _is_number(v)]
+    return "  ".join(shown[:limit]) or "—"
+
+
+def _why_not_accepted(record: dict[str, Any]) -> str:
+    """A failed run's error (not a gate check that passed before it failed), else the first
+    reason of a run that was not accepted."""
+    if record["status"] == "failed" and record.get("error"):
+        return str(record["error"])
+    if record["status"] == "accepted":
+        return ""
+    return str((record.get("reasons") or [record.get("error") or ""])[0])
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    runs = open_store(args.store).list_runs()
+    """Every pipeline's runs, or one's with ``--pipeline``; a PIPELINE column when several show."""
+    from flows.store import pipeline_of
+
+    runs = open_store(args.store).list_runs(args.pipeline)
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
     if not runs:
-        print("no runs yet: start one with `nbprod run`")
+        scope = f" for pipeline {args.pipeline}" if args.pipeline else ""
+        print(f"no runs yet{scope}: start one with `nbprod run`")
         return 0
-    width = 1 + max(len(r["version"]) for r in runs)  # never runs into STATUS, whatever the format
-    header = f"{'VERSION':<{width}} {'STATUS':<9} {'ROC_AUC':>8} {'F1':>7} {'STARTED':<26} REASON"
-    print(header)
-    for r in runs:
-        reason = (
-            (r.get("reasons") or [r.get("error") or ""])[0] if r["status"] != "accepted" else ""
-        )
-        print(
-            f"{r['version']:<{width}} {r['status']:<9} {_fmt_metric(r, 'roc_auc'):>8} "
-            f"{_fmt_metric(r, 'f1'):>7} {r.get('started_at', ''):<26} {reason[:80]}"
-        )
+    rows = [
+        {
+            "pipeline": pipeline_of(r),
+            "version": r["version"],
+            "status": r["status"],
+            "started": r.get("started_at") or "—",
+            "metrics": _metrics_summary(r),
+            "reason": _why_not_accepted(r)[:80],
+        }
+        for r in runs
+    ]
+    columns = ["version", "status", "started", "metrics"]
+    if len({row["pipeline"] for row in rows}) > 1:
+        columns.insert(0, "pipeline")
+    # Each column as wide as its longest value plus one: nothing runs into the next column.
+    widths = {c: 1 + max(len(c), *(len(row[c]) for row in rows)) for c in columns}
+    print("".join(f"{c.upper():<{widths[c]}}" for c in columns) + "REASON")
+    for row in rows:
+        print(("".join(f"{row[c]:<{widths[c]}}" for c in columns) + row["reason"]).rstrip())
     return 0
 
 
@@ -312,7 +364,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2, default=str))
         return 0
+    from flows.store import pipeline_of
+
     print(render_run(record, store))
+    print(f"  pipeline {pipeline_of(record)}")
     reruns = store.reruns(args.version)
     if reruns:
         last = reruns[-1]
@@ -327,16 +382,22 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_champion(args: argparse.Namespace) -> int:
-    champion = open_store(args.store).champion()
-    if champion is None:
-        print("no champion yet: the first accepted `nbprod run` becomes the champion")
-        return 0
+    """The pipeline's champion (``--pipeline``, else the project's default); JSON null if none."""
+    pipeline = resolve_pipeline(args)
+    champion = open_store(args.store).champion(pipeline)
     if args.json:
         print(json.dumps(champion, indent=2, default=str))
         return 0
+    if champion is None:
+        print(
+            f"no champion yet for pipeline {pipeline}: its first accepted `nbprod run` becomes "
+            "the champion"
+        )
+        return 0
     metrics = champion.get("metrics") or {}
     print(
-        f"champion {champion['version']} since {champion.get('since')} ({champion.get('reason')})"
+        f"champion of {pipeline}: {champion['version']} since {champion.get('since')} "
+        f"({champion.get('reason')})"
     )
     print(f"  model {champion.get('model_tag')}  bento {champion.get('bento_tag')}")
     print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
@@ -367,23 +428,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run = add_store_option(
         sub.add_parser(
             "run",
-            help="run the training pipeline, or the notebook pipeline a --spec names "
+            help="run a pipeline from its spec: training (gate, reports, bento) or notebook "
             "(embedded Prefect server unless PREFECT_API_URL is set)",
         )
     )
+    add_pipeline_option(run)
     run.add_argument(
         "--spec",
         default=None,
         metavar="YAML",
         help="pipeline spec written by `nbprod promote` (deployments/NAME.yaml)",
     )
-    run.add_argument("--data", default=None, help="raw input data (default data/loans.csv)")
+    run.add_argument("--data", default=None, help="input data file (default: the spec's)")
     run.add_argument(
         "--reference",
         default=None,
-        help="reference-period data: schema and drift baseline (default data/reference.csv)",
+        help="reference data: schema and drift baseline (default: the spec's)",
     )
-    run.add_argument("--start", default=None, help="window start, inclusive (2024-01-01)")
+    run.add_argument(
+        "--start", default=None, help="window start on the time column, inclusive (2024-01-01)"
+    )
     run.add_argument("--end", default=None, help="window end, exclusive (2024-10-01)")
     run.add_argument(
         "--grid",
@@ -411,23 +475,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="train notebook parameter, repeatable (e.g. --param max_depth=4); with a "
-        "notebook spec, the spec's last notebook's",
+        help="notebook parameter, repeatable: NAME=VALUE for the last notebook, "
+        "STEM.NAME=VALUE for another (e.g. --param max_depth=4 --param prepare.test_fraction=0.3)",
     )
-    run.add_argument(
-        "--prepare-param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="prepare notebook parameter, repeatable",
-    )
-    run.add_argument(
-        "--policy", default=None, help="gate policy YAML (default deployments/policy.yaml)"
-    )
+    run.add_argument("--policy", default=None, help="gate policy YAML (default: the spec's policy)")
     run.set_defaults(func=cmd_run)
 
     runs = add_store_option(
         sub.add_parser("runs", help="list run versions with status and metrics")
+    )
+    runs.add_argument(
+        "--pipeline",
+        default=None,
+        metavar="NAME",
+        help="only this pipeline's runs (default: every pipeline's)",
     )
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=cmd_runs)
@@ -437,7 +498,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
-    champ = add_store_option(sub.add_parser("champion", help="show the current champion"))
+    champ = add_pipeline_option(
+        add_store_option(sub.add_parser("champion", help="show a pipeline's current champion"))
+    )
     champ.add_argument("--json", action="store_true", help="machine-readable output")
     champ.set_defaults(func=cmd_champion)
     if command in OWN_COMMANDS:
@@ -459,22 +522,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from flows.history import register_commands as register_history_commands
 
     register_history_commands(sub)
+    from flows.monitor_cli import register_commands as register_monitor_commands
+
+    register_monitor_commands(sub)
     return parser
 
 
 def prepare_environment() -> None:
-    """Quiet, patient defaults; and Prefect's home must exist or its SQLite file cannot open."""
+    """Quiet, patient defaults, and state under the project whatever the entry point.
+
+    ``PREFECT_HOME`` and ``BENTOML_HOME`` default to ``<project>/.nbprod/{prefect,bentoml}``
+    (as ``make`` sets them) and exist: Prefect cannot open its SQLite file otherwise. Runs
+    before Prefect or BentoML is imported, since both read their home once, at import.
+    """
+    from flows.paths import apply_state_defaults
+
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    for key in ("PREFECT_HOME", "BENTOML_HOME"):
-        if os.environ.get(key):
-            os.makedirs(os.path.expanduser(os.environ[key]), exist_ok=True)
+    apply_state_defaults()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(join_durations(argv))
     from flows.errors import NbprodError
 
     try:

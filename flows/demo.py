@@ -14,7 +14,6 @@ prints the new champion or the gate's reasons for rejecting it.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -35,6 +34,7 @@ def _bento_path(tag: str) -> str:
 
 DRIFTED_WINDOW = ("2024-10-01", "2025-01-01")
 TRAINING_SPEC = "deployments/training.yaml"
+PIPELINE = "training"
 TRAFFIC_ROWS = 1_200
 CLIENTS = 8
 RETRAIN_TIMEOUT_S = 900.0
@@ -74,8 +74,8 @@ def continuous_training(champion: dict[str, Any]) -> dict[str, Any] | None:
         wait_for_worker,
     )
     from flows.monitoring import monitoring_pipeline
-    from flows.pipeline import DRIFT_TRIGGER_PREFIX
     from flows.promote import deploy, ensure_work_pool
+    from flows.runs import DRIFT_TRIGGER_PREFIX
     from flows.serving import running_bento
     from flows.settings import PROJECT_ROOT, load_settings
     from flows.spec import load_spec
@@ -147,16 +147,18 @@ def run_demo() -> int:
     store = RunStore(settings.resolved_run_store_url)
     try:
         _say("Run 1: train on 2024-01..2024-09 with the notebook defaults")
-        first: dict[str, Any] = training_pipeline(triggered_by="demo")
+        first: dict[str, Any] = training_pipeline(spec=TRAINING_SPEC, triggered_by="demo")
         _say(f"Run 1 {first['status']}: " + "; ".join(first.get("reasons") or []))
         _say(f"Run 2: a degraded configuration {DEGRADED}")
-        second: dict[str, Any] = training_pipeline(train_params=DEGRADED, triggered_by="demo")
+        second: dict[str, Any] = training_pipeline(
+            spec=TRAINING_SPEC, parameters={"train": DEGRADED}, triggered_by="demo"
+        )
         _say(f"Run 2 {second['status']}: " + "; ".join(second.get("reasons") or []))
     except NbprodError as exc:
         print(f"nbprod demo: error: {exc}", file=sys.stderr)
         return 1
 
-    champion = store.champion()
+    champion = store.champion(PIPELINE)
     print("\nWhat was stored:")
     for record in (first, second):
         v = record["version"]
@@ -171,10 +173,7 @@ def run_demo() -> int:
         print(f"\nChampion: {champion['version']}  model {champion['model_tag']}")
         print(f"  bento:    {champion['bento_tag']}  at {_bento_path(champion['bento_tag'])}")
         print("\nServe it (answers on http://127.0.0.1:3000, POST /predict):")
-        print(
-            f"  BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')} "
-            f".venv/bin/bentoml serve {champion['bento_tag']} --host 127.0.0.1 --port 3000"
-        )
+        print(f"  .venv/bin/nbprod serve --pipeline {PIPELINE} --port 3000")
     ok = first["status"] == "accepted" and second["status"] == "rejected"
     if not ok or not champion:
         print("demo: expected run 1 accepted and run 2 rejected", file=sys.stderr)
@@ -190,7 +189,7 @@ def run_demo() -> int:
             "demo: monitoring found no drift, or the retraining run left no record", file=sys.stderr
         )
         return 1
-    now = store.champion() or {}
+    now = store.champion(PIPELINE) or {}
     _say(
         f"Retraining {retrain['version']} ({retrain['triggered_by']}): {retrain['status'].upper()}"
     )

@@ -1,9 +1,9 @@
 """Running notebooks under the notebook contract.
 
 The contract: a notebook declares its inputs in a cell tagged ``parameters`` (plain assignments
-with literal defaults, one of them ``output_dir``) and, as its last step, writes its files plus
-``outputs.json`` (``{"outputs": {name: file}, "metrics": {name: number}, "values": {...}}``) into
-``output_dir``. nbprod checks parameters before a kernel starts, because papermill on its own
+with literal defaults, one of them ``output_dir``) and writes its files into ``output_dir``;
+an ``outputs.json`` there (``{"outputs": {name: file}, "metrics": {...}, "values": {...}}``) is
+optional. nbprod checks parameters before a kernel starts, because papermill on its own
 only warns about unknown names and never checks types.
 """
 
@@ -465,55 +465,46 @@ def execute_notebook(
     return executed
 
 
-def read_outputs(
-    notebook: str, output_dir: Path, *, required: tuple[str, ...] = ()
-) -> NotebookOutputs:
-    """Read outputs.json back and check every declared file exists."""
+def read_outputs(notebook: str, output_dir: Path) -> NotebookOutputs:
+    """The files a notebook wrote into ``output_dir``, by stem, plus its optional outputs.json.
+
+    ``outputs.json`` (``{"outputs": {name: file}, "metrics": {...}, "values": {...}}``) may name
+    outputs (each must exist) and add metrics and values; without it every top-level file is an
+    output named by its stem (``holdout.parquet`` -> ``holdout``).
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise OutputContractError(
+            f"notebook {notebook} has no output_dir {output_dir}: it must write its files there"
+        )
+    outputs: dict[str, Path] = {}
+    for path in sorted(output_dir.iterdir()):
+        if path.is_file() and path.name != OUTPUTS_FILE and not path.name.startswith("."):
+            outputs.setdefault(path.stem, path)
+    raw: dict[str, Any] = {}
     manifest = output_dir / OUTPUTS_FILE
-    if not manifest.exists():
+    if manifest.exists():
+        try:
+            raw = json.loads(manifest.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OutputContractError(
+                f"notebook {notebook}: {manifest} is not valid JSON: {exc}"
+            ) from exc
+        if not isinstance(raw, dict):
+            raise OutputContractError(
+                f"notebook {notebook}: {manifest} must be a mapping with outputs, metrics, values"
+            )
+    declared = {name: output_dir / rel for name, rel in (raw.get("outputs") or {}).items()}
+    missing_files = sorted(name for name, path in declared.items() if not path.exists())
+    if missing_files:
         raise OutputContractError(
-            f"notebook {notebook} wrote no {OUTPUTS_FILE} in its output_dir {output_dir}: "
-            f"its last cell must write {{'outputs': ..., 'metrics': ..., 'values': ...}} there"
+            f"notebook {notebook} broke the output contract: its {OUTPUTS_FILE} declares "
+            f"{missing_files} but the files do not exist in {output_dir}"
         )
-    try:
-        raw = json.loads(manifest.read_text())
-    except json.JSONDecodeError as exc:
-        raise OutputContractError(
-            f"notebook {notebook}: {manifest} is not valid JSON: {exc}"
-        ) from exc
-    outputs = {name: output_dir / rel for name, rel in (raw.get("outputs") or {}).items()}
-    missing_files = sorted(name for name, path in outputs.items() if not path.exists())
-    missing_names = sorted(set(required) - set(outputs))
-    if missing_files or missing_names:
-        raise OutputContractError(
-            f"notebook {notebook} broke the output contract: "
-            + (f"declares {missing_files} but the files do not exist; " if missing_files else "")
-            + (f"does not declare required outputs {missing_names}" if missing_names else "")
-        )
+    outputs.update(declared)
     metrics = {
-        k: float(v) for k, v in (raw.get("metrics") or {}).items() if isinstance(v, int | float)
+        k: float(v)
+        for k, v in (raw.get("metrics") or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
     }
     return NotebookOutputs(notebook, output_dir, outputs, metrics, raw.get("values") or {})
-
-
-RESERVED = {
-    "prepare": ("data_path", "start_date", "end_date", "output_dir"),
-    "train": ("train_path", "test_path", "output_dir"),
-}
-
-
-def check_not_reserved(
-    prepare_params: dict[str, Any] | None, train_params: dict[str, Any] | None
-) -> None:
-    """Paths and windows are wired by the pipeline; a user value would be silently overridden."""
-    clashes = [
-        f"{nb}.{name}"
-        for nb, given in (("prepare", prepare_params), ("train", train_params))
-        for name in RESERVED[nb]
-        if name in (given or {})
-    ]
-    if clashes:
-        raise ParameterError(
-            f"parameter(s) {', '.join(clashes)} are set by the pipeline itself: use the flow's "
-            "data_path / start_date / end_date arguments (nbprod run --data/--start/--end)"
-        )

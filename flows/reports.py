@@ -1,9 +1,10 @@
 """Evidently reports for the pipeline: data summary, data drift and model performance.
 
 Each report is written twice: an HTML page for people and Evidently's own snapshot JSON, so the
-run can later be loaded into an Evidently workspace. The numbers the gate and the run records
-need are pulled out of the snapshot into a small ``summary`` digest, so no caller has to know
-Evidently's metric layout.
+run can later be loaded into an Evidently workspace. The numbers the run records need are pulled
+out of the snapshot into a small ``summary`` digest, so no caller has to know Evidently's metric
+layout. The model performance report uses the task's preset (flows.tasks): classification
+(binary or multiclass, labels as strings or numbers) or regression.
 
 Evidently takes seconds to import, so it is imported inside the functions that use it; importing
 this module stays cheap (the CLI's ``--help`` budget).
@@ -11,10 +12,12 @@ this module stays cheap (the CLI's ``--help`` budget).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.tasks import Scored, TaskName, evidently_preset, task_info
 from flows.warmup import warm_up
 
 if TYPE_CHECKING:
@@ -22,11 +25,14 @@ if TYPE_CHECKING:
     from evidently.core.report import Snapshot
 
 __all__ = [
+    "EVIDENTLY_WARM_UP",
     "ColumnRoles",
     "ReportFiles",
+    "warm_up_evidently",
     "write_data_drift_report",
     "write_data_summary_report",
     "write_model_performance_report",
+    "write_training_reports",
 ]
 
 EVIDENTLY_WARM_UP = "evidently"
@@ -36,34 +42,40 @@ def warm_up_evidently() -> None:
     """Import what the report functions import, in the background (flows.warmup).
 
     Why: Evidently takes ~5 s to import; the training flow starts this while its notebooks run
-    and calls ``wait_for_warm_up(EVIDENTLY_WARM_UP)`` once they are done.
+    and calls ``wait_for_warm_up(EVIDENTLY_WARM_UP)`` once they are done. It covers
+    ``sklearn.metrics`` too (~1 s, flows.tasks.compute_metrics), which Evidently imports anyway.
     """
 
     def load() -> None:
         import evidently.core.report
         import evidently.metrics
         import evidently.presets  # noqa: F401
+        import sklearn.metrics  # noqa: F401
 
     warm_up(EVIDENTLY_WARM_UP, load)
 
 
-# Evidently's classification task names inside one DataDefinition. Two tasks are needed because
-# 0.7.23 silently ignores ``prediction_labels`` when ``prediction_probas`` is set on the same task
-# and re-derives labels at a 0.5 threshold; the model's own labels may use another threshold.
+# Evidently task names inside one DataDefinition. Two are needed because 0.7.23 ignores
+# ``prediction_labels`` when ``prediction_probas`` is set on the same task and re-derives labels
+# from the probabilities (0.5 or argmax); the model's own predict() may decide otherwise.
 _LABELS_TASK = "default"  # ClassificationPreset's per-label metrics hard-code this name
 _SCORES_TASK = "scores"
+_TARGET = "target"
+_PREDICTION = "prediction"
 
 
 @dataclass(frozen=True)
 class ColumnRoles:
-    """Which column plays which part, so reports never guess types from dtypes."""
+    """Which column plays which part, so reports never guess types from dtypes.
+
+    ``target_numerical``: the target is a quantity (regression) rather than a label.
+    """
 
     numerical: list[str]
     categorical: list[str]
     target: str | None = None
-    prediction: str = "prediction"
-    probability: str = "probability"
     datetime: str | None = None
+    target_numerical: bool = False
 
     @property
     def features(self) -> list[str]:
@@ -79,6 +91,38 @@ class ReportFiles:
     html: Path
     json: Path
     summary: dict[str, Any]
+
+
+def write_training_reports(
+    *,
+    task: TaskName,
+    target: str,
+    numerical: list[str],
+    categorical: list[str],
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    candidate: Scored,
+    champion: Scored | None,
+    out_dir: Path,
+    time_column: str | None = None,
+) -> dict[str, ReportFiles]:
+    """The three reports of a training run, by name: data_summary, data_drift, model_performance.
+
+    ``current`` is the data the run trained on and ``reference`` the data it is compared with
+    (both with the target, and ``time_column`` when given); ``candidate`` and ``champion`` are
+    the two models scored on the same holdout rows.
+    """
+    roles = ColumnRoles(
+        numerical=list(numerical),
+        categorical=list(categorical),
+        target=target,
+        datetime=time_column,
+        target_numerical=task == "regression",
+    )
+    summary = write_data_summary_report(current, roles, out_dir, reference=reference)
+    drift = write_data_drift_report(reference, current, roles, out_dir)
+    performance = write_model_performance_report(task, candidate, out_dir, champion=champion)
+    return {files.name: files for files in (summary, drift, performance)}
 
 
 def write_data_summary_report(
@@ -99,8 +143,8 @@ def write_data_summary_report(
     numerical = list(roles.numerical)
     categorical = list(roles.categorical)
     if roles.target is not None:
-        # The target is a binary label here: its class balance is what matters, not its mean.
-        categorical.append(roles.target)
+        # A label's class balance is what matters, not its mean; a quantity's distribution.
+        (numerical if roles.target_numerical else categorical).append(roles.target)
     datetimes = [roles.datetime] if roles.datetime is not None else []
     columns = [*numerical, *categorical, *datetimes]
 
@@ -206,70 +250,211 @@ def write_data_drift_report(
 
 
 def write_model_performance_report(
-    current: pd.DataFrame,
-    roles: ColumnRoles,
+    task: TaskName,
+    candidate: Scored,
     out_dir: Path,
-    reference: pd.DataFrame | None = None,
+    champion: Scored | None = None,
 ) -> ReportFiles:
-    """Score the candidate on the holdout and, when there is a champion, the champion beside it.
+    """Score the candidate with the task's Evidently preset, the champion beside it if any.
 
-    ``current`` holds the candidate's predictions and ``reference`` the champion's on the same
-    rows, so Evidently's current/reference columns read as candidate/champion.
-    Accuracy, precision, recall and F1 come from the label column (the model's own threshold);
-    ROC AUC comes from the probability column.
+    Evidently's current/reference columns read as candidate/champion (the same holdout rows).
+    Classification: accuracy, precision, recall and F1 come from the model's own labels, ROC AUC
+    and log loss from its probabilities (when both models have them). Summary: ``current`` and
+    ``reference`` (None without a champion), each a dict of metric name to value.
     """
-    from evidently import BinaryClassification, DataDefinition, Report
-    from evidently.metrics import RocAuc
-    from evidently.presets import ClassificationPreset
+    from evidently import Report
+    from sklearn.exceptions import UndefinedMetricWarning
 
-    if roles.target is None:
-        raise ValueError("model performance report: ColumnRoles.target is not set")
-    columns = [roles.target, roles.prediction, roles.probability]
-    _require_columns(current, columns, "current", "model performance")
-    if reference is not None:
-        _require_columns(reference, columns, "reference", "model performance")
-
-    definition = DataDefinition(
-        numerical_columns=[roles.probability],
-        categorical_columns=[roles.target, roles.prediction],
-        classification=[
-            BinaryClassification(
-                name=_LABELS_TASK, target=roles.target, prediction_labels=roles.prediction
-            ),
-            BinaryClassification(
-                name=_SCORES_TASK, target=roles.target, prediction_probas=roles.probability
-            ),
-        ],
-    )
-    label_columns = [roles.target, roles.prediction]
-    report = Report([ClassificationPreset(), RocAuc(classification_name=_SCORES_TASK)])
-    snapshot = report.run(
-        _dataset(_bool_labels_as_int(current, label_columns), columns, definition),
-        None
-        if reference is None
-        else _dataset(_bool_labels_as_int(reference, label_columns), columns, definition),
-        name="model_performance",
-    )
-
-    entries = _metric_entries(snapshot)
-    metric_ids = {
-        "accuracy": _single(entries, "Accuracy", classification_name=_LABELS_TASK)["id"],
-        "precision": _single(entries, "Precision", classification_name=_LABELS_TASK)["id"],
-        "recall": _single(entries, "Recall", classification_name=_LABELS_TASK)["id"],
-        "f1": _single(entries, "F1Score", classification_name=_LABELS_TASK)["id"],
-        "roc_auc": _single(entries, "RocAuc", classification_name=_SCORES_TASK)["id"],
-    }
+    scored = [candidate] if champion is None else [candidate, champion]
+    for which, one in zip(("candidate", "champion"), scored, strict=False):
+        if len(one.target) == 0:
+            raise ValueError(f"model performance report: the {which} has no rows")
+        if len(one.target) != len(one.predictions.prediction):
+            raise ValueError(
+                f"model performance report: the {which} has {len(one.target)} targets but "
+                f"{len(one.predictions.prediction)} predictions"
+            )
+    definition, metrics, frames, wanted = _PERFORMANCE[task_info(task).name](scored)
+    with warnings.catch_warnings():
+        # A model that never predicts a class, or a plot over a tiny slice of rows, makes
+        # scikit-learn warn inside Evidently: a matter for the gate, not console noise.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        snapshot = Report(metrics).run(
+            _dataset(frames[0], list(frames[0].columns), definition),
+            None if len(frames) == 1 else _dataset(frames[1], list(frames[1].columns), definition),
+            name="model_performance",
+        )
+        entries = _metric_entries(snapshot)
+    ids = {key: _single(entries, kind, **params)["id"] for key, (kind, params) in wanted.items()}
     values = {entry["id"]: entry["value"] for entry in entries}
     summary: dict[str, Any] = {
-        "current": {key: float(values[metric_id]) for key, metric_id in metric_ids.items()},
+        "preset": evidently_preset(task),
+        "current": {key: _number(values[metric_id]) for key, metric_id in ids.items()},
         "reference": None
-        if reference is None
+        if champion is None
         else {
-            key: float(_reference_value(snapshot, metric_id))
-            for key, metric_id in metric_ids.items()
+            key: _number(_reference_value(snapshot, metric_id)) for key, metric_id in ids.items()
         },
     }
-    return _write(snapshot, "model_performance", out_dir, summary)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return _write(snapshot, "model_performance", out_dir, summary)
+
+
+Wanted = dict[str, tuple[str, dict[str, Any]]]
+
+
+def _classification_report(scored: list[Scored]) -> tuple[Any, list[Any], list[Any], Wanted]:
+    """Frames, definition and metrics of a classification performance report.
+
+    Labels go to Evidently as strings (probability columns named after them): its multiclass
+    ROC curves compare the target with the column names, and a bool target breaks its ROC AUC.
+    """
+    import numpy as np
+    import pandas as pd
+    from evidently import BinaryClassification, DataDefinition, MulticlassClassification
+    from evidently.metrics import LogLoss, RocAuc
+
+    probas = [one.predictions.probabilities for one in scored]
+    parts = [np.asarray(one.target) for one in scored]
+    parts += [np.asarray(one.predictions.prediction) for one in scored]
+    parts += [np.asarray(list(p.columns), dtype=object) for p in probas if p is not None]
+    labels = np.unique(np.concatenate([part.astype(object) for part in parts])).tolist()
+    names = {label: str(label) for label in labels}
+    if len(set(names.values())) != len(labels):
+        raise ValueError(f"model performance report: labels {labels} are not distinct as text")
+    target, prediction = _free_names(set(names.values()))
+    classes = list(probas[0].columns) if probas[0] is not None else []
+    present = set(np.unique(parts[0].astype(object)).tolist())
+    # ROC AUC and log loss only when every model has probabilities for the same classes and the
+    # rows hold every class: otherwise Evidently cannot score them (and sklearn says undefined).
+    with_scores = (
+        all(p is not None and list(p.columns) == classes for p in probas)
+        and present == set(classes)
+        and len(classes) >= 2
+    )
+    binary = len(labels) <= 2
+    positive = names[labels[-1] if len(labels) < 2 else labels[1]]
+    frames = []
+    for one, proba in zip(scored, probas, strict=True):
+        frame = pd.DataFrame(
+            {
+                target: [names[v] for v in np.asarray(one.target).tolist()],
+                prediction: [names[v] for v in np.asarray(one.predictions.prediction).tolist()],
+            }
+        )
+        if with_scores and proba is not None:
+            shown = [labels[1]] if binary else classes
+            for label in shown:
+                frame[names[label]] = proba[label].to_numpy(dtype=float)
+        frames.append(frame)
+    score_columns = [c for c in frames[0].columns if c not in (target, prediction)]
+    if binary:
+        tasks: list[Any] = [
+            BinaryClassification(
+                name=_LABELS_TASK, target=target, prediction_labels=prediction, pos_label=positive
+            )
+        ]
+        if with_scores:
+            tasks.append(
+                BinaryClassification(
+                    name=_SCORES_TASK,
+                    target=target,
+                    prediction_probas=score_columns[0],
+                    pos_label=positive,
+                )
+            )
+    else:
+        tasks = [
+            MulticlassClassification(name=_LABELS_TASK, target=target, prediction_labels=prediction)
+        ]
+        if with_scores:
+            tasks.append(
+                MulticlassClassification(
+                    name=_SCORES_TASK, target=target, prediction_probas=score_columns
+                )
+            )
+    definition = DataDefinition(
+        numerical_columns=score_columns,
+        categorical_columns=[target, prediction],
+        classification=tasks,
+    )
+    preset = _preset("classification")
+    metrics = [preset]
+    wanted: Wanted = {
+        key: (kind, {"classification_name": _LABELS_TASK})
+        for key, kind in (
+            ("accuracy", "Accuracy"),
+            ("precision", "Precision"),
+            ("recall", "Recall"),
+            ("f1", "F1Score"),
+        )
+    }
+    if with_scores:
+        metrics += [
+            RocAuc(classification_name=_SCORES_TASK),
+            LogLoss(classification_name=_SCORES_TASK),
+        ]
+        wanted["roc_auc"] = ("RocAuc", {"classification_name": _SCORES_TASK})
+        wanted["log_loss"] = ("LogLoss", {"classification_name": _SCORES_TASK})
+    return definition, metrics, frames, wanted
+
+
+def _regression(scored: list[Scored]) -> tuple[Any, list[Any], list[Any], Wanted]:
+    """Frames, definition and metrics of a regression performance report."""
+    import numpy as np
+    import pandas as pd
+    from evidently import DataDefinition, Regression
+
+    frames = [
+        pd.DataFrame(
+            {
+                _TARGET: np.asarray(one.target, dtype=float),
+                _PREDICTION: np.asarray(one.predictions.prediction, dtype=float),
+            }
+        )
+        for one in scored
+    ]
+    definition = DataDefinition(
+        numerical_columns=[_TARGET, _PREDICTION],
+        regression=[Regression(target=_TARGET, prediction=_PREDICTION)],
+    )
+    wanted: Wanted = {
+        key: (kind, {})
+        for key, kind in (
+            ("rmse", "RMSE"),
+            ("mae", "MAE"),
+            ("r2", "R2Score"),
+            ("mean_error", "MeanError"),
+            ("abs_max_error", "AbsMaxError"),
+        )
+    }
+    return definition, [_preset("regression")], frames, wanted
+
+
+_PERFORMANCE = {"classification": _classification_report, "regression": _regression}
+
+
+def _preset(task: TaskName) -> Any:
+    """The task's Evidently preset (flows.tasks names it), with its defaults."""
+    import evidently.presets
+
+    return getattr(evidently.presets, evidently_preset(task))()
+
+
+def _free_names(taken: set[str]) -> tuple[str, str]:
+    """Target and prediction column names that no class label (a probability column) uses."""
+    target, prediction = _TARGET, _PREDICTION
+    while target in taken or prediction in taken:
+        target, prediction = f"_{target}", f"_{prediction}"
+    return target, prediction
+
+
+def _number(value: Any) -> float:
+    """A metric's value as a float; mean/std metrics (MAE, mean error) give their mean."""
+    if isinstance(value, dict):
+        value = value["mean"]
+    return float(value)
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str], which: str, report: str) -> None:
@@ -314,18 +499,6 @@ def _dataset(frame: pd.DataFrame, columns: list[str], definition: Any) -> Any:
             # Parquet/CSV round trips can leave dates as strings; Evidently needs real datetimes.
             data[column] = pd.to_datetime(data[column], errors="coerce")
     return Dataset.from_pandas(data, data_definition=definition)
-
-
-def _bool_labels_as_int(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Turn True/False labels into 1/0.
-
-    With a bool target 0.7.23's ROC AUC fails ("mix of binary and continuous targets"), because
-    the positive label defaults to 1.
-    """
-    bools = [column for column in columns if frame[column].dtype == bool]
-    if not bools:
-        return frame
-    return frame.astype({column: int for column in bools})
 
 
 def _metric_entries(snapshot: Snapshot) -> list[dict[str, Any]]:

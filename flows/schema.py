@@ -67,9 +67,13 @@ class DataSchema:
             datetime_column=raw.get("datetime_column"),
         )
 
-    def feature_schema(self) -> dict[str, Any]:
-        """The serving contract: what a request record may contain (features only)."""
-        return {
+    def feature_schema(self, columns: list[str] | None = None) -> dict[str, Any]:
+        """The serving contract: what a request record may contain (features only).
+
+        ``columns``: only these features (the model's own, when it says which it was fit on).
+        """
+        keep = set(columns) if columns is not None else None
+        schema: dict[str, Any] = {
             "numerical": {
                 c.name: {
                     "dtype": c.dtype,
@@ -90,6 +94,10 @@ class DataSchema:
             },
             "target": self.target,
         }
+        if keep is not None:
+            for kind in ("numerical", "categorical"):
+                schema[kind] = {k: v for k, v in schema[kind].items() if k in keep}
+        return schema
 
 
 def read_table(
@@ -142,9 +150,13 @@ def _dtype_of(series: pd.Series) -> Literal["int", "float", "str", "datetime"]:
 
 
 def derive_schema(
-    reference: pd.DataFrame, *, target: str | None = None, datetime_column: str | None = None
+    reference: pd.DataFrame,
+    *,
+    target: str | None = None,
+    datetime_column: str | None = None,
+    id_columns: tuple[str, ...] | list[str] = (),
 ) -> DataSchema:
-    """Learn the schema from the reference data."""
+    """Learn the schema from the reference data; ``id_columns`` are never features."""
     if reference.empty:
         raise DataValidationError(
             "reference data has no rows: cannot derive a schema", dataset="reference"
@@ -157,6 +169,8 @@ def derive_schema(
         allowed = min(1.0, missing + MISSING_SHARE_SLACK) if missing > 0 else 0.0
         if name == target:
             kind: ColumnKind = "target"
+        elif name in id_columns:
+            kind = "id"
         elif name == datetime_column or dtype == "datetime":
             kind, dtype = "datetime", "datetime"
         elif dtype == "str" and series.nunique(dropna=True) >= ID_UNIQUE_RATIO * len(series):

@@ -1,16 +1,33 @@
-"""The run store: one immutable folder per run version, and the champion pointer.
+"""The run store: one immutable folder per run version, and one champion pointer per pipeline.
 
 A version is listed only once its ``run.json`` exists, and that file is written last, in one
 atomic step. So a crashed or running pipeline is never listed, and a listed run is never
 half-written. Any fsspec URL works; a plain path is a local folder.
+
+Layout::
+
+    versions/<version>/...                       shared by every pipeline (ids are unique)
+    pipelines/<name>/champion.json               the pipeline's champion pointer
+    pipelines/<name>/champion_history/NNNNNN-<id>.json   its changes, numbered from 000001
+    pipelines/<name>/.lock                       local stores: held while the champion moves
+    followups/<version>/, reruns/<version>/      append-only notes about finalised runs
+
+Stores written before pipelines had their own champion (``champion.json`` and
+``champion_history/`` at the root) are moved to this layout the first time a champion is read
+or written (:meth:`RunStore.migrate_legacy_champion`); their run records, immutable, are read
+as they are (:func:`pipeline_of`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +39,22 @@ RunStatus = Literal["accepted", "rejected", "completed", "failed"]
 RUN_RECORD = "run.json"
 CHAMPION = "champion.json"
 HISTORY_DIR = "champion_history"
+PIPELINES_DIR = "pipelines"
+LOCK_FILE = ".lock"
 # Runs started because of an earlier run (a retraining caused by a monitoring run's drift):
 # kept outside the immutable version folders, append-only, one file per follow-up.
 FOLLOWUPS_DIR = "followups"
 # Unchanged re-runs answered by an existing version (flows.uptodate): append-only, like follow-ups.
 RERUNS_DIR = "reruns"
+# What older records hold in "pipeline" (the flow's name), and the pipeline they belong to
+# when they name no spec: the one pipeline there was.
+FLOW_NAMES = ("training_pipeline", "notebook_pipeline", "monitoring_pipeline")
+LEGACY_PIPELINE = "training"
+# A pipeline name, as flows.spec.NAME_PATTERN (tests/test_store.py keeps the two equal; the
+# store does not import the spec module, which needs pydantic and YAML).
+PIPELINE_NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+# A run version: one path segment, no dots (new_version_id's ids, and older shorter ones).
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
 def utc_now() -> str:
@@ -39,6 +67,48 @@ def new_version_id() -> str:
     parameter, then bad data) must still list in the order they ran."""
     now = datetime.now(UTC)
     return f"v{now:%Y%m%d-%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
+
+
+def check_version(version: str) -> str:
+    """``version`` if it is a plain run version id, else a RunStoreError (no path can escape)."""
+    if not isinstance(version, str) or not re.match(VERSION_PATTERN, version):
+        raise RunStoreError(
+            f"{version!r} is not a run version: give a version id as `nbprod runs` lists it "
+            "(letters, digits, dashes; no '/' or '..')"
+        )
+    return version
+
+
+def check_pipeline_name(name: str) -> str:
+    """``name`` if it is a valid pipeline name, else a RunStoreError naming the rule."""
+    if not isinstance(name, str) or not re.match(PIPELINE_NAME_PATTERN, name):
+        raise RunStoreError(
+            f"{name!r} is not a pipeline name: lowercase letters, digits and dashes, as in "
+            "deployments/NAME.yaml (see `nbprod runs`)"
+        )
+    return name
+
+
+def pipeline_of(record: dict[str, Any]) -> str:
+    """The pipeline a run record belongs to.
+
+    Records name it in ``pipeline``; older ones held the flow's name there and the pipeline in
+    ``spec`` (a run started with ``--spec``), or nothing (the one ``training`` pipeline).
+    """
+    name = record.get("pipeline")
+    if name and name not in FLOW_NAMES:
+        return str(name)
+    return str(record.get("spec") or LEGACY_PIPELINE)
+
+
+def flow_of(record: dict[str, Any]) -> str | None:
+    """The flow that wrote a run record (``training_pipeline``, ...), also for older records."""
+    flow = record.get("flow") or (
+        record.get("pipeline") if record.get("pipeline") in FLOW_NAMES else None
+    )
+    if flow is None and record.get("kind") == "monitoring":
+        flow = "monitoring_pipeline"
+    return str(flow) if flow else None
 
 
 def plain_local_root(url: str) -> str | None:
@@ -60,12 +130,17 @@ def plain_local_root(url: str) -> str | None:
     return path.rstrip("/") or "/"
 
 
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 class RunStore:
-    """Versioned run outputs on any fsspec filesystem."""
+    """Versioned run outputs on any fsspec filesystem, and each pipeline's champion."""
 
     def __init__(self, url: str | Path) -> None:
         self.url = str(url)
         self._fs: Any = None
+        self._legacy_checked = False
         local_root = plain_local_root(self.url)
         if local_root is not None:
             self.root, self.is_local = local_root, True
@@ -95,14 +170,37 @@ class RunStore:
             return []
         if self.is_local:
             return sorted(f"{path}/{name}" for name in os.listdir(path))
-        return sorted(self.fs.ls(path, detail=False))
+        return sorted(p.rstrip("/") for p in self.fs.ls(path, detail=False))
+
+    def _read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") if self.is_local else self.fs.open(path, "rb") as fh:
+            return fh.read()
+
+    def _remove(self, path: str) -> None:
+        """Delete a file or a folder with what it holds; nothing to delete is fine."""
+        try:
+            if not self.is_local:
+                self.fs.rm(path, recursive=True)
+            elif os.path.isdir(path):
+                import shutil
+
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except FileNotFoundError:
+            pass
 
     # -- paths -------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts]])
 
     def version_path(self, version: str, *parts: str) -> str:
-        return self._join("versions", version, *parts)
+        """Where a version's file is; a version that is not a plain id is refused."""
+        return self._join("versions", check_version(version), *parts)
+
+    def pipeline_path(self, pipeline: str, *parts: str) -> str:
+        """Where a pipeline's champion state is; a name that is not a pipeline name is refused."""
+        return self._join(PIPELINES_DIR, check_pipeline_name(pipeline), *parts)
 
     def uri(self, version: str, *parts: str) -> str:
         """An address a person can open: file:// for local stores, the fsspec URL otherwise."""
@@ -114,15 +212,23 @@ class RunStore:
 
     # -- writing -----------------------------------------------------------------------------
     def _atomic_write(self, path: str, data: bytes) -> None:
+        """Temp file, fsync, rename: readers see the old file or the new one, never a part."""
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
             os.makedirs(parent, exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.remove(tmp)  # a full disk must not leave a stray temp file behind
+                except OSError:
+                    pass
+                raise
         else:
             self.fs.makedirs(parent, exist_ok=True)
             # One object PUT is atomic on object stores and in-memory filesystems.
@@ -180,20 +286,35 @@ class RunStore:
 
     # -- reading -----------------------------------------------------------------------------
     def read_json(self, path: str) -> Any:
-        with open(path, "rb") if self.is_local else self.fs.open(path, "rb") as fh:
-            return json.loads(fh.read())
+        return json.loads(self._read_bytes(path))
 
-    def list_runs(self) -> list[dict[str, Any]]:
-        """Finalised runs, oldest first. Folders without run.json are in progress or crashed."""
-        base = self._join("versions")
-        if not self.fs.exists(base):
-            return []
+    def list_runs(self, pipeline: str | None = None) -> list[dict[str, Any]]:
+        """Finalised runs of ``pipeline`` (None: of every pipeline), oldest first.
+
+        Folders without run.json are in progress or crashed, and are not listed.
+        """
+        if pipeline is not None:
+            check_pipeline_name(pipeline)
         runs = []
-        for entry in sorted(self.fs.ls(base, detail=False)):
-            record = f"{entry.rstrip('/')}/{RUN_RECORD}"
-            if self.fs.exists(record):
-                runs.append(self.read_json(record))
+        for entry in self._ls(self._join("versions")):
+            record = f"{entry}/{RUN_RECORD}"
+            if self._exists(record):
+                run = self.read_json(record)
+                if pipeline is None or pipeline_of(run) == pipeline:
+                    runs.append(run)
         return sorted(runs, key=lambda r: r["version"])
+
+    def pipelines(self) -> list[str]:
+        """Every pipeline with a listed run or a champion, sorted by name."""
+        self.migrate_legacy_champion()
+        names = {pipeline_of(run) for run in self.list_runs()}
+        for entry in self._ls(self._join(PIPELINES_DIR)):
+            name = _name(entry)
+            if re.match(PIPELINE_NAME_PATTERN, name) and (
+                self._exists(f"{entry}/{CHAMPION}") or self._exists(f"{entry}/{HISTORY_DIR}")
+            ):
+                names.add(name)
+        return sorted(names)
 
     def get_run(self, version: str) -> dict[str, Any]:
         record = self.version_path(version, RUN_RECORD)
@@ -214,12 +335,53 @@ class RunStore:
         return local
 
     # -- champion ----------------------------------------------------------------------------
-    def champion(self) -> dict[str, Any] | None:
-        path = self._join(CHAMPION)
-        return self.read_json(path) if self.fs.exists(path) else None
+    def champion(self, pipeline: str) -> dict[str, Any] | None:
+        """The pipeline's champion pointer (its version, model and bento tags), or None."""
+        self.migrate_legacy_champion()
+        path = self.pipeline_path(pipeline, CHAMPION)
+        return self.read_json(path) if self._exists(path) else None
+
+    def champion_history(self, pipeline: str) -> list[dict[str, Any]]:
+        """The pipeline's champion changes, oldest first; the history ends at the champion.
+
+        Skipped: temp files of failed writes, and a last change the pointer never reached (a
+        move cut short between its two writes; the next move replaces it).
+        """
+        self.migrate_legacy_champion()
+        return [event for _, event in self._settled_history(pipeline)]
+
+    def _history_files(self, pipeline: str) -> list[str]:
+        entries = self._ls(self.pipeline_path(pipeline, HISTORY_DIR))
+        return [p for p in entries if re.match(r"^\d{6}-.*\.json$", _name(p))]
+
+    def _settled_history(self, pipeline: str) -> list[tuple[str, dict[str, Any]]]:
+        """(file, change) pairs up to the one that made the current champion."""
+        events = [(path, self.read_json(path)) for path in self._history_files(pipeline)]
+        pointer = self.champion(pipeline)
+        if events and events[-1][1].get("to_version") != (pointer["version"] if pointer else None):
+            events.pop()
+        return events
+
+    @contextmanager
+    def _champion_lock(self, pipeline: str) -> Iterator[None]:
+        """Hold ``pipelines/<name>/.lock`` on a local store; object stores are not locked."""
+        if not self.is_local:
+            yield
+            return
+        import fcntl
+
+        path = self.pipeline_path(pipeline, LOCK_FILE)
+        os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def set_champion(
         self,
+        pipeline: str,
         record: dict[str, Any],
         *,
         expected: str | None,
@@ -227,35 +389,114 @@ class RunStore:
         triggered_by: str,
         note: str | None = None,
     ) -> dict[str, Any]:
-        """Move the pointer in one atomic write, after recording the change in the history.
+        """Move the pipeline's pointer in one atomic write, after recording the change.
 
         ``expected`` is the champion version the caller saw when it started: if another run
-        moved the pointer meanwhile, refuse rather than silently overwrite its decision.
+        moved the pointer meanwhile, refuse rather than silently overwrite its decision. On a
+        local store the check and both writes hold the pipeline's lock file, so racing
+        processes move the champion once per expectation and number the history without gaps
+        or repeats. Object stores are not locked: one writer per pipeline at a time.
         """
-        current = self.champion()
-        current_version = current["version"] if current else None
-        if current_version != expected:
-            raise RunStoreError(
-                f"champion moved from {expected} to {current_version} while this run was going: "
-                "re-run the pipeline against the new champion"
+        self.migrate_legacy_champion()
+        with self._champion_lock(pipeline):
+            current = self.champion(pipeline)
+            current_version = current["version"] if current else None
+            if current_version != expected:
+                raise RunStoreError(
+                    f"champion of pipeline {pipeline} moved from {expected} to {current_version} "
+                    "while this run was going: re-run the pipeline against the new champion"
+                )
+            event = {
+                "at": utc_now(),
+                "pipeline": pipeline,
+                "from_version": current_version,
+                "to_version": record["version"],
+                "reason": reason,
+                "note": note,
+                "triggered_by": triggered_by,
+                "model_tag": record.get("model_tag"),
+                "bento_tag": record.get("bento_tag"),
+            }
+            # A sequence number, not a timestamp, orders the history: two changes can share
+            # a second. After the last settled change: a move cut short leaves no gap.
+            settled = self._settled_history(pipeline)
+            for path in self._history_files(pipeline)[len(settled) :]:
+                self._remove(path)
+            sequence = int(_name(settled[-1][0])[:6]) + 1 if settled else 1
+            change = self.pipeline_path(
+                pipeline, HISTORY_DIR, f"{sequence:06d}-{new_version_id()}.json"
             )
-        event = {
-            "at": utc_now(),
-            "from_version": current_version,
-            "to_version": record["version"],
-            "reason": reason,
-            "note": note,
-            "triggered_by": triggered_by,
-            "model_tag": record.get("model_tag"),
-            "bento_tag": record.get("bento_tag"),
-        }
-        # A sequence number, not a timestamp, orders the history: two changes can share a second.
-        sequence = len(self.champion_history()) + 1
-        history_path = self._join(HISTORY_DIR, f"{sequence:06d}-{new_version_id()}.json")
-        self._atomic_write(history_path, json.dumps(event, indent=2).encode())
-        pointer = {**record, "since": event["at"], "reason": reason}
-        self._atomic_write(self._join(CHAMPION), json.dumps(pointer, indent=2).encode())
+            pointer = {**record, "pipeline": pipeline, "since": event["at"], "reason": reason}
+            try:
+                self._atomic_write(change, json.dumps(event, indent=2).encode())
+                self._atomic_write(
+                    self.pipeline_path(pipeline, CHAMPION), json.dumps(pointer, indent=2).encode()
+                )
+            except OSError as exc:
+                self._remove(change)
+                raise RunStoreError(
+                    f"moving the champion of pipeline {pipeline} to {record['version']} in "
+                    f"{self.url} failed ({exc}): it is unchanged; fix the store and re-run"
+                ) from exc
         return pointer
+
+    # -- the previous layout -------------------------------------------------------------------
+    def migrate_legacy_champion(self) -> str | None:
+        """Move a root ``champion.json`` and ``champion_history/`` under ``pipelines/<name>/``.
+
+        ``<name>`` is the pipeline of the champion's run (``training`` for records older than
+        pipeline names). History files are copied first, the pointer last, then the old files
+        are removed: a move cut short is finished by the next call, and a finished one makes
+        this a no-op. Says so in one line on stderr; returns the pipeline moved to, or None.
+        """
+        if self._legacy_checked:
+            return None
+        old_pointer, old_history = self._join(CHAMPION), self._join(HISTORY_DIR)
+        if not (self._exists(old_pointer) or self._exists(old_history)):
+            self._legacy_checked = True
+            return None
+        try:
+            moved = self._move_legacy_champion(old_pointer, old_history)
+        except OSError as exc:
+            raise RunStoreError(
+                f"run store {self.url} has a champion in the previous layout and moving it under "
+                f"{PIPELINES_DIR}/ failed ({exc}): make the store writable and retry"
+            ) from exc
+        self._legacy_checked = True
+        return moved
+
+    def _legacy_target(self, old_pointer: str) -> str:
+        if not self._exists(old_pointer):
+            return LEGACY_PIPELINE
+        try:
+            version = self.read_json(old_pointer)["version"]
+            return check_pipeline_name(pipeline_of(self.get_run(version)))
+        except (RunStoreError, KeyError, TypeError, ValueError):
+            return LEGACY_PIPELINE
+
+    def _move_legacy_champion(self, old_pointer: str, old_history: str) -> str | None:
+        target = self._legacy_target(old_pointer)
+        with self._champion_lock(target):
+            # Another process may have finished the move while this one waited for the lock.
+            if not (self._exists(old_pointer) or self._exists(old_history)):
+                return None
+            events = [p for p in self._ls(old_history) if re.match(r"^\d{6}-.*\.json$", _name(p))]
+            for path in events:
+                dest = self.pipeline_path(target, HISTORY_DIR, _name(path))
+                if not self._exists(dest):
+                    self._atomic_write(dest, self._read_bytes(path))
+            dest = self.pipeline_path(target, CHAMPION)
+            if self._exists(old_pointer) and not self._exists(dest):
+                pointer = {**self.read_json(old_pointer), "pipeline": target}
+                self._atomic_write(dest, json.dumps(pointer, indent=2).encode())
+            self._remove(old_history)
+            self._remove(old_pointer)
+        print(
+            f"nbprod: run store {self.url}: moved the champion and its history ({len(events)} "
+            f"changes) to {PIPELINES_DIR}/{target}/ (one champion per pipeline)",
+            file=sys.stderr,
+        )
+        return target
 
     # -- follow-ups ---------------------------------------------------------------------------
     def add_followup(self, version: str, followup: dict[str, Any]) -> str:
@@ -268,7 +509,7 @@ class RunStore:
         child = str(followup.get("version") or "")
         if not child:
             raise RunStoreError(f"follow-up of run {version} needs the follow-up run's version")
-        path = self._join(FOLLOWUPS_DIR, version, f"{child}.json")
+        path = self._join(FOLLOWUPS_DIR, version, f"{check_version(child)}.json")
         if self.fs.exists(path):
             raise RunStoreError(f"run {child} is already recorded as a follow-up of {version}")
         self._atomic_write(path, json.dumps(followup, indent=2, default=str).encode())
@@ -276,7 +517,8 @@ class RunStore:
 
     def followups(self, version: str) -> list[dict[str, Any]]:
         """Runs recorded as caused by ``version``, oldest first."""
-        return [self.read_json(p) for p in self._ls(self._join(FOLLOWUPS_DIR, version))]
+        folder = self._join(FOLLOWUPS_DIR, check_version(version))
+        return [self.read_json(p) for p in self._ls(folder) if p.endswith(".json")]
 
     # -- re-runs -----------------------------------------------------------------------------
     def add_rerun(self, version: str, rerun: dict[str, Any]) -> str:
@@ -287,14 +529,15 @@ class RunStore:
         """
         self.get_run(version)  # only a listed run can answer a re-run
         # A sequence number orders them, as in the champion history: two can share a millisecond.
-        sequence = len(self._ls(self._join(RERUNS_DIR, version))) + 1
+        sequence = len(self._rerun_files(version)) + 1
         path = self._join(RERUNS_DIR, version, f"{sequence:06d}-{new_version_id()}.json")
         self._atomic_write(path, json.dumps(rerun, indent=2, default=str).encode())
         return path
 
+    def _rerun_files(self, version: str) -> list[str]:
+        folder = self._join(RERUNS_DIR, check_version(version))
+        return [p for p in self._ls(folder) if p.endswith(".json")]
+
     def reruns(self, version: str) -> list[dict[str, Any]]:
         """Re-runs ``version`` answered, oldest first."""
-        return [self.read_json(p) for p in self._ls(self._join(RERUNS_DIR, version))]
-
-    def champion_history(self) -> list[dict[str, Any]]:
-        return [self.read_json(p) for p in self._ls(self._join(HISTORY_DIR))]
+        return [self.read_json(p) for p in self._rerun_files(version)]

@@ -57,3 +57,15 @@ def wait_for_warm_up(name: str) -> None:
         done = _started.get(name) if _owner_pid == os.getpid() else None
     if done is not None:
         done.wait()
+
+
+def wait_for_all_warm_ups() -> None:
+    """Return once every warm-up started in this process has finished.
+
+    A run that fails early calls this, so the background imports end there, not in whatever
+    this process imports next (see the module docstring).
+    """
+    with _LOCK:
+        events = list(_started.values()) if _owner_pid == os.getpid() else []
+    for done in events:
+        done.wait()

@@ -151,3 +151,97 @@ def test_parameters_are_checked_against_the_notebooks_a_training_spec_names(
         precheck_parameters({}, {"depth": "deep"}, spec)
     with pytest.raises(ParameterError, match="unknown parameter"):
         precheck_parameters({}, {"depth": 5}, None)  # no spec: the default notebooks
+
+
+def test_runs_champion_and_show_per_pipeline(
+    capsys: pytest.CaptureFixture[str], nbprod_home: Path
+) -> None:
+    """`runs` lists every pipeline (with a PIPELINE column) or one; `champion` is per pipeline."""
+    import json
+
+    from flows.store import RunStore, new_version_id
+
+    store = RunStore(nbprod_home / "runs")
+    versions = {}
+    for pipeline, metrics in (("churn", {"roc_auc": 0.81, "rows": 200}), ("price", {"r2": 0.5})):
+        version = new_version_id()
+        store.begin(version)
+        store.finalize(
+            version,
+            {
+                "status": "accepted",
+                "pipeline": pipeline,
+                "flow": "training_pipeline",
+                "started_at": "2025-01-01T00:00:00+00:00",
+                "metrics": {"candidate": metrics},
+            },
+        )
+        store.set_champion(
+            pipeline, {"version": version}, expected=None, reason="gate", triggered_by="t"
+        )
+        versions[pipeline] = version
+
+    assert main(["runs"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["PIPELINE", "VERSION", "STATUS", "STARTED", "METRICS", "REASON"]
+    by_pipeline = {row.split()[0]: row for row in rows}
+    assert sorted(row.split()[1] for row in rows) == sorted(versions.values())
+    assert {p: row.split()[1] for p, row in by_pipeline.items()} == versions
+    assert "roc_auc 0.81" in by_pipeline["churn"] and "rows" not in by_pipeline["churn"]
+    assert "r2 0.5" in by_pipeline["price"]
+    assert main(["runs", "--pipeline", "price"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[0] == "VERSION" and [r.split()[0] for r in rows] == [versions["price"]]
+    assert main(["runs", "--pipeline", "nope"]) == 0
+    assert "no runs yet for pipeline nope" in capsys.readouterr().out
+
+    assert main(["champion", "--pipeline", "churn"]) == 0
+    assert f"champion of churn: {versions['churn']}" in capsys.readouterr().out
+    assert main(["champion", "--pipeline", "price", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == versions["price"]
+    assert main(["champion", "--pipeline", "nope", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) is None
+
+    assert main(["show", versions["price"]]) == 0
+    assert "  pipeline price" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("version", ["../../x/evil", "v1/..", ".."])
+def test_show_refuses_a_version_that_is_a_path(
+    capsys: pytest.CaptureFixture[str], nbprod_home: Path, version: str
+) -> None:
+    assert main(["show", version]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a run version" in err
+
+
+def test_pipeline_option_refuses_a_path(
+    capsys: pytest.CaptureFixture[str], nbprod_home: Path
+) -> None:
+    for argv in (["runs", "--pipeline", "../x"], ["champion", "--pipeline", "a/b"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a pipeline name" in err
+
+
+def test_runs_shows_a_failed_runs_error_not_a_check_that_passed(
+    capsys: pytest.CaptureFixture[str], nbprod_home: Path
+) -> None:
+    from flows.store import RunStore, new_version_id
+
+    store = RunStore(nbprod_home / "runs")
+    version = new_version_id()
+    store.begin(version)
+    store.finalize(
+        version,
+        {
+            "status": "failed",
+            "pipeline": "churn",
+            "flow": "training_pipeline",
+            "reasons": ["roc_auc 0.81 >= floor 0.55"],
+            "error": "bento build failed: disk full",
+        },
+    )
+    assert main(["runs"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert row.endswith("bento build failed: disk full") and "floor" not in row

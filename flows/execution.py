@@ -1,0 +1,347 @@
+"""Notebook stage: plan each notebook call, run it with papermill as a Prefect task, wire files.
+
+A call's outputs are every file the notebook wrote into its ``output_dir`` (plus the optional
+``outputs.json``'s metrics and values). A later notebook receives ``<file stem>_path`` for each
+file an earlier one wrote, when it declares that parameter. Cached calls write under a
+content-addressed folder that outlives the run; a marker written after the notebook finished
+says the folder is complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from flows.errors import ConfigError
+from flows.notebook import NotebookOutputs, execute_notebook, read_outputs
+from flows.runner import (
+    cache_dir,
+    call_cache_key,
+    resolve_secret,
+    scrub_secrets,
+    secret_reference,
+)
+from flows.settings import NbprodSettings
+
+# Written next to a cached call's outputs once the notebook finished: the folder is complete.
+COMPLETE_MARKER = "complete"
+
+
+def kernel_died(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a notebook only when its kernel died; a cell error would just fail again."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return False
+    return type(exc).__name__ == "DeadKernelError"
+
+
+def _notebook_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """None (no caching) unless the caller computed a content key for this execution."""
+    return parameters.get("cache_key")
+
+
+@task(
+    name="run-notebook",
+    retries=1,
+    retry_delay_seconds=1,
+    retry_condition_fn=kernel_died,
+    cache_key_fn=_notebook_cache_key,
+    persist_result=True,
+    task_run_name="run-notebook-{name}",
+)
+def run_notebook(
+    name: str,
+    notebook: Path,
+    executed: Path,
+    parameters: dict[str, Any],
+    kernel_name: str,
+    timeout_s: int,
+    cache_key: str | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
+    warm_kernel: bool = True,
+) -> NotebookOutputs:
+    out_dir = Path(parameters["output_dir"])
+    marker = out_dir.parent / COMPLETE_MARKER
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)  # a re-execution never mixes with stale files
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values = {k: resolve_secret(k, ref) for k, ref in (secrets or {}).items()}
+    try:
+        execute_notebook(
+            notebook,
+            executed,
+            {**parameters, **values},
+            kernel_name=kernel_name,
+            timeout_s=timeout_s,
+            warm_kernel=warm_kernel,
+        )
+    finally:
+        scrub_secrets(
+            [executed, executed.with_suffix(".html"), *sorted(out_dir.rglob("*"))],
+            values.values(),
+        )
+    outputs = read_outputs(notebook.name, out_dir)
+    if cache_key is not None:
+        marker.write_text(cache_key, encoding="utf-8")
+    return replace(outputs, executed=executed)
+
+
+@dataclass(frozen=True)
+class NotebookCall:
+    """One notebook execution as the flow plans it: where it writes, and how it is cached."""
+
+    name: str
+    notebook: Path
+    executed: Path
+    parameters: dict[str, Any]
+    cache_key: str | None
+    secrets: dict[str, dict[str, str]]
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.parameters["output_dir"])
+
+    def task_arguments(self, settings: NbprodSettings) -> dict[str, Any]:
+        """The ``run_notebook`` task's arguments, the same for a direct call and a submit."""
+        return {
+            "name": self.name,
+            "notebook": self.notebook,
+            "executed": self.executed,
+            "parameters": self.parameters,
+            "kernel_name": settings.kernel_name,
+            "timeout_s": settings.execution_timeout_s,
+            "cache_key": self.cache_key,
+            "secrets": self.secrets or None,
+            "warm_kernel": settings.warm_kernels,
+        }
+
+    def stored_parameters(self) -> dict[str, Any]:
+        """Parameters as recorded: secrets by reference, never by value."""
+        return {
+            **self.parameters,
+            **{k: secret_reference(ref) for k, ref in self.secrets.items()},
+        }
+
+
+def plan_notebook(
+    name: str,
+    notebook: Path,
+    parameters: dict[str, Any],
+    *,
+    home: Path,
+    scratch: Path,
+    kernel_name: str,
+    use_cache: bool,
+    secrets: dict[str, dict[str, str]] | None = None,
+) -> NotebookCall:
+    """Cached calls write under a content-addressed folder that outlives the run."""
+    secrets = secrets or {}
+    if not use_cache:
+        out = scratch / "outputs" / name / "outputs"
+        return NotebookCall(
+            name,
+            notebook,
+            scratch / "notebooks" / f"{name}.ipynb",
+            {**parameters, "output_dir": str(out)},
+            None,
+            secrets,
+        )
+    key = call_cache_key(notebook, parameters, secrets, kernel_name)
+    base = cache_dir(home, notebook, key)
+    return NotebookCall(
+        name,
+        notebook,
+        base / "executed" / f"{notebook.stem}.ipynb",
+        {**parameters, "output_dir": str(base / "outputs")},
+        key,
+        secrets,
+    )
+
+
+def notebook_planner(settings: NbprodSettings, scratch: Path) -> partial[NotebookCall]:
+    """``plan_notebook`` bound to this run: cached calls, scratch space in the run's workdir."""
+    return partial(
+        plan_notebook,
+        home=settings.home,
+        scratch=scratch,
+        kernel_name=settings.kernel_name,
+        use_cache=True,
+    )
+
+
+def must_refresh(call: NotebookCall, forced: bool) -> bool:
+    """Re-execute when asked to, or when this home's cache folder is not complete.
+
+    Prefect's cache record says an execution happened; the files live under NBPROD_HOME, which
+    may have been cleaned, or may be another home sharing the same Prefect server.
+    """
+    if call.cache_key is None:
+        return forced
+    marker = call.output_dir.parent / COMPLETE_MARKER
+    return forced or not (marker.exists() and call.executed.exists())
+
+
+def from_state(call: NotebookCall, state: Any) -> tuple[NotebookOutputs, str]:
+    """Outputs are read back from this call's own folder, never from a pickled path."""
+    result = state.result()  # raises the task's exception if it failed
+    if call.cache_key is None:
+        return result, "off"
+    outputs = read_outputs(call.notebook.name, call.output_dir)
+    status = "hit" if state.name == "Cached" else "miss"
+    return replace(outputs, executed=call.executed), status
+
+
+def call_notebook(
+    call: NotebookCall, settings: NbprodSettings, *, refresh: bool
+) -> tuple[NotebookOutputs, str]:
+    """Run (or reuse) one notebook; returns its outputs and 'hit', 'miss' or 'off'."""
+    task_fn = run_notebook.with_options(refresh_cache=must_refresh(call, refresh))
+    state = task_fn(**call.task_arguments(settings), return_state=True)
+    return from_state(call, state)
+
+
+Ranker = Callable[[NotebookOutputs], float | None]
+
+
+def run_grid(
+    calls: list[NotebookCall],
+    points: list[dict[str, Any]],
+    settings: NbprodSettings,
+    *,
+    rank: Ranker,
+    metric: str,
+    higher_is_better: bool,
+    no_cache: bool,
+) -> tuple[NotebookOutputs, int, dict[str, Any]]:
+    """Run every grid point concurrently on the flow's task runner; keep all, pick the best.
+
+    ``rank`` gives a point's score on ``metric`` from its outputs (None: it has none).
+    """
+    if len(calls) == 1:
+        outputs, status = call_notebook(calls[0], settings, refresh=no_cache)
+        return outputs, 0, {"cache": {calls[0].name: status}}
+    futures = [
+        run_notebook.with_options(
+            task_run_name=f"run-notebook-{c.name}-grid-{i}",
+            refresh_cache=must_refresh(c, no_cache),
+        ).submit(**c.task_arguments(settings))
+        for i, c in enumerate(calls)
+    ]
+    results: list[dict[str, Any]] = []
+    outputs_by_index: dict[int, NotebookOutputs] = {}
+    first_error: BaseException | None = None
+    for i, (future, point) in enumerate(zip(futures, points, strict=True)):
+        future.wait()
+        entry: dict[str, Any] = {"index": i, "parameters": point}
+        try:
+            out, entry["cache"] = from_state(calls[i], future.state)
+        except Exception as exc:
+            first_error = first_error or exc
+            entry.update(status="failed", cache="miss", error=str(exc))
+        else:
+            score = rank(out)
+            entry.update(status="completed", metrics={metric: score} if score is not None else {})
+            outputs_by_index[i] = out
+        results.append(entry)
+    if not outputs_by_index:
+        assert first_error is not None
+        raise first_error
+    scored = [r for r in results if r["status"] == "completed" and metric in r["metrics"]]
+    if not scored:
+        raise ConfigError(
+            f"no grid point of {calls[0].notebook.name} has the ranking metric {metric!r}: "
+            "it must write a model and holdout (training) or report the metric in outputs.json"
+        )
+    best = (max if higher_is_better else min)(scored, key=lambda r: r["metrics"][metric])["index"]
+    record = {
+        "metric": metric,
+        "higher_is_better": higher_is_better,
+        "best_index": best,
+        "best_parameters": points[best],
+        "points": results,
+        "cache": {f"{calls[0].name}-grid-{r['index']}": r["cache"] for r in results},
+    }
+    return outputs_by_index[best], best, record
+
+
+def wire_inputs(produced: dict[str, Path], declared: dict[str, Any]) -> dict[str, str]:
+    """Files earlier notebooks wrote, as ``<stem>_path`` for the parameters this one declares."""
+    return {
+        f"{name}_path": str(path) for name, path in produced.items() if f"{name}_path" in declared
+    }
+
+
+PointScorer = Callable[[dict[str, NotebookOutputs], NotebookOutputs], float | None]
+
+
+def reported_metric(metric: str) -> PointScorer:
+    """Score a grid point by the metric its notebook reports in outputs.json."""
+    return lambda _earlier, out: out.metrics.get(metric)
+
+
+def run_chain(
+    plans: list[Any],
+    run: Any,
+    *,
+    first_inputs: dict[str, Any],
+    no_cache: bool,
+    ranking: tuple[str, bool],
+    score_point: PointScorer,
+) -> dict[str, NotebookOutputs]:
+    """Run the planned notebooks in order (each grid in parallel); outputs by notebook stem.
+
+    ``run`` is the :class:`flows.runs.Run` in progress: the calls, executed notebooks, stored
+    parameters and cache outcomes are recorded on it as they happen.
+    """
+    from flows.notebook import declared_parameters
+
+    plan_call = notebook_planner(run.settings, run.workdir)
+    produced: dict[str, Path] = {}
+    outputs: dict[str, NotebookOutputs] = {}
+    cache: dict[str, str] = {}
+    for index, plan in enumerate(plans):
+        run.at(plan.stem)
+        run.notebooks[plan.stem] = plan.path
+        wired = {
+            **(first_inputs if index == 0 else {}),
+            **wire_inputs(produced, declared_parameters(plan.path)),
+        }
+        calls = [
+            plan_call(
+                plan.stem, plan.path, {**plan.parameters, **point, **wired}, secrets=plan.secrets
+            )
+            for point in plan.points
+        ]
+        for i, call in enumerate(calls):
+            run.executed[plan.stem if len(calls) == 1 else f"{plan.stem}-grid-{i}"] = call.executed
+        run.calls.extend(calls)
+        earlier = dict(outputs)
+        out, best, grid = run_grid(
+            calls,
+            plan.points,
+            run.settings,
+            rank=lambda o, earlier=earlier: score_point(earlier, o),
+            metric=ranking[0],
+            higher_is_better=ranking[1],
+            no_cache=no_cache,
+        )
+        cache.update(grid["cache"])
+        run.parameters[plan.stem] = calls[best].stored_parameters()
+        if len(calls) > 1:
+            run.executed[plan.stem] = calls[best].executed
+            run.record.setdefault("grid", {})[plan.stem] = grid
+            for i, call in enumerate(calls):
+                if call.output_dir.exists():
+                    run.store.put_tree(run.version, f"grid/{plan.stem}/{i}", call.output_dir)
+        outputs[plan.stem] = out
+        produced.update(out.outputs)
+    run.record["cache"] = cache
+    print("notebook cache: " + ", ".join(f"{k} {v}" for k, v in cache.items()))
+    return outputs

@@ -34,6 +34,7 @@ only a verdict within that distance of the threshold can disagree with Evidently
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -157,6 +158,17 @@ class ReferenceProfile(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def without(self, columns: Iterable[str]) -> ReferenceProfile:
+        """The profile minus ``columns`` (a pipeline's ids, time and target are never features)."""
+        drop = set(columns)
+        return ReferenceProfile(
+            format=self.format,
+            rows=self.rows,
+            numerical=[c for c in self.numerical if c not in drop],
+            categorical=[c for c in self.categorical if c not in drop],
+            columns={n: c for n, c in self.columns.items() if n not in drop},
+        )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ReferenceProfile:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -67,3 +68,36 @@ def resolve_pipeline(args: argparse.Namespace) -> str:
     from flows.spec import default_pipeline
 
     return default_pipeline()
+
+
+# Flags declared with add_duration_option: their value may be a duration before now (-24h).
+DURATION_OPTIONS: set[str] = set()
+
+
+def add_duration_option(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """``flag WHEN``: a date, or a duration before now written as ``-24h`` (see join_durations)."""
+    parser.add_argument(flag, default=None, metavar="WHEN", help=help)
+    DURATION_OPTIONS.add(flag)
+
+
+def join_durations(argv: Sequence[str]) -> list[str]:
+    """``--start -24h`` as ``--start=-24h`` for the duration options, so it parses as written.
+
+    Why: argparse reads a separate value that starts with ``-`` as an option (only a plain
+    number such as ``-24`` is taken as a value), and fails with "expected one argument".
+    """
+    out: list[str] = []
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            return out + tokens[i:]
+        value = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token in DURATION_OPTIONS and value[:1] == "-" and value[1:2].isdigit():
+            out.append(f"{token}={value}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out

@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOANS = str(ROOT / "data" / "loans.csv")
+PIPELINE = "training"
+SPEC = f"deployments/{PIPELINE}.yaml"
 TRAINING = "training_pipeline/training"
 RETRAIN_TIMEOUT_S = 420.0
 
@@ -52,7 +54,7 @@ def champion(stack: dict[str, Any]) -> dict[str, Any]:
     """The first champion: the training deployment run by the worker, as a schedule would."""
     flow_run = _run_to_completion(TRAINING, {"triggered_by": "test-seed"}, stack["worker_log"])
     assert flow_run.state.type.value == "COMPLETED", _log_tail(stack["worker_log"], 80)
-    found = RunStore(str(stack["nbprod_home"] / "runs")).champion()
+    found = RunStore(str(stack["nbprod_home"] / "runs")).champion(PIPELINE)
     assert found is not None, "the seed training run was not accepted"
     return found
 
@@ -86,7 +88,7 @@ def test_drift_triggers_retraining_and_no_drift_or_no_verdict_does_not(
 
     # A window like the training data: no verdict of drift, so no event and no retraining.
     steady = monitoring_pipeline(
-        LOANS, "2024-04-01", "2024-07-01", run_store_url=store.url, triggered_by="test"
+        SPEC, "2024-04-01", "2024-07-01", source=LOANS, run_store_url=store.url, triggered_by="test"
     )
     assert steady["drift"]["verdict"] == "no_drift"
     assert steady["event"] is None
@@ -94,9 +96,10 @@ def test_drift_triggers_retraining_and_no_drift_or_no_verdict_does_not(
 
     # A drifted day, but too few rows for a verdict: no event either, and the run says why.
     sparse = monitoring_pipeline(
-        LOANS,
+        SPEC,
         "2024-12-01",
         "2024-12-02",
+        source=LOANS,
         run_store_url=store.url,
         triggered_by="test",
         policy={"min_rows": 500},
@@ -106,9 +109,11 @@ def test_drift_triggers_retraining_and_no_drift_or_no_verdict_does_not(
     assert drift_events(sparse["version"], expect=False) == []
 
     drifted = monitoring_pipeline(
-        LOANS, "2024-10-01", "2025-01-01", run_store_url=store.url, triggered_by="test"
+        SPEC, "2024-10-01", "2025-01-01", source=LOANS, run_store_url=store.url, triggered_by="test"
     )
     assert drifted["drift"]["verdict"] == "drift" and drifted["event"]["sent"]
+    assert drifted["pipeline"] == PIPELINE
+    assert drifted["event"]["resource"]["prefect.resource.id"] == f"nbprod.pipeline.{PIPELINE}"
     cause = f"drift:{drifted['version']}"
 
     flow_run = wait_for_flow_run(
@@ -151,16 +156,16 @@ def test_drift_triggers_retraining_and_no_drift_or_no_verdict_does_not(
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["show", drifted["version"], "--store", store.url]) == 0
-        assert main(["history", "--store", store.url]) == 0
+        assert main(["history", "--pipeline", PIPELINE, "--store", store.url]) == 0
     shown = out.getvalue()
     assert f"→ retraining {retrain['version']}: {retrain['status'].upper()}" in shown
 
-    now = store.champion()
+    now = store.champion(PIPELINE)
     if retrain["status"] == "accepted":
         assert f"{retrain['version']}  retrain" in shown
         assert retrain["infra_check"]["passed"] is True
         assert now["version"] == retrain["version"]
-        last = store.champion_history()[-1]
+        last = store.champion_history(PIPELINE)[-1]
         assert last["reason"] == "retrain" and drifted["version"] in last["note"]
     else:
         assert now["version"] == champion["version"]

@@ -241,3 +241,16 @@ def test_missing_and_infinite_categories_are_not_counted() -> None:
     result = check_drift(profile, current)
     assert result.columns["c"].rows == 280
     assert result.columns["f"].rows == 270
+
+
+def test_profile_without_non_feature_columns() -> None:
+    """A pipeline's ids, time and target leave the profile; production rows need not have them."""
+    frame = synthetic(3000, 0.0, seed=1)
+    profile = profile_reference(frame, NUMERICAL, CATEGORICAL)
+    features = profile.without(["b", "d", "not-a-column"])
+    assert features.numerical == ["x", "y", "k"] and features.categorical == ["c"]
+    assert set(features.columns) == {"x", "y", "k", "c"} and features.rows == profile.rows
+    assert set(profile.columns) == {*NUMERICAL, *CATEGORICAL}  # the original is unchanged
+    current = synthetic(300, 0.0, seed=2).drop(columns=["b", "d"])
+    assert check_drift(features, current).verdict == "no_drift"
+    assert ReferenceProfile.from_dict(features.to_dict()) == features

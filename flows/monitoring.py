@@ -16,7 +16,6 @@ What a champion version must hold (the training flow stores both): ``reference_p
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -352,21 +351,6 @@ def store_reports(run: Run, reports: dict[str, Any]) -> None:
     }
 
 
-def conclude_monitoring(run: Run, logger: Any) -> dict[str, Any]:
-    """Finalize the record as ``completed``, publish its page, drop the scratch space.
-
-    Why not ``flows.runs.conclude``: a monitoring run's Prefect artifacts are its own summary
-    (verdict, drifted columns), not a training run's gate and metrics.
-    """
-    final = run.store.finalize(run.version, {**run.record, "status": "completed"})
-    try:
-        publish_monitoring_artifacts(final, run.links)
-    except Exception as exc:
-        logger.warning("could not publish Prefect artifacts for %s: %s", run.version, exc)
-    shutil.rmtree(run.workdir, ignore_errors=True)
-    return final
-
-
 # -- the flow ----------------------------------------------------------------------------------
 @flow(name="monitoring_pipeline", log_prints=True)
 def monitoring_pipeline(
@@ -386,7 +370,7 @@ def monitoring_pipeline(
     DriftPolicy as a dict) overrides the spec's ``drift`` section. Returns the stored record.
     """
     from flows.inference_log import default_inference_log_dir
-    from flows.runs import begin, recorded
+    from flows.runs import begin, conclude, recorded
     from flows.spec import load_spec
 
     logger = get_run_logger()
@@ -397,7 +381,13 @@ def monitoring_pipeline(
         )
     drift_policy = drift_policy_for(pipeline, policy)
     source = source or str(default_inference_log_dir())
-    run = begin("monitoring_pipeline", pipeline.name, run_store_url, triggered_by)
+    run = begin(
+        "monitoring_pipeline",
+        pipeline.name,
+        run_store_url,
+        triggered_by,
+        publish=publish_monitoring_artifacts,
+    )
     run.record.update(kind="monitoring", spec=pipeline.relative_path(), source=source)
     run.record.update(window=[start, end], champion_version=None, event=None)
     with recorded(run):
@@ -439,7 +429,7 @@ def monitoring_pipeline(
             )
             run.record["event"] = emit_drift_event(pipeline.name, payload)
             logger.warning("drift detected: emitted %s for %s", DRIFT_EVENT, pipeline.name)
-        return conclude_monitoring(run, logger)
+        return conclude(run, "completed")
 
 
 # -- the run on one page -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,9 @@ from flows.store import RunStore, new_version_id, utc_now
 
 # triggered_by of a retraining run started by a monitoring run's drift event (prefect.yaml).
 DRIFT_TRIGGER_PREFIX = "drift:"
+
+
+Publisher = Callable[[dict[str, Any], dict[str, str]], None]
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Run:
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The notebook calls planned so far (flows.execution.NotebookCall), in run order.
     calls: list[Any] = field(default_factory=list)
+    # Publishes the finished record and links as Prefect artifacts (a flow may bring its own).
+    publish: Publisher | None = None
 
     def at(self, step: str) -> None:
         """Name the step in progress: a failure is recorded against it."""
@@ -55,8 +60,14 @@ class Run:
             self.links[link] = self.store.uri(self.version, rel)
 
 
-def begin(flow_name: str, pipeline: str, run_store_url: str | None, triggered_by: str) -> Run:
-    """Reserve a new run version and start its record."""
+def begin(
+    flow_name: str,
+    pipeline: str,
+    run_store_url: str | None,
+    triggered_by: str,
+    publish: Publisher | None = None,
+) -> Run:
+    """Reserve a new run version and start its record; ``publish`` defaults to the run summary."""
     from prefect.context import FlowRunContext
 
     settings = load_settings()
@@ -72,7 +83,7 @@ def begin(flow_name: str, pipeline: str, run_store_url: str | None, triggered_by
         "trigger": parse_trigger(triggered_by),
     }
     store.begin(version)
-    return Run(settings, store, version, settings.scratch_dir / version, record)
+    return Run(settings, store, version, settings.scratch_dir / version, record, publish=publish)
 
 
 def parse_trigger(triggered_by: str) -> dict[str, str] | None:
@@ -180,7 +191,7 @@ def _link_and_publish(run: Run, record: dict[str, Any]) -> None:
     from flows.artifacts import publish_run_artifacts
 
     try:
-        publish_run_artifacts(record, run.links)
+        (run.publish or publish_run_artifacts)(record, run.links)
     except Exception as exc:
         logger.warning("could not publish Prefect artifacts for %s: %s", record["version"], exc)
 

@@ -20,6 +20,34 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class DataSources:
+    """Where a run's data comes from: the data file, the reference file, the window."""
+
+    data: Path
+    reference: Path
+    window: tuple[str | None, str | None]
+
+
+def data_sources(
+    spec: PipelineSpec,
+    data_path: str | None = None,
+    reference_path: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+) -> DataSources:
+    """The spec's data, reference and window, each overridden by a value given for this run."""
+    from flows.spec import resolve_project_path
+
+    data = resolve_project_path(data_path or spec.data["data_path"]).resolve()
+    reference = reference_path or spec.data.get("reference_path")
+    return DataSources(
+        data,
+        resolve_project_path(reference).resolve() if reference else data,
+        (start or spec.data.get("start_date"), end or spec.data.get("end_date")),
+    )
+
+
+@dataclass(frozen=True)
 class DataWindow:
     """The rows a training run learns from, and what they were checked against."""
 
@@ -30,18 +58,12 @@ class DataWindow:
     window: tuple[str | None, str | None]
 
 
-def load_data_window(
-    spec: PipelineSpec,
-    *,
-    data_path: Path,
-    reference_path: Path,
-    start: str | None,
-    end: str | None,
-    out_dir: Path,
-) -> DataWindow:
+def load_data_window(spec: PipelineSpec, sources: DataSources, *, out_dir: Path) -> DataWindow:
     """Read, validate and cut the data to ``[start, end)`` on the spec's time column."""
     import pandas as pd
 
+    data_path, reference_path = sources.data, sources.reference
+    start, end = sources.window
     time_column = spec.time_column
     reference = read_table(reference_path, dataset="reference", datetime_column=time_column)
     schema = derive_schema(

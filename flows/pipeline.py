@@ -18,28 +18,65 @@ from flows import runs
 from flows.errors import ConfigError
 from flows.evaluation import Evaluation, evaluate_models, grid_point_scorer
 from flows.execution import COMPLETE_MARKER, reported_metric, run_chain
-from flows.inputs import DataWindow, load_data_window
+from flows.inputs import DataSources, DataWindow, data_sources, load_data_window
 from flows.lineage import store_lineage, store_reports
 from flows.manifest import data_fingerprint
-from flows.planning import plan_chain
+from flows.notebook import NotebookOutputs
+from flows.planning import NotebookPlan, plan_chain
 from flows.release import release_model
 from flows.spec import PipelineSpec, default_pipeline, load_spec, resolve_project_path
 
 
 @task(name="validate-input-data", cache_policy=NO_CACHE)
-def validate_data(
-    spec: PipelineSpec, data: Path, reference: Path, window: tuple[Any, Any], out_dir: Path
-) -> DataWindow:
-    start, end = window
-    return load_data_window(
-        spec, data_path=data, reference_path=reference, start=start, end=end, out_dir=out_dir
+def validate_data(spec: PipelineSpec, sources: DataSources, run: runs.Run) -> DataWindow:
+    run.fingerprints.update(
+        data=data_fingerprint(sources.data), reference=data_fingerprint(sources.reference)
+    )
+    return load_data_window(spec, sources, out_dir=run.workdir / "inputs")
+
+
+def run_notebooks(
+    spec: PipelineSpec,
+    plans: list[NotebookPlan],
+    data: DataWindow,
+    policy: gate_mod.GatePolicy,
+    run: runs.Run,
+    *,
+    no_cache: bool,
+) -> dict[str, NotebookOutputs]:
+    """The notebooks in order on the data window; a grid's points ranked as the gate would."""
+    warm_up_later_steps()
+    ranking = gate_mod.ranking_metric(policy)
+    return run_chain(
+        plans,
+        run,
+        first_inputs={"data_path": str(data.file)},
+        no_cache=no_cache,
+        ranking=ranking,
+        score_point=grid_point_scorer(spec, ranking[0]),
     )
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate(spec: PipelineSpec, outputs: dict[str, Any], run: runs.Run) -> Evaluation:
-    champion = run.record.get("champion_before")
-    return evaluate_models(spec, outputs, run.store, champion, run.workdir)
+    """Candidate and champion on the same holdout rows; the metrics go into the record."""
+    scored = evaluate_models(spec, outputs, run.store, run.record["champion_before"], run.workdir)
+    run.record["metrics"] = {
+        "candidate": scored.candidate_metrics,
+        "champion": scored.champion_metrics,
+    }
+    reported = {stem: out.metrics for stem, out in outputs.items() if out.metrics}
+    run.put_json("metrics.json", {**run.record["metrics"], "notebook": reported})
+    return scored
+
+
+def gate(policy: gate_mod.GatePolicy, scored: Evaluation, run: runs.Run) -> Any:
+    """The policy's decision on the candidate against the champion, recorded with its reasons."""
+    decision = gate_mod.evaluate_gate(scored.candidate_metrics, scored.champion_metrics, policy)
+    run.put_json("gate.json", {**decision.to_dict(), "policy": policy.model_dump()})
+    run.record.update(decision=decision.to_dict()["decision"], reasons=decision.reasons)
+    print(f"gate: {run.record['decision']} — {'; '.join(decision.reasons)}")
+    return decision
 
 
 @task(name="evidently-reports", cache_policy=NO_CACHE)
@@ -106,19 +143,12 @@ def training_pipeline(
     pipeline = training_spec(spec)
     run = runs.begin("training_pipeline", pipeline.name, run_store_url, triggered_by)
     with runs.recorded(run):
+        sources = data_sources(pipeline, data_path, reference_path, start_date, end_date)
         champion = run.store.champion(pipeline.name)
-        data_file = resolve_project_path(data_path or pipeline.data["data_path"]).resolve()
-        reference_file = resolve_project_path(
-            reference_path or pipeline.data.get("reference_path") or data_file
-        ).resolve()
-        window = (
-            start_date or pipeline.data.get("start_date"),
-            end_date or pipeline.data.get("end_date"),
-        )
         run.record.update(
             task=pipeline.task,
-            window=list(window),
             spec=pipeline.name,
+            window=list(sources.window),
             champion_before=champion,
             champion_after=champion,
         )
@@ -128,39 +158,19 @@ def training_pipeline(
             pipeline,
             overrides=parameters,
             grid=grid,
-            first_inputs={"data_path": str(data_file)},
+            first_inputs={"data_path": str(sources.data)},
             shared={"target": pipeline.target},
         )
         run.at("validate-input-data")
-        run.fingerprints.update(
-            data=data_fingerprint(data_file), reference=data_fingerprint(reference_file)
-        )
-        data = validate_data(pipeline, data_file, reference_file, window, run.workdir / "inputs")
+        data = validate_data(pipeline, sources, run)
         run.at("notebooks")
-        warm_up_later_steps()
-        ranking = gate_mod.ranking_metric(policy)
-        outputs = run_chain(
-            plans,
-            run,
-            first_inputs={"data_path": str(data.file)},
-            no_cache=no_cache,
-            ranking=ranking,
-            score_point=grid_point_scorer(pipeline, ranking[0]),
-        )
+        outputs = run_notebooks(pipeline, plans, data, policy, run, no_cache=no_cache)
         run.at("evaluate")
         scored = evaluate(pipeline, outputs, run)
-        run.record["metrics"] = {
-            "candidate": scored.candidate_metrics,
-            "champion": scored.champion_metrics,
-        }
-        run.put_json("metrics.json", {**run.record["metrics"], "notebook": _reported(outputs)})
         run.at("reports")
         run.record["drift"] = write_reports(pipeline, data, scored, run)
         run.at("gate")
-        decision = gate_mod.evaluate_gate(scored.candidate_metrics, scored.champion_metrics, policy)
-        run.put_json("gate.json", {**decision.to_dict(), "policy": policy.model_dump()})
-        run.record.update(decision=decision.to_dict()["decision"], reasons=decision.reasons)
-        print(f"gate: {run.record['decision']} — {'; '.join(decision.reasons)}")
+        decision = gate(policy, scored, run)
         manifest = store_lineage(run, outputs, data, scored)
         status = "rejected"
         if decision.accepted:
@@ -178,11 +188,6 @@ def training_spec(spec: str | None) -> PipelineSpec:
             f"{file} is a notebook pipeline (flow: notebook): run it with `nbprod run --spec`"
         )
     return loaded
-
-
-def _reported(outputs: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The metrics each notebook reported itself in its optional outputs.json."""
-    return {stem: out.metrics for stem, out in outputs.items() if out.metrics}
 
 
 def _policy_file(policy: str | None) -> Path | None:

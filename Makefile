@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Everything the demo writes (run store, Prefect home, BentoML store) stays in the project.
+# Everything nbprod writes (run store, Prefect home, BentoML store) stays in the project: the
+# same defaults `nbprod` sets itself when started directly (flows/paths.py).
 NBPROD_HOME ?= $(CURDIR)/.nbprod
 export NBPROD_HOME
 export PREFECT_HOME ?= $(NBPROD_HOME)/prefect

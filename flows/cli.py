@@ -22,19 +22,7 @@ from flows.options import (
     parse_assignment,
     resolve_pipeline,
 )
-
-QUIET_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "BENTOML_DO_NOT_TRACK": "true",
-    # The embedded server needs 15-25 s to start on small machines; Prefect's default is 20 s.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-}
-
-
-def _fmt_metric(record: dict[str, Any], name: str) -> str:
-    value = ((record.get("metrics") or {}).get("candidate") or {}).get(name)
-    return f"{value:.4f}" if isinstance(value, float) else "—"
+from flows.paths import prepare_environment
 
 
 def _is_number(value: Any) -> bool:
@@ -298,8 +286,7 @@ def render_run(record: dict[str, Any], store: Any) -> str:
             lines.append("  " + "  ".join(shown))
     else:
         lines.append(
-            f"  roc_auc {_fmt_metric(record, 'roc_auc')}  f1 {_fmt_metric(record, 'f1')}  "
-            f"log_loss {_fmt_metric(record, 'log_loss')}"
+            f"  {record.get('pipeline')} ({record.get('task')}): {_metrics_summary(record)}"
         )
     if record.get("bento_tag"):
         lines.append(f"  model {record['model_tag']}  bento {record['bento_tag']}")
@@ -526,20 +513,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     register_monitor_commands(sub)
     return parser
-
-
-def prepare_environment() -> None:
-    """Quiet, patient defaults, and state under the project whatever the entry point.
-
-    ``PREFECT_HOME`` and ``BENTOML_HOME`` default to ``<project>/.nbprod/{prefect,bentoml}``
-    (as ``make`` sets them) and exist: Prefect cannot open its SQLite file otherwise. Runs
-    before Prefect or BentoML is imported, since both read their home once, at import.
-    """
-    from flows.paths import apply_state_defaults
-
-    for key, value in QUIET_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    apply_state_defaults()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from flows.cli import prepare_environment
+from flows.paths import prepare_environment
 
 DEGRADED = {"n_estimators": 5, "max_depth": 1, "learning_rate": 0.05, "train_fraction": 0.05}
 

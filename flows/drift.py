@@ -7,28 +7,9 @@ the verdicts, so the reference side is reduced once to a small JSON profile (sto
 champion) and the current window is reduced with vectorised numpy (one sort per numerical
 column, one hash count per categorical column).
 
-The method selection mirrors ``evidently.legacy.calculations.stattests.registry.
-_get_default_stattest`` (evidently 0.7.23), applied after Evidently's cleaning (infinities and
-missing values dropped per column):
-
-=====================  =========================================  =============================
-reference rows         numerical                                  categorical
-=====================  =========================================  =============================
-> 1000                 unique(ref ∪ cur) <= 5: Jensen-Shannon      Jensen-Shannon distance
-                       distance >= 0.1; else Wasserstein distance  >= 0.1
-                       normed by the reference std >= 0.1
-<= 1000                unique <= 2: Z-test p < 0.05;               unique <= 2: Z-test p < 0.05;
-                       3..5: chi-square p < 0.05; else K-S         else chi-square p < 0.05
-                       p <= 0.05
-=====================  =========================================  =============================
-
-Exactness: the categorical tests, Jensen-Shannon, chi-square and Z use the stored counts and
-are exact. K-S on a small reference uses the stored reference values and is exact. Wasserstein
-is exact for a numerical column with at most ``QUANTILES`` distinct values (stored as counts);
-otherwise it uses ``QUANTILES`` even quantiles plus the ``TAIL`` extreme values at each end,
-linearly interpolated. The profile records the resulting bound on the score error
-(``quantile_error``: the normed Wasserstein distance between the reference and its quantiles):
-only a verdict within that distance of the threshold can disagree with Evidently.
+The method selection mirrors Evidently 0.7.23's default stattest choice, after its cleaning;
+the table of methods per column kind and reference size, and the exactness of each, are in
+docs/architecture.md (drift check).
 """
 
 from __future__ import annotations
@@ -38,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows.errors import DriftError
 
@@ -46,7 +27,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-Method = Literal["wasserstein", "jensenshannon", "ks", "chisquare", "z"]
+from flows.drift_policy import ColumnRule, DriftPolicy, Method
+
+__all__ = ["ColumnRule", "DriftPolicy", "Method"]
 
 # Evidently's default thresholds per method, and which side of the threshold means drift.
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -72,49 +55,6 @@ FEW_VALUES = 5
 QUANTILES = 1000
 TAIL = 100
 PROFILE_FORMAT = 1
-
-
-# -- policy ------------------------------------------------------------------------------------
-class ColumnRule(BaseModel):
-    """A per-column override: another method and/or threshold than Evidently's default."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Method | None = Field(default=None, description="Drift method for this column.")
-    threshold: float | None = Field(
-        default=None, gt=0, description="Threshold (p-value for ks/chisquare/z, else distance)."
-    )
-
-
-class DriftPolicy(BaseModel):
-    """When a monitoring window counts as drifted, and when it is too small to say.
-
-    The defaults are Evidently's DataDriftPreset defaults (dataset drift when at least half of
-    the columns drift), so the fast check and the Evidently report tell the same story.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    drift_share: float = Field(
-        default=0.5,
-        gt=0,
-        le=1,
-        description="Dataset drift when the share of drifted columns reaches this value.",
-    )
-    min_rows: int = Field(
-        default=200,
-        ge=1,
-        description="Fewer rows in the window than this: no verdict (too little evidence).",
-    )
-    columns: dict[str, ColumnRule] = Field(
-        default_factory=dict, description="Per-column method and threshold overrides."
-    )
-
-    @model_validator(mode="after")
-    def _share_is_a_fraction(self) -> DriftPolicy:
-        if not 0 < self.drift_share <= 1:
-            raise ValueError("drift_share must be in (0, 1]")
-        return self
 
 
 # -- reference profile -------------------------------------------------------------------------

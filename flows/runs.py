@@ -70,6 +70,9 @@ def begin(
     """Reserve a new run version and start its record; ``publish`` defaults to the run summary."""
     from prefect.context import FlowRunContext
 
+    from flows.paths import default_bentoml_home
+
+    default_bentoml_home()
     settings = load_settings()
     store = RunStore(run_store_url or settings.resolved_run_store_url)
     version = new_version_id()

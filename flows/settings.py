@@ -1,7 +1,8 @@
 """Typed settings, read from ``NBPROD_*`` environment variables.
 
-One place decides where runs, scratch space and the policy live, so the CLI, the flow and the
-tests agree without passing paths through every call.
+One place decides where runs, scratch space and the notebooks live, so the CLI, the flow and the
+tests agree without passing paths through every call. Defaults are under the project
+(:func:`flows.paths.project_root`), computed when the settings are read.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flows.paths import DEFAULT_HOME, PROJECT_ROOT, SETTINGS_ENV_PREFIX
+from flows.paths import CHECKOUT_ROOT, SETTINGS_ENV_PREFIX, default_home, project_root
 
-__all__ = ["PROJECT_ROOT", "NbprodSettings", "load_settings"]
+__all__ = ["NbprodSettings", "load_settings", "project_root"]
 
 
 class NbprodSettings(BaseSettings):
@@ -22,8 +23,9 @@ class NbprodSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=SETTINGS_ENV_PREFIX, extra="ignore")
 
     home: Path = Field(
-        default=DEFAULT_HOME,
-        description="Root of local state: the default run store and scratch space.",
+        default_factory=default_home,
+        description="Root of local state: the default run store and scratch space "
+        "(default <project>/.nbprod).",
     )
     run_store_url: str | None = Field(
         default=None,
@@ -31,15 +33,18 @@ class NbprodSettings(BaseSettings):
         "Defaults to <home>/runs.",
     )
     notebooks_dir: Path = Field(
-        default=PROJECT_ROOT / "notebooks", description="Where the pipeline's notebooks live."
+        default_factory=lambda: project_root() / "notebooks",
+        description="Where the project's notebooks live.",
     )
     bentos_dir: Path = Field(
-        default=PROJECT_ROOT / "bentos",
-        description="The BentoML service source packaged per model.",
+        default=CHECKOUT_ROOT / "bentos",
+        description="The BentoML service source packaged per model (nbprod's own, in its "
+        "checkout).",
     )
     policy_path: Path = Field(
-        default=PROJECT_ROOT / "deployments" / "policy.yaml",
-        description="Acceptance-gate policy (floors and champion-change thresholds).",
+        default_factory=lambda: project_root() / "deployments" / "policy.yaml",
+        description="Project-wide gate policy for a notebook spec that names none (used when "
+        "the file exists); a training spec without one gets its task's built-in policy.",
     )
     kernel_name: str = Field(
         default="python3",
@@ -54,18 +59,10 @@ class NbprodSettings(BaseSettings):
         "ipykernel and the notebooks' installed imports (flows.kernels): saves each kernel "
         "seconds of CPU. Off: every kernel is a fresh interpreter.",
     )
-    model_name: str = Field(
-        default="nbprod_loan_default", description="Name of the model in the BentoML model store."
-    )
 
     @property
     def resolved_run_store_url(self) -> str:
         return self.run_store_url or str(self.home / "runs")
-
-    @property
-    def training_notebooks(self) -> tuple[Path, Path]:
-        """The training pipeline's prepare and train notebooks when no spec names others."""
-        return self.notebooks_dir / "prepare.ipynb", self.notebooks_dir / "train.ipynb"
 
     @property
     def scratch_dir(self) -> Path:
@@ -75,3 +72,10 @@ class NbprodSettings(BaseSettings):
 def load_settings() -> NbprodSettings:
     """Read settings fresh each call so tests and the CLI can change the environment."""
     return NbprodSettings()
+
+
+def __getattr__(name: str) -> Path:
+    """``PROJECT_ROOT``: :func:`flows.paths.project_root` when read (kept for importers)."""
+    if name == "PROJECT_ROOT":
+        return project_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.drift import DriftPolicy
+from flows.drift_policy import DriftPolicy
 from flows.errors import ConfigError
 from flows.paths import (
     PROJECT_DIR_ENV,

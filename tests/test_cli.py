@@ -122,35 +122,41 @@ def test_empty_store_commands_explain_next_step(
     assert "not found" in capsys.readouterr().err
 
 
-def test_parameters_are_checked_against_the_notebooks_a_training_spec_names(
+def test_parameters_are_checked_against_the_spec_notebooks_before_any_server_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A training spec may name its own pair of notebooks: `--param` is checked against those."""
+    """`--param NAME=V` is the last notebook's, `--param STEM.NAME=V` another's: both checked
+    against those notebooks' parameters cells, with one line naming the notebook."""
     import nbformat
 
-    from flows.cli import load_run_spec, precheck_parameters
+    from flows.cli import load_run_spec, notebook_parameters, precheck_parameters
     from flows.errors import ParameterError
 
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "deployments").mkdir()
-    for stem, params in (("churn_prep", "data_path = ''"), ("churn_fit", "depth = 3")):
+    for stem, params in (("churn_prep", "data_path = ''\nshare = 0.2"), ("churn_fit", "depth = 3")):
         nb = nbformat.v4.new_notebook()
         cell = nbformat.v4.new_code_cell(f"{params}\noutput_dir = 'out'")
         cell.metadata["tags"] = ["parameters"]
         nb.cells = [cell]
         nbformat.write(nb, tmp_path / "notebooks" / f"{stem}.ipynb")
     (tmp_path / "deployments" / "churn.yaml").write_text(
-        "name: churn\nflow: training\n"
+        "name: churn\nflow: training\ntask: classification\ntarget: churned\n"
+        "data: {data_path: data.csv}\n"
         "notebooks: [notebooks/churn_prep.ipynb, notebooks/churn_fit.ipynb]\n"
     )
     monkeypatch.setenv("NBPROD_PROJECT_DIR", str(tmp_path))
     spec = load_run_spec("deployments/churn.yaml")
 
-    precheck_parameters({}, {"depth": 5}, spec)  # unknown to the default train.ipynb
+    given = notebook_parameters(["depth=5", "churn_prep.share=0.3"], spec.stems)
+    assert given == {"churn_fit": {"depth": 5}, "churn_prep": {"share": 0.3}}
+    precheck_parameters(spec, given)
     with pytest.raises(ParameterError, match=r"churn_fit\.ipynb: parameter 'depth' expects int"):
-        precheck_parameters({}, {"depth": "deep"}, spec)
-    with pytest.raises(ParameterError, match="unknown parameter"):
-        precheck_parameters({}, {"depth": 5}, None)  # no spec: the default notebooks
+        precheck_parameters(spec, notebook_parameters(["depth=deep"], spec.stems))
+    with pytest.raises(ParameterError, match=r"churn_prep\.ipynb: unknown parameter"):
+        precheck_parameters(spec, notebook_parameters(["churn_prep.depth=5"], spec.stems))
+    with pytest.raises(UsageError, match="no notebook 'train'"):
+        notebook_parameters(["train.depth=5"], spec.stems)
 
 
 def test_runs_champion_and_show_per_pipeline(

@@ -2,7 +2,7 @@
 
 The module starts a Prefect server on 127.0.0.1 (its own PREFECT_HOME), promotes a tiny notebook
 into a temporary copy of the project (the real prefect.yaml and deployments/ are never touched),
-registers it with ``flows.promote.deploy`` — which creates the ``nbprod-process`` pool — and
+registers it with ``flows.deploy.deploy`` — which creates the ``nbprod-process`` pool — and
 starts ``prefect worker start --pool nbprod-process --type process``. Runs are triggered with
 ``run_deployment`` and followed through the Prefect client until they reach a final state.
 
@@ -25,6 +25,7 @@ from uuid import UUID
 
 import pytest
 
+from flows.deploy import deploy, ensure_work_pool
 from flows.errors import DeployError
 from flows.localstack import (
     FINAL_STATES,
@@ -35,7 +36,7 @@ from flows.localstack import (
     wait_for_worker,
 )
 from flows.localstack import log_tail as _log_tail
-from flows.promote import deploy, ensure_work_pool, promote
+from flows.promote import promote
 from flows.spec import load_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -284,3 +285,61 @@ def test_wrong_parameter_type_fails_before_a_kernel_starts(stack: dict[str, Any]
     (record,) = [r for r in store.list_runs() if r.get("flow_run_id") == str(flow_run.id)]
     assert record["status"] == "failed" and record["failed_step"] == "check-parameters"
     assert not any(f.startswith("notebooks/") for f in store.files(record["version"]))
+
+
+def _churn_project(project: Path) -> tuple[Path, Path]:
+    """A user's binary classifier: generated data with an id, a date and a string target."""
+    import numpy as np
+    import pandas as pd
+    from notebook_files import parameterized_notebook
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=120, n_features=3, n_redundant=0, random_state=5)
+    frame = pd.DataFrame(x, columns=["tenure", "spend", "calls"])
+    frame.insert(0, "customer_id", np.arange(1, 121))
+    frame["signup_date"] = pd.date_range("2024-03-01", periods=120, freq="D").strftime("%Y-%m-%d")
+    frame["churned"] = np.where(y == 1, "yes", "no")
+    data = project / "data" / "churn.csv"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(data, index=False)
+    notebook = parameterized_notebook(
+        project / "notebooks" / "churn.ipynb",
+        'data_path = "data/churn.csv"\noutput_dir = "out"\ntarget = "churned"',
+        "import pandas as pd\nframe = pd.read_csv(data_path)\nprint(len(frame), target)\n",
+    )
+    return notebook, data
+
+
+def test_promoted_training_pipeline_deploys_with_trigger_and_monitoring(
+    stack: dict[str, Any], api: str
+) -> None:
+    """prefect deploy turns the promoted entries into a deployment, its retrain automation on
+    nbprod.pipeline.churn, and a daily churn-monitoring deployment."""
+    from prefect.client.orchestration import get_client
+
+    project = stack["project"]
+    notebook, data = _churn_project(project)
+    result = promote(
+        notebook, name="churn", target="churned", data=data, skip_repro=True, project_root=project
+    )
+    assert result.deployments == ["churn", "churn-monitoring"]
+    assert deploy(result.deployments, project_root=project) == ["churn", "churn-monitoring"]
+    with get_client(sync_client=True) as client:
+        training = client.read_deployment_by_name("training_pipeline/churn")
+        monitoring = client.read_deployment_by_name("monitoring_pipeline/churn-monitoring")
+        (automation,) = client.read_automations_by_name("nbprod-churn-retrain-on-drift")
+    assert training.parameters == {"spec": "deployments/churn.yaml", "triggered_by": "deployment"}
+    assert monitoring.parameters == {
+        "spec": "deployments/churn.yaml",
+        "start": "-24h",
+        "triggered_by": "schedule",
+    }
+    (schedule,) = monitoring.schedules
+    assert schedule.schedule.cron == "0 6 * * *" and schedule.active
+    trigger = automation.trigger
+    assert trigger.match.root == {"prefect.resource.id": "nbprod.pipeline.churn"}
+    assert trigger.expect == {"nbprod.drift.detected"}
+    (action,) = automation.actions
+    assert action.deployment_id == training.id
+    assert action.parameters["spec"] == "deployments/churn.yaml"
+    assert action.parameters["start_date"] == "{{ event.payload.retrain_window.start_date }}"

@@ -2,8 +2,8 @@
 
 Why a wrapper rather than telling people to run ``bentoml containerize`` themselves:
 
-- it resolves *which* bento from the run store (the champion, or an accepted run version), so the
-  image is always the approved, exactly-pinned model and never ``:latest``;
+- it resolves *which* bento from the run store (a pipeline's champion, or an accepted run
+  version), so the image is always the approved, exactly-pinned model and never ``:latest``;
 - it picks a docker client that can drive BuildKit. BentoML sets ``DOCKER_BUILDKIT=1``, and from
   docker CLI 23.0 on, ``docker build`` with BuildKit needs the buildx plugin: a CLI without it
   fails with "buildx component is missing". Older CLIs (e.g. Debian's ``docker.io`` 20.10) carry
@@ -14,7 +14,7 @@ Why a wrapper rather than telling people to run ``bentoml containerize`` themsel
 
 Only the standard library is imported at module level (``nbprod --help`` must stay fast); the run
 store is imported when the command runs. BentoML itself runs in a subprocess, with the bento store
-taken from ``BENTOML_HOME`` as for every other nbprod command.
+``$BENTOML_HOME``, else the project's ``.nbprod/bentoml``, as for every other nbprod command.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from flows.bento_server import use_bentoml_home
 from flows.errors import ContainerizeError
-from flows.options import add_store_option, open_store
+from flows.options import add_pipeline_option, add_store_option, open_store, resolve_pipeline
 
 # Set to a docker client binary to use exactly that one (no detection).
 DOCKER_ENV_VAR = "NBPROD_DOCKER"
@@ -68,7 +69,7 @@ def register_commands(subparsers: Any) -> None:
     """Add ``containerize`` to the ``nbprod`` sub-command parser (argparse subparsers action)."""
     parser = subparsers.add_parser(
         "containerize",
-        help="build a Docker/OCI image of the champion's bento (or of an accepted run)",
+        help="build a Docker/OCI image of a pipeline champion's bento (or of an accepted run)",
         description="Build an OCI image of an accepted run's bento with `bentoml containerize`. "
         "Needs a docker client and a running Docker daemon.",
     )
@@ -77,15 +78,16 @@ def register_commands(subparsers: Any) -> None:
         nargs="?",
         default=None,
         metavar="VERSION",
-        help="an accepted run version (default: the current champion)",
+        help="an accepted run version (default: the pipeline's current champion)",
     )
     parser.add_argument(
         "-t",
         "--image-tag",
         default=None,
         metavar="NAME:TAG",
-        help="image name and tag (default: the bento tag, e.g. nbprod_classifier:<version>)",
+        help="image name and tag (default: the bento tag, <pipeline>:<version>)",
     )
+    add_pipeline_option(parser)
     add_store_option(parser)
     parser.set_defaults(func=cmd_containerize)
 
@@ -93,7 +95,8 @@ def register_commands(subparsers: Any) -> None:
 def cmd_containerize(args: argparse.Namespace) -> int:
     """Resolve the bento, check docker, build the image, say how to run and deploy it."""
     store = open_store(args.store)
-    run_version, bento_tag, source = resolve_bento_tag(store, args.version)
+    run_version, bento_tag, source = resolve_bento_tag(store, args.version, resolve_pipeline(args))
+    use_bentoml_home()  # the subprocess's store, whatever the entry point
     bento_dir = bento_path(bento_tag)
     client = find_docker_client()
     check_daemon(client)
@@ -111,20 +114,21 @@ def cmd_containerize(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_bento_tag(store: Any, version: str | None) -> tuple[str, str, str]:
-    """Return (run version, exact bento tag, description) for the champion or an accepted run.
+def resolve_bento_tag(store: Any, version: str | None, pipeline: str) -> tuple[str, str, str]:
+    """Return (run version, exact bento tag, description): the pipeline's champion, or a run.
 
     Only accepted runs have a bento; a rejected or failed run is refused by name, so an image of
     an unapproved model cannot be built through nbprod by mistake.
     """
     if version is None:
-        champion = store.champion()
+        champion = store.champion(pipeline)
         if champion is None:
             raise ContainerizeError(
-                f"no champion in {store.url} yet: run `nbprod run` until a model is accepted, "
-                "or pass an accepted VERSION (see `nbprod runs`)"
+                f"pipeline {pipeline!r} has no champion in {store.url} yet: run `nbprod run` "
+                "until a model is accepted, or pass --pipeline, or an accepted VERSION "
+                "(see `nbprod runs`)"
             )
-        record, source = champion, "champion"
+        record, source = champion, f"champion of {pipeline}"
     else:
         record, source = store.get_run(version), "accepted run"
         if record.get("status") != "accepted":
@@ -143,9 +147,13 @@ def resolve_bento_tag(store: Any, version: str | None) -> tuple[str, str, str]:
 
 
 def bentoml_home(env: Mapping[str, str] | None = None) -> Path:
-    """The BentoML store this process would use (BentoML's own default is ~/bentoml)."""
+    """The BentoML store: ``BENTOML_HOME`` of ``env``, else the project's ``.nbprod/bentoml``."""
     env = os.environ if env is None else env
-    return Path(env.get("BENTOML_HOME") or "~/bentoml").expanduser()
+    if env.get("BENTOML_HOME"):
+        return Path(env["BENTOML_HOME"]).expanduser()
+    from flows.paths import home_dir
+
+    return home_dir() / "bentoml"
 
 
 def bento_path(bento_tag: str, env: Mapping[str, str] | None = None) -> Path:
@@ -156,7 +164,7 @@ def bento_path(bento_tag: str, env: Mapping[str, str] | None = None) -> Path:
     if not (path / "bento.yaml").is_file():
         raise ContainerizeError(
             f"bento {bento_tag} is not in the BentoML store at {home}: set BENTOML_HOME to the "
-            "store the run packaged into (`make` uses .nbprod/bentoml)"
+            "store the run packaged into (nbprod's default is .nbprod/bentoml)"
         )
     return path
 

@@ -1,11 +1,15 @@
-"""Package an accepted model: BentoML model store entry, then a bento pinned to exactly that model.
+"""Package an accepted model: a BentoML model store entry, then a bento pinned to exactly it.
+
+``package_model`` is what the training flow calls; ``delete_package`` undoes it (a bento that
+failed its infra check). The steps are public too: ``save_model``, ``build_bento``,
+``delete_model``, ``delete_bento``.
 
 BentoML reads ``BENTOML_HOME`` when it is first imported, so it is imported inside the functions:
 importing this module must not fix the store location (nor cost the import time).
 
-Pinning: the service in ``bentos/`` reads its model tag from ``model_pin.json`` next to it.
-``build_bento`` copies ``bentos/`` to a temporary build context, writes the pin there and builds
-from that copy, so the source directory never holds a pin and every bento carries its own.
+Pinning: the service in ``bentos/`` reads its model tag and pipeline from ``model_pin.json`` next
+to it. ``build_bento`` copies ``bentos/`` to a temporary build context, writes the pin there and
+builds from that copy, so the source directory never holds a pin and every bento carries its own.
 ``:latest`` is refused everywhere: the newest saved model is not necessarily the approved one.
 """
 
@@ -27,16 +31,65 @@ import yaml
 
 from flows.errors import PackagingError
 
+# The notebook's model file is stored under this one name in every BentoML model (joblib reads
+# plain pickles too); the service loads it from there (bentos/pinning.py MODEL_FILE).
 MODEL_FILE = "model.joblib"
 PIN_FILE = "model_pin.json"
 BENTOFILE = "bentofile.yaml"
-# The module bentoml imports from the build context; see _isolated_service_module.
-SERVICE_MODULE = "service"
-# Metadata key the service reads to build its request schema (bentos/service.py).
+# Metadata key the service reads to build its request schema (bentos/pinning.py).
 FEATURE_SCHEMA_KEY = "feature_schema"
+TASKS = ("classification", "regression")
 # What the service imports at serve time. Pinned to the installed versions so the bento's
-# pipeline is unpickled by the scikit-learn that pickled it.
+# model is unpickled by the scikit-learn that pickled it.
 SERVE_TIME_PACKAGES = ("scikit-learn", "pandas", "numpy", "pydantic", "joblib", "threadpoolctl")
+
+
+def package_model(
+    model_path: Path,
+    *,
+    pipeline: str,
+    model_name: str,
+    version: str,
+    metadata: dict[str, Any],
+    feature_schema: dict[str, Any],
+    bentos_dir: Path,
+) -> tuple[str, str]:
+    """Save the model and build the pipeline's bento pinned to it; return (model_tag, bento_tag).
+
+    ``metadata`` must hold ``task`` ("classification" | "regression"); the rest (run_version,
+    target, classes, id_columns, time_column, metrics, data_sha256, lineage, ...) is stored as
+    given, without its None values (BentoML refuses None), plus ``pipeline``, ``classes`` (the
+    model's ``classes_`` as JSON values, for a classifier) and ``model_file`` (the file's name).
+    The bento is named after the pipeline and versioned ``version``. If the build fails the
+    saved model is deleted again: no packaged model without its bento.
+    """
+    model_path = Path(model_path)
+    full_metadata = _model_metadata(model_path, pipeline, metadata, feature_schema, model_name)
+    labels = {"pipeline": pipeline, "run_version": version, "task": full_metadata["task"]}
+    model_tag = save_model(
+        model_path,
+        name=model_name,
+        labels=labels,
+        metadata=full_metadata,
+        feature_schema=feature_schema,
+    )
+    try:
+        bento_tag = build_bento(
+            model_tag, pipeline=pipeline, bentos_dir=bentos_dir, version=version, labels=labels
+        )
+    except Exception:
+        delete_model(model_tag)
+        raise
+    return model_tag, bento_tag
+
+
+def delete_package(model_tag: str, bento_tag: str) -> None:
+    """Undo ``package_model``: the bento first (it references the model), then the model.
+
+    Idempotent, so an interrupted undo can be retried.
+    """
+    delete_bento(bento_tag)
+    delete_model(model_tag)
 
 
 def save_model(
@@ -47,12 +100,11 @@ def save_model(
     metadata: dict[str, Any],
     feature_schema: dict[str, Any],
 ) -> str:
-    """Save the joblib'd pipeline into the BentoML model store; return the exact tag 'name:version'.
+    """Save the model file into the BentoML model store; return the exact tag 'name:version'.
 
-    The joblib file is copied byte for byte (not re-pickled) so the stored artifact is the one the
-    notebook produced and the gate evaluated. The feature schema goes into the model metadata
-    under ``feature_schema``: the service builds its request validation from it at start-up, and
-    ``bentoml models get`` shows it.
+    The file is copied byte for byte (not re-pickled) so the stored artifact is the one the
+    notebook produced and the gate evaluated. The feature schema goes into the metadata under
+    ``feature_schema``: the service builds its request validation from it.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -65,7 +117,6 @@ def save_model(
         )
     _require_str_labels(labels, what=f"model {name!r}")
     _validate_feature_schema(feature_schema, name=name)
-    _check_schema_matches_pipeline(model_path, feature_schema, name=name)
     # Deep copies: bentoml validates metadata in place (numpy scalars become Python numbers).
     full_metadata = copy.deepcopy(dict(metadata))
     if FEATURE_SCHEMA_KEY in full_metadata and full_metadata[FEATURE_SCHEMA_KEY] != feature_schema:
@@ -85,7 +136,7 @@ def save_model(
     except (bentoml.exceptions.BentoMLException, ValueError, TypeError, OSError) as exc:
         raise PackagingError(
             f"Saving model {name!r} from {model_path} to the BentoML store failed: {exc}; "
-            "fix: metadata must be JSON-like, the name a valid BentoML tag "
+            "fix: metadata must be JSON-like without None, the name a valid BentoML tag "
             "(lowercase letters, digits, '-', '_', '.'; max 63)"
         ) from exc
     return str(bento_model.tag)
@@ -94,18 +145,19 @@ def save_model(
 def build_bento(
     model_tag: str,
     *,
+    pipeline: str,
     bentos_dir: Path,
     version: str,
     labels: dict[str, str] | None = None,
 ) -> str:
-    """Build a bento from the service in bentos_dir pinned to exactly model_tag; return its tag.
+    """Build the bento ``<pipeline>:<version>`` from the service in bentos_dir, pinned to model_tag.
 
     The build runs in this process from a copy of ``bentos_dir`` holding the pin. BentoML imports
-    ``service.py`` to inspect it and briefly ``os.chdir``s into the build context meanwhile, so do
+    the service to inspect it and briefly ``os.chdir``s into the build context meanwhile, so do
     not build concurrently with other threads that use relative paths. Python requirements are
     pinned to the installed versions and not locked with uv, so building needs no network.
-    Rebuilding an existing ``name:version`` returns it when it pins the same model (a retried
-    flow), and fails otherwise.
+    Rebuilding an existing bento returns it when it pins the same model (a retried flow), and
+    fails otherwise.
     """
     _require_exact_tag(model_tag)
     _require_str_labels(labels or {}, what=f"the bento for model {model_tag}")
@@ -126,26 +178,24 @@ def build_bento(
             f"Cannot build a bento for model {model_tag}: it is not in the BentoML store "
             f"({exc}); fix: save it with save_model first, or check BENTOML_HOME"
         ) from exc
-
-    bento_name = build_config.get("name")
     try:
-        bentoml.Tag(bento_name or "bento", version)
+        bentoml.Tag(pipeline, version)
     except (ValueError, bentoml.exceptions.BentoMLException) as exc:
         raise PackagingError(
-            f"Cannot build a bento for model {model_tag}: version {version!r} is not a valid "
-            f"BentoML tag version ({exc}); fix: use letters, digits, '-', '_', '.' (max 63)"
+            f"Cannot build a bento for model {model_tag}: {pipeline}:{version} is not a valid "
+            f"BentoML tag ({exc}); fix: use letters, digits, '-', '_', '.' (max 63)"
         ) from exc
-    if bento_name:
-        existing = _existing_bento(f"{bento_name}:{version}")
-        if existing is not None:
-            pinned = sorted(str(m.tag) for m in existing.info.all_models)
-            if pinned == [model_tag]:
-                return str(existing.tag)
-            raise PackagingError(
-                f"Bento {existing.tag} already exists and pins {pinned}, not {model_tag}; "
-                "fix: build with a new version"
-            )
+    existing = _existing_bento(f"{pipeline}:{version}")
+    if existing is not None:
+        pinned = sorted(str(m.tag) for m in existing.info.all_models)
+        if pinned == [model_tag]:
+            return str(existing.tag)
+        raise PackagingError(
+            f"Bento {existing.tag} already exists and pins {pinned}, not {model_tag}; "
+            "fix: build with a new version"
+        )
 
+    build_config["name"] = pipeline
     build_config["models"] = [model_tag]
     python = dict(build_config.get("python") or {})
     python["packages"] = _serve_time_requirements()
@@ -160,13 +210,12 @@ def build_bento(
                 build_ctx,
                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc", PIN_FILE),
             )
-            (build_ctx / PIN_FILE).write_text(
-                json.dumps({"model_tag": model_tag}) + "\n", encoding="utf-8"
-            )
+            pin = {"model_tag": model_tag, "pipeline": pipeline}
+            (build_ctx / PIN_FILE).write_text(json.dumps(pin) + "\n", encoding="utf-8")
             (build_ctx / BENTOFILE).write_text(
                 yaml.safe_dump(build_config, sort_keys=False), encoding="utf-8"
             )
-            with _isolated_service_module():
+            with _isolated_bento_modules(build_ctx):
                 bento = bentoml.bentos.build_bentofile(
                     str(build_ctx / BENTOFILE),
                     version=version,
@@ -175,9 +224,9 @@ def build_bento(
                 )
     except Exception as exc:
         # BentoML surfaces build problems as BentoMLException, but importing the service runs
-        # user code (ImportError, RuntimeError from the pin check, ...): name the tag either way.
+        # its code (ImportError, RuntimeError from the pin check, ...): name the tag either way.
         raise PackagingError(
-            f"Building the bento for model {model_tag} (version {version!r}) from {bentos_dir} "
+            f"Building the bento {pipeline}:{version} for model {model_tag} from {bentos_dir} "
             f"failed: {exc}; fix the service or bentofile, or choose a valid version "
             "(letters, digits, '-', '_', '.')"
         ) from exc
@@ -196,9 +245,9 @@ def build_bento(
 def delete_model(tag: str) -> None:
     """Delete one exact model version, to undo a half-done packaging step.
 
-    Idempotent (an already-missing model is fine, so undo can be retried). Refuses ``:latest``,
-    which could hit a model saved by someone else meanwhile, and refuses a model a bento still
-    references, because that bento could no longer be served.
+    Idempotent (an already-missing model is fine). Refuses ``:latest``, which could hit a model
+    saved by someone else meanwhile, and a model a bento still references, because that bento
+    could no longer be served.
     """
     _require_exact_tag(tag)
 
@@ -225,11 +274,7 @@ def delete_model(tag: str) -> None:
 
 
 def delete_bento(tag: str) -> None:
-    """Delete one exact bento version, e.g. one that failed infra validation, before its model.
-
-    Idempotent (an already-missing bento is fine, so undo can be retried); ``:latest`` is refused
-    for the same reason as in ``delete_model``.
-    """
+    """Delete one exact bento version. Idempotent; ``:latest`` is refused as in delete_model."""
     _require_exact_tag(tag)
 
     import bentoml
@@ -245,13 +290,99 @@ def delete_bento(tag: str) -> None:
         ) from exc
 
 
+def _json_value(value: Any) -> Any:
+    """A label or metric as a JSON-native Python value (NumPy scalars unwrapped)."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
+
+
+def _model_metadata(
+    model_path: Path,
+    pipeline: str,
+    metadata: dict[str, Any],
+    feature_schema: dict[str, Any],
+    model_name: str,
+) -> dict[str, Any]:
+    """The metadata to store, checked against the model itself (loaded once, here)."""
+    full = _without_nones(copy.deepcopy(dict(metadata)))
+    what = f"Cannot package model {model_name!r} of pipeline {pipeline!r}"
+    if full.setdefault("pipeline", pipeline) != pipeline:
+        raise PackagingError(f"{what}: metadata names pipeline {full['pipeline']!r}; fix it")
+    task = full.get("task")
+    if task not in TASKS:
+        raise PackagingError(
+            f"{what}: metadata 'task' is {task!r}, not one of {list(TASKS)}; fix the spec's task"
+        )
+    if not model_path.is_file():
+        raise PackagingError(f"{what}: {model_path} does not exist; fix the notebook outputs")
+    full["model_file"] = model_path.name
+    model = _load_model(model_path, what)
+    _check_model_columns(model, feature_schema, what)
+    if task == "classification":
+        classes = getattr(model, "classes_", None)
+        if classes is None:
+            raise PackagingError(
+                f"{what}: {model_path.name} has no classes_ although the task is classification; "
+                "fix: save a fitted classifier, or set task: regression in the spec"
+            )
+        model_classes = [_json_value(c) for c in list(classes)]
+        given = full.get("classes")
+        if given is not None and [_json_value(c) for c in given] != model_classes:
+            raise PackagingError(
+                f"{what}: metadata classes {given} differ from the model's classes_ "
+                f"{model_classes}; fix the classes passed in"
+            )
+        full["classes"] = model_classes
+    return full
+
+
+def _load_model(model_path: Path, what: str) -> Any:
+    import joblib
+
+    try:
+        model = joblib.load(model_path)
+    except Exception as exc:  # unpickling runs arbitrary code paths; any failure means unusable
+        raise PackagingError(
+            f"{what}: {model_path} does not load with joblib ({type(exc).__name__}: {exc}); "
+            "fix the notebook's model output (joblib.dump or pickle.dump of the fitted model)"
+        ) from exc
+    if not callable(getattr(model, "predict", None)):
+        raise PackagingError(
+            f"{what}: {model_path.name} holds a {type(model).__name__} without predict; "
+            "fix: save the fitted scikit-learn-compatible estimator or pipeline"
+        )
+    return model
+
+
+def _check_model_columns(model: Any, schema: dict[str, Any], what: str) -> None:
+    """Catch a schema/model mismatch now, not when the first request reaches the server."""
+    fitted = getattr(model, "feature_names_in_", None)
+    if fitted is None or not isinstance(schema, dict):
+        return
+    expected = set(schema.get("numerical") or {}) | set(schema.get("categorical") or {})
+    if {str(c) for c in fitted} != expected:
+        raise PackagingError(
+            f"{what}: feature_schema columns {sorted(expected)} differ from the columns the "
+            f"model was fit on {sorted(str(c) for c in fitted)}; fix the schema or the notebook"
+        )
+
+
+def _without_nones(value: Any) -> Any:
+    """Mappings without their None values, recursively: BentoML metadata refuses None."""
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nones(v) for v in value]
+    return value
+
+
 def _require_exact_tag(tag: str) -> None:
-    """Reject tags that do not name one immutable model version."""
+    """Reject tags that do not name one immutable version."""
     name, _, version = str(tag).partition(":")
     if not name or not version or version == "latest":
         raise PackagingError(
-            f"Model tag {tag!r} is not an exact 'name:version'; fix: use the tag save_model "
-            "returned (':latest' is refused: the newest model is not necessarily the approved one)"
+            f"Tag {tag!r} is not an exact 'name:version'; fix: use the tag packaging returned "
+            "(':latest' is refused: the newest model is not necessarily the approved one)"
         )
 
 
@@ -312,33 +443,6 @@ def _validate_feature_schema(schema: dict[str, Any], *, name: str) -> None:
         )
 
 
-def _check_schema_matches_pipeline(model_path: Path, schema: dict[str, Any], *, name: str) -> None:
-    """Catch a schema/pipeline mismatch now, not when the first request hits the server."""
-    import joblib
-
-    try:
-        pipeline = joblib.load(model_path)
-    except Exception as exc:  # unpickling runs arbitrary code paths; any failure means unusable
-        raise PackagingError(
-            f"Cannot save model {name!r}: {model_path} does not load with joblib ({exc}); "
-            "fix the notebook's model output"
-        ) from exc
-    if not hasattr(pipeline, "predict_proba"):
-        raise PackagingError(
-            f"Cannot save model {name!r}: {model_path} has no predict_proba; "
-            "the service needs a probabilistic classifier"
-        )
-    fitted = getattr(pipeline, "feature_names_in_", None)
-    if fitted is None:
-        return
-    expected = set(schema["numerical"]) | set(schema["categorical"])
-    if set(fitted) != expected:
-        raise PackagingError(
-            f"Cannot save model {name!r}: feature_schema columns {sorted(expected)} differ from "
-            f"the columns the pipeline was fit on {sorted(fitted)}; fix the schema or the notebook"
-        )
-
-
 def _serve_time_requirements() -> list[str]:
     """Pin the packages the service imports at serve time to the versions installed here."""
     try:
@@ -360,16 +464,18 @@ def _existing_bento(tag: str) -> Any:
 
 
 @contextlib.contextmanager
-def _isolated_service_module() -> Iterator[None]:
-    """Make BentoML import *this* build context's ``service.py``.
+def _isolated_bento_modules(build_ctx: Path) -> Iterator[None]:
+    """Make BentoML import *this* build context's modules (``service.py`` and its siblings).
 
-    BentoML imports the service by module name and reuses ``sys.modules``, so a second build in
-    the same process would silently reuse the first build's module, and with it the first pin.
+    BentoML imports the service by module name and Python reuses ``sys.modules``, so a second
+    build in the same process would silently reuse the first build's modules, and with them the
+    first build's pin.
     """
-    previous = sys.modules.pop(SERVICE_MODULE, None)
+    names = [path.stem for path in build_ctx.glob("*.py")]
+    previous = {name: sys.modules.pop(name) for name in names if name in sys.modules}
     try:
         yield
     finally:
-        sys.modules.pop(SERVICE_MODULE, None)
-        if previous is not None:
-            sys.modules[SERVICE_MODULE] = previous
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(previous)

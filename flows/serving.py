@@ -1,71 +1,57 @@
-"""Serving: `nbprod serve` and `nbprod predict`, infra validation of a bento, the inference log.
+"""Serving: `nbprod serve` and `nbprod predict`, and the infra check of a built bento.
 
 ``register_commands`` is what ``flows.cli`` imports, so everything at module level here is
-standard library: ``nbprod --help`` must not pay for pandas or BentoML. Heavy imports happen
-inside the functions that need them.
+standard library: ``nbprod --help`` must not pay for pandas or BentoML.
 
-The service itself lives in ``bentos/service.py`` (it cannot import this package). Its contract:
+The service itself lives in ``bentos/`` (it cannot import this package). Its contract:
 
-- ``POST /predict`` with ``{"records": [{feature: value, ...}, ...]}`` returns
-  ``[{"prediction": 0|1, "probability": float}, ...]`` in input order, with the headers
-  ``X-Request-ID`` and ``X-Model-Tag``; a bad request gets a 4xx whose ``error`` names the field.
-- ``POST /metadata`` with ``{}`` returns the model tag, run version, metrics and lineage.
+- ``POST /predict`` with ``{"records": [{feature: value, ...}, ...]}`` returns one answer per
+  record in input order: classification ``{"prediction": <label>, "probabilities": {<label>:
+  p}}`` (``probabilities`` when the model has ``predict_proba``), regression ``{"prediction":
+  <number>}``; headers ``X-Request-ID`` and ``X-Model-Tag``; a bad request gets a 4xx whose
+  ``error`` names the field.
+- ``POST /metadata`` with ``{}`` returns the model tag, pipeline, task, classes, run version,
+  id/time/target columns, metrics, lineage and the feature schema.
 
-Inference log: the service appends one JSON line per successful /predict to a file per worker
-process in ``$NBPROD_INFERENCE_LOG_DIR``; when that is unset, in ``$BENTOML_HOME/inference_logs``
-(``~/bentoml/inference_logs`` when ``BENTOML_HOME`` is unset too, BentoML's own default). Chosen
-there because the service always runs with a ``BENTOML_HOME`` (it holds the model), in a
-container as well as on a laptop, whereas the working directory of ``bentoml serve`` is arbitrary.
-A line is ``{"request_id", "timestamp", "model_tag", "run_version", "latency_ms", "request":
-{"records": [...]}, "response": [...]}``; ``read_inference_log`` turns files of them into one row
-per record. ``validate_bento`` points the log at a temporary folder, so validation traffic never
-reaches the monitored log.
+Running a bento and finding the BentoML store (``$BENTOML_HOME``, else the project's
+``.nbprod/bentoml``) is ``flows.bento_server``; reading the inference log back is
+``flows.inference_log``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import math
 import os
-import re
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows.bento_server import HOST, running_bento, serve_command, use_bentoml_home
+from flows.bento_server import free_port as free_port  # re-exported: localstack, the demo, tests
+from flows.bento_server import stop_server as stop_server  # re-exported, as free_port
 from flows.errors import InferenceLogError, ServingError
-from flows.options import add_store_option, open_store
+from flows.inference_log import (
+    PREDICTION_COLUMN,
+    PROBABILITY_PREFIX,
+    answers_to_columns,
+    read_inference_log,
+)
+from flows.options import add_pipeline_option, add_store_option, open_store, resolve_pipeline
 
 if TYPE_CHECKING:
-    import subprocess
-    from collections.abc import Iterator
-
     import pandas as pd
 
-HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 DEFAULT_URL = f"http://{HOST}:{DEFAULT_PORT}"
-# Columns of the bundled data that are not model features.
-NON_FEATURE_COLUMNS = ("application_id", "application_date", "defaulted")
-# Records per /predict request from the CLI and validation: well under the service's limits.
+# Records per /predict request from the CLI and the infra check: well under the service's limits.
 CHUNK_RECORDS = 1_000
 HTTP_TIMEOUT_S = 60.0
+# Served probabilities and regression predictions may differ from the model's by this much
+# (relative for predictions): the service rebuilds the rows from JSON.
 PROBABILITY_TOLERANCE = 1e-9
-LOG_DIR_ENV_VAR = "NBPROD_INFERENCE_LOG_DIR"
-LOG_SUBDIR = "inference_logs"
-LOG_META_COLUMNS = (
-    "request_id",
-    "timestamp",
-    "model_tag",
-    "run_version",
-    "latency_ms",
-    "record_index",
-)
-LOG_OUTPUT_COLUMNS = ("prediction", "probability")
-# A worker that cannot start makes BentoML log this and respawn it forever instead of exiting.
-STARTUP_FAILED = "Application startup failed"
-EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)): .+")
+PROBE_FIELD = "__nbprod_probe__"
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -75,14 +61,19 @@ def register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     """Add ``serve`` and ``predict`` to the ``nbprod`` parser (standard library only)."""
     serve = subparsers.add_parser(
         "serve",
-        help="serve the champion (or an accepted VERSION) with `bentoml serve` on 127.0.0.1",
+        help="serve a pipeline's champion (or an accepted VERSION) with `bentoml serve` on "
+        "127.0.0.1",
     )
     serve.add_argument(
-        "version", nargs="?", default=None, help="an accepted run version (default: the champion)"
+        "version",
+        nargs="?",
+        default=None,
+        help="an accepted run version (default: the pipeline's champion)",
     )
     serve.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
     )
+    add_pipeline_option(serve)
     add_store_option(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -92,15 +83,17 @@ def register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     predict.add_argument(
         "file",
         metavar="FILE.csv",
-        help="rows to score (extra id/date/target columns are dropped before sending)",
+        help="rows to score (the pipeline's id, time and target columns are not sent)",
     )
     predict.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
     predict.add_argument(
         "--output",
         default=None,
         metavar="OUT.csv",
-        help="write the input rows with prediction and probability here instead of printing",
+        help="write the id columns, prediction and probability_<label> columns here "
+        "instead of printing them",
     )
+    add_pipeline_option(predict)
     predict.set_defaults(func=cmd_predict)
 
 
@@ -114,55 +107,45 @@ def _port(text: str) -> int:
     return port
 
 
-def resolve_bento(version: str | None, store_url: str | None = None) -> tuple[str, str]:
-    """The (bento tag, run version) to serve: the champion's, or an accepted version's."""
+def resolve_bento(
+    pipeline: str, version: str | None = None, store_url: str | None = None
+) -> tuple[str, str]:
+    """(bento tag, run version) to serve: the pipeline's champion's, or an accepted version's."""
     store = open_store(store_url)
     if version is None:
-        champion = store.champion()
+        champion = store.champion(pipeline)
         if champion is None:
             raise ServingError(
-                f"no champion to serve in {store.url}: the first accepted `nbprod run` becomes "
-                "the champion (or pass an accepted VERSION)"
+                f"pipeline {pipeline!r} has no champion to serve in {store.url}: its first "
+                "accepted `nbprod run` becomes the champion (or pass --pipeline, or an accepted "
+                "VERSION)"
             )
         if not champion.get("bento_tag"):
             raise ServingError(
-                f"champion {champion.get('version')} in {store.url} has no bento_tag: "
-                "roll the champion pointer back to an accepted run"
+                f"champion {champion.get('version')} of pipeline {pipeline!r} in {store.url} has "
+                "no bento_tag: roll the champion back to an accepted run"
             )
         return str(champion["bento_tag"]), str(champion["version"])
     record = store.get_run(version)  # RunStoreError names recent versions when it is unknown
     if not record.get("bento_tag"):
         raise ServingError(
             f"run {version} is {record.get('status', 'unknown')}, not accepted: only accepted runs "
-            "have a bento. Serve the champion (`nbprod serve`) or an accepted version "
-            "(see `nbprod runs`)"
+            "have a bento. Serve the champion (`nbprod serve --pipeline NAME`) or an accepted "
+            "version (see `nbprod runs`)"
         )
     return str(record["bento_tag"]), version
 
 
-def serve_command(bento_tag: str, port: int) -> list[str]:
-    """``bentoml serve`` of this venv, bound to the loopback interface only."""
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        bento_tag,
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """Replace this process with ``bentoml serve``: signals (Ctrl-C, SIGTERM) reach it directly."""
-    bento_tag, version = resolve_bento(args.version, args.store)
-    _require_local_bento(bento_tag)
+    pipeline = resolve_pipeline(args)
+    bento_tag, version = resolve_bento(pipeline, args.version, args.store)
+    home = use_bentoml_home()
+    _require_local_bento(bento_tag, home)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     print(
-        f"serving {bento_tag} (run {version}) on http://{HOST}:{args.port}: POST /predict, "
-        "POST /metadata, GET /readyz; Ctrl-C stops",
+        f"serving {bento_tag} (pipeline {pipeline}, run {version}) on http://{HOST}:{args.port}: "
+        "POST /predict, POST /metadata, GET /readyz; Ctrl-C stops",
         flush=True,
     )
     command = serve_command(bento_tag, args.port)
@@ -170,24 +153,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
-def _require_local_bento(bento_tag: str) -> None:
+def _require_local_bento(bento_tag: str, home: Path) -> None:
     """Fail in one line, not in a BentoML traceback, when the bento is not in this store."""
     import bentoml
 
     try:
         bentoml.bentos.get(bento_tag)
     except bentoml.exceptions.NotFound as exc:
-        home = os.environ.get("BENTOML_HOME", "~/bentoml")
         raise ServingError(
             f"bento {bento_tag} is not in the BentoML store at {home}: serve with the "
-            "BENTOML_HOME the pipeline used (make sets .nbprod/bentoml)"
+            "BENTOML_HOME the pipeline used (nbprod's default is .nbprod/bentoml)"
         ) from exc
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Score a CSV through a running service; print compact results or write a scored CSV."""
+    """Score a CSV through a running service; print or write ids, predictions, probabilities."""
     import pandas as pd
 
+    pipeline = resolve_pipeline(args)
     path = Path(args.file)
     if not path.is_file():
         raise ServingError(f"{path} does not exist: pass a CSV file of rows to score")
@@ -197,24 +180,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ServingError(f"cannot read {path} as CSV: {exc}") from exc
     if frame.empty:
         raise ServingError(f"{path} has no rows to score")
-    scored, model_tag = predict_frame(frame, args.url)
+    served = service_metadata(args.url)
+    if served.get("pipeline") not in (None, pipeline):
+        raise ServingError(
+            f"the service at {args.url} serves pipeline {served['pipeline']!r}, not {pipeline!r}: "
+            f"pass --pipeline {served['pipeline']}, or the --url of {pipeline!r}'s service"
+        )
+    ids, dropped = pipeline_columns(pipeline, served)
+    scored, model_tag = predict_frame(frame, args.url, drop=dropped)
+    result = pd.concat([frame[[c for c in ids if c in frame.columns]], scored], axis=1)
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        pd.concat([frame, scored], axis=1).to_csv(out, index=False)
+        result.to_csv(out, index=False)
         print(f"wrote {len(scored)} predictions to {out} (model {model_tag})")
     else:
-        ids = [c for c in ("application_id",) if c in frame.columns]
-        sys.stdout.write(pd.concat([frame[ids], scored], axis=1).to_csv(index=False))
+        sys.stdout.write(result.to_csv(index=False))
     return 0
+
+
+def pipeline_columns(pipeline: str, served: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(id columns, columns never sent) of a pipeline: ids, time and target.
+
+    From the spec ``deployments/<pipeline>.yaml`` when it exists, else from the served model's
+    metadata (which the training flow copies from the spec).
+    """
+    from flows.spec import load_spec, spec_path
+
+    file = spec_path(pipeline)
+    if file.is_file():
+        spec = load_spec(file)
+        return list(spec.id_columns), list(spec.non_feature_columns)
+    ids = [str(c) for c in served.get("id_columns") or []]
+    others = [served.get("time_column"), served.get("target")]
+    return ids, [*ids, *(str(c) for c in others if c)]
 
 
 # --- talking to a service ------------------------------------------------------------------------
 
 
-def frame_to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """JSON-ready feature records: id/date/target columns dropped, missing values as null."""
-    features = frame.drop(columns=[c for c in NON_FEATURE_COLUMNS if c in frame.columns])
+def frame_to_records(frame: pd.DataFrame, drop: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """JSON-ready records of a frame without the ``drop`` columns; missing values as null."""
+    features = frame.drop(columns=[c for c in drop if c in frame.columns])
     as_objects = features.astype(object)
     return as_objects.where(features.notna(), None).to_dict(orient="records")
 
@@ -241,10 +248,32 @@ def post_json(url: str, payload: Any, timeout: float = HTTP_TIMEOUT_S) -> tuple[
     return status, body, headers
 
 
+def _unreachable(base: str, exc: OSError) -> ServingError:
+    reason = getattr(exc, "reason", exc)
+    return ServingError(
+        f"cannot reach the service at {base} ({reason}): start it with `nbprod serve`"
+    )
+
+
+def service_metadata(url: str) -> dict[str, Any]:
+    """The running service's /metadata answer; ServingError in one line when it has none."""
+    base = url.rstrip("/")
+    try:
+        status, body, _ = post_json(f"{base}/metadata", {}, timeout=30)
+    except OSError as exc:
+        raise _unreachable(base, exc) from exc
+    if status != 200 or not isinstance(body, dict):
+        raise ServingError(
+            f"the service at {base} answered /metadata with {status}: {_error_text(body)}; "
+            "is it an nbprod bento?"
+        )
+    return body
+
+
 def predict_records(
     url: str, records: list[dict[str, Any]], *, chunk: int = CHUNK_RECORDS
 ) -> tuple[list[dict[str, Any]], list[str], str | None]:
-    """Send records in chunks to ``{url}/predict``; return (results, request ids, model tag).
+    """Send records in chunks to ``{url}/predict``; return (answers, request ids, model tag).
 
     Raises ServingError with one clear line: unreachable service, a refused row (named by its
     1-based position and field), or a server error.
@@ -258,10 +287,7 @@ def predict_records(
         try:
             status, body, headers = post_json(f"{base}/predict", {"records": part})
         except OSError as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ServingError(
-                f"cannot reach the service at {base} ({reason}): start it with `nbprod serve`"
-            ) from exc
+            raise _unreachable(base, exc) from exc
         if 400 <= status < 500:
             raise ServingError(
                 f"the service at {base} refused the request ({status}): "
@@ -277,19 +303,18 @@ def predict_records(
     return results, request_ids, model_tag
 
 
-def predict_frame(frame: pd.DataFrame, url: str) -> tuple[pd.DataFrame, str | None]:
-    """Predictions for a frame's rows, in row order, as a frame of prediction and probability."""
+def predict_frame(
+    frame: pd.DataFrame, url: str, *, drop: list[str] | tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, str | None]:
+    """Answers for a frame's rows (``drop`` columns not sent), in row order, and the model tag.
+
+    Columns: ``prediction``, and ``probability_<label>`` per class when the service sends them.
+    """
     import pandas as pd
 
-    results, _, model_tag = predict_records(url, frame_to_records(frame))
-    scored = pd.DataFrame(
-        {
-            "prediction": [int(r["prediction"]) for r in results],
-            "probability": [float(r["probability"]) for r in results],
-        },
-        index=frame.index,
-    )
-    return scored, model_tag
+    results, _, model_tag = predict_records(url, frame_to_records(frame, drop))
+    rows = [answers_to_columns(answer) for answer in results]
+    return pd.DataFrame(rows, index=frame.index), model_tag
 
 
 def _error_text(body: Any) -> str:
@@ -313,42 +338,54 @@ def _describe_refusal(body: Any, *, offset: int) -> str:
     return f"{where}: {first.get('msg')}{more}"
 
 
-# --- infra validation ----------------------------------------------------------------------------
+# --- infra check ---------------------------------------------------------------------------------
 
 
-def validate_bento(
+def check_served_answers(
     bento_tag: str,
+    model_tag: str,
+    model_path: Path,
     sample: pd.DataFrame,
-    expected: pd.DataFrame,
+    task: str,
     *,
     timeout_s: float = 120,
-    model_tag: str | None = None,
 ) -> dict[str, Any]:
-    """Serve the bento exactly as production would and check it answers like the model.
+    """Serve the built bento for real and check it answers like the model file itself.
 
-    Starts ``bentoml serve <bento_tag>`` on a free 127.0.0.1 port (own process group, killed in
-    ``finally``; the server inherits this process's ``BENTOML_HOME``, and its inference log goes
-    to a temporary folder), waits for /readyz, then checks health, /metadata (and its model tag
-    when ``model_tag`` is given), that /predict on ``sample``'s feature columns returns
-    ``expected``'s ``prediction`` (equal) and ``probability`` (within 1e-9) row for row, that a
-    malformed record gets a 4xx, and that every prediction reached the inference log.
-
-    A failing bento is a result, not an exception: ``{"passed": False, "reason": ...}``. Only
-    caller mistakes (sample and expected of different lengths, missing columns) raise ValueError.
+    ``bentoml serve <bento_tag>`` runs on a free 127.0.0.1 port (its inference log in a
+    temporary folder, so checks never reach the monitored log). The model at ``model_path``
+    answers ``sample``'s feature columns (those of the served feature schema; other columns are
+    ignored) with ``predict``, plus ``predict_proba`` for a classifier that has it. The bento
+    must: pass its health probes; name ``model_tag``, ``task`` and the model's classes in
+    /metadata; answer the same rows with the same labels (exactly) and probabilities (within
+    1e-9), or the same numbers (regression, within 1e-9 relative); refuse an unknown field with
+    a 4xx; log every answer. Returns ``{"passed", "reason", "checks", "bento_tag", "model_tag",
+    "task", "rows", "startup_s"}``: a failing bento is a result, not an exception. Caller
+    mistakes (no rows, an unknown task, a model file that does not load, feature columns missing
+    from the sample) raise ValueError.
     """
     import tempfile
 
-    records, want_pred, want_proba = _validation_inputs(sample, expected)
+    import joblib
+
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task {task!r} is not 'classification' or 'regression'")
+    if len(sample) == 0:
+        raise ValueError("the infra check needs at least one sample row")
+    try:
+        model = joblib.load(model_path)
+    except Exception as exc:  # any unpickling failure: the caller passed an unusable file
+        raise ValueError(f"{model_path} does not load with joblib: {exc}") from exc
     checks: list[dict[str, Any]] = []
     startup_s = 0.0
-    with tempfile.TemporaryDirectory(prefix="nbprod-validate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nbprod-infra-check-") as tmp:
         log_dir = Path(tmp) / "inference"
         try:
             with running_bento(
                 bento_tag, log_dir=log_dir, workdir=Path(tmp), timeout_s=timeout_s
             ) as (base, startup_s):
                 checks.append(_check("startup", True, f"ready in {startup_s:.1f} s"))
-                checks += _serving_checks(base, records, want_pred, want_proba, model_tag, log_dir)
+                checks += _serving_checks(base, model, sample, model_tag, task, log_dir)
         except ServingError as exc:  # never became ready
             checks.append(_check("startup", False, str(exc)))
         except OSError as exc:  # cannot spawn, or the connection broke mid-check
@@ -356,6 +393,9 @@ def validate_bento(
     failed = [c for c in checks if not c["passed"]]
     return {
         "bento_tag": bento_tag,
+        "model_tag": model_tag,
+        "task": task,
+        "rows": len(sample),
         "passed": not failed,
         "checks": checks,
         "reason": f"{failed[0]['name']}: {failed[0]['detail']}" if failed else None,
@@ -363,22 +403,30 @@ def validate_bento(
     }
 
 
-def _validation_inputs(
-    sample: pd.DataFrame, expected: pd.DataFrame
-) -> tuple[list[dict[str, Any]], list[int], list[float]]:
-    missing = {"prediction", "probability"} - set(expected.columns)
+def expected_answers(
+    model: Any, sample: pd.DataFrame, feature_schema: dict[str, Any], task: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records to send, the model's own answers shaped like the service's) for the sample."""
+    import numpy as np
+
+    features = [*feature_schema.get("numerical", {}), *feature_schema.get("categorical", {})]
+    missing = [c for c in features if c not in sample.columns]
     if missing:
-        raise ValueError(f"expected lacks column(s) {sorted(missing)}")
-    if len(sample) != len(expected) or len(sample) == 0:
-        raise ValueError(
-            f"sample ({len(sample)} rows) and expected ({len(expected)} rows) must be the same "
-            "non-zero length, in the same row order"
-        )
-    return (
-        frame_to_records(sample),
-        [int(p) for p in expected["prediction"]],
-        [float(p) for p in expected["probability"]],
-    )
+        raise ValueError(f"the sample lacks the feature column(s) {missing}")
+    fitted = getattr(model, "feature_names_in_", None)
+    rows = sample[[str(c) for c in fitted] if fitted is not None else features]
+    labels = np.asarray(model.predict(rows)).reshape(len(rows), -1)[:, 0].tolist()
+    expected: list[dict[str, Any]] = [{"prediction": _native(label)} for label in labels]
+    if task == "classification" and callable(getattr(model, "predict_proba", None)):
+        keys = [str(_native(c)) for c in model.classes_]
+        for answer, row in zip(expected, model.predict_proba(rows).tolist(), strict=True):
+            answer["probabilities"] = dict(zip(keys, row, strict=True))
+    return frame_to_records(rows), expected
+
+
+def _native(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
 
 
 def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
@@ -386,12 +434,7 @@ def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
 
 
 def _serving_checks(
-    base: str,
-    records: list[dict[str, Any]],
-    want_pred: list[int],
-    want_proba: list[float],
-    model_tag: str | None,
-    log_dir: Path,
+    base: str, model: Any, sample: pd.DataFrame, model_tag: str, task: str, log_dir: Path
 ) -> list[dict[str, Any]]:
     checks = []
     statuses = {
@@ -400,255 +443,101 @@ def _serving_checks(
     checks.append(
         _check("health", all(s == 200 for s in statuses.values()), f"status codes {statuses}")
     )
-
     status, meta, _ = post_json(base + "/metadata", {})
-    served_tag = meta.get("model_tag") if isinstance(meta, dict) else None
-    ok = status == 200 and served_tag is not None and model_tag in (None, served_tag)
-    detail = (
-        f"serves {served_tag} (run {meta.get('run_version')})"
-        if ok
-        else f"status {status}, model_tag {served_tag!r}, expected {model_tag!r}: {str(meta)[:200]}"
-    )
-    checks.append(_check("metadata", ok, detail))
-
+    if status != 200 or not isinstance(meta, dict) or "feature_schema" not in meta:
+        checks.append(_check("metadata", False, f"status {status}: {str(meta)[:200]}"))
+        return checks
+    records, expected = expected_answers(model, sample, meta["feature_schema"], task)
+    checks.append(_metadata_check(meta, model_tag, task, expected))
     try:
-        results, request_ids, _ = predict_records(base, records)
+        served, request_ids, _ = predict_records(base, records)
     except ServingError as exc:
         checks.append(_check("predict", False, str(exc)))
         return checks
-    checks.append(_check("predict", True, f"{len(results)} predictions"))
-    checks.append(_compare(results, want_pred, want_proba))
+    checks.append(_check("predict", True, f"{len(served)} answers"))
+    checks.append(compare_answers(served, expected, task))
 
-    bad = [{**records[0], "__nbprod_probe__": 1}]
+    bad = [{**records[0], PROBE_FIELD: 1}]
     status, body, _ = post_json(base + "/predict", {"records": bad})
-    ok = 400 <= status < 500 and "__nbprod_probe__" in json.dumps(body)
+    ok = 400 <= status < 500 and PROBE_FIELD in json.dumps(body)
     checks.append(
         _check("rejects_bad_request", ok, f"unknown field answered {status}: {_error_text(body)}")
     )
-
-    try:
-        logged = read_inference_log(log_dir)
-    except InferenceLogError as exc:
-        checks.append(_check("inference_log", False, str(exc)))
-        return checks
-    ids = set(request_ids)
-    rows = logged[logged["request_id"].isin(ids)]
-    ok = len(rows) == len(records) and set(rows["request_id"]) == ids
-    checks.append(
-        _check(
-            "inference_log",
-            ok,
-            f"{len(rows)} of {len(records)} predictions logged under {len(ids)} request id(s)",
-        )
-    )
+    checks.append(_log_check(log_dir, request_ids, expected))
     return checks
 
 
-def _compare(
-    results: list[dict[str, Any]], want_pred: list[int], want_proba: list[float]
+def _metadata_check(
+    meta: dict[str, Any], model_tag: str, task: str, expected: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    problems = []
+    if meta.get("model_tag") != model_tag:
+        problems.append(f"model_tag {meta.get('model_tag')!r}, expected {model_tag!r}")
+    if meta.get("task") != task:
+        problems.append(f"task {meta.get('task')!r}, expected {task!r}")
+    classes = expected[0].get("probabilities")
+    if classes is not None and [str(c) for c in meta.get("classes") or []] != list(classes):
+        problems.append(f"classes {meta.get('classes')}, expected {list(classes)}")
+    if problems:
+        return _check("metadata", False, "; ".join(problems))
+    return _check("metadata", True, f"serves {model_tag} (run {meta.get('run_version')}, {task})")
+
+
+def compare_answers(
+    served: list[dict[str, Any]], expected: list[dict[str, Any]], task: str
+) -> dict[str, Any]:
+    """The ``predictions_match`` check: labels equal, numbers and probabilities within 1e-9."""
     mismatches = []
     worst = 0.0
-    for row, (got, pred, proba) in enumerate(zip(results, want_pred, want_proba, strict=True)):
-        delta = abs(float(got["probability"]) - proba)
+    for row, (got, want) in enumerate(zip(served, expected, strict=True)):
+        same, delta = _same_answer(got, want, task)
         worst = max(worst, delta)
-        if int(got["prediction"]) != pred or not delta <= PROBABILITY_TOLERANCE:
-            mismatches.append(
-                f"row {row}: served ({got['prediction']}, {got['probability']!r}) "
-                f"expected ({pred}, {proba!r})"
-            )
+        if not same:
+            mismatches.append(f"row {row}: served {got!r}, expected {want!r}")
     if mismatches:
         shown = "; ".join(mismatches[:3])
         return _check(
-            "predictions_match", False, f"{len(mismatches)} of {len(results)} rows differ: {shown}"
+            "predictions_match", False, f"{len(mismatches)} of {len(served)} rows differ: {shown}"
         )
-    return _check(
-        "predictions_match", True, f"{len(results)} rows match (max |Δprobability| {worst:.1e})"
-    )
+    return _check("predictions_match", True, f"{len(served)} rows match (max |Δ| {worst:.1e})")
 
 
-@contextlib.contextmanager
-def running_bento(
-    bento_tag: str, *, log_dir: Path, workdir: Path, timeout_s: float = 120
-) -> Iterator[tuple[str, float]]:
-    """``bentoml serve`` on a free 127.0.0.1 port for the block: yields (base URL, start-up s).
+def _same_answer(got: Any, want: dict[str, Any], task: str) -> tuple[bool, float]:
+    """Whether one served answer is the model's, and the largest numeric difference."""
+    if not isinstance(got, dict) or set(got) != set(want):
+        return False, 0.0
+    if task == "regression":
+        served, own = got["prediction"], float(want["prediction"])
+        if isinstance(served, bool) or not isinstance(served, int | float):
+            return False, 0.0
+        delta = abs(float(served) - own)
+        return math.isclose(served, own, rel_tol=PROBABILITY_TOLERANCE, abs_tol=1e-12), delta
+    if got["prediction"] != want["prediction"] or type(got["prediction"]) is not type(
+        _native(want["prediction"])
+    ):
+        return False, 0.0
+    if "probabilities" not in want:
+        return True, 0.0
+    served_p, own_p = got["probabilities"], want["probabilities"]
+    if not isinstance(served_p, dict) or list(served_p) != list(own_p):
+        return False, 0.0
+    delta = max(abs(float(served_p[k]) - float(own_p[k])) for k in own_p)
+    return delta <= PROBABILITY_TOLERANCE, delta
 
-    Own process group, stopped on exit (gracefully, so the inference log in ``log_dir`` is
-    complete); the server inherits this process's ``BENTOML_HOME``. Raises ServingError with the
-    server's reason when it does not become ready.
-    """
-    import subprocess
 
-    server_log = workdir / "serve.log"
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", LOG_DIR_ENV_VAR: str(log_dir)}
-    base = f"http://{HOST}:{free_port()}"
-    started = time.monotonic()
-    server: subprocess.Popen[bytes] | None = None
+def _log_check(
+    log_dir: Path, request_ids: list[str], expected: list[dict[str, Any]]
+) -> dict[str, Any]:
     try:
-        with server_log.open("wb") as out:
-            server = subprocess.Popen(
-                serve_command(bento_tag, int(base.rsplit(":", 1)[1])),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=workdir,
-                start_new_session=True,
-            )
-        failure = wait_ready(base, server, server_log, timeout_s=timeout_s)
-        if failure is not None:
-            raise ServingError(failure)
-        yield base, time.monotonic() - started
-    finally:
-        if server is not None:
-            stop_server(server)
-
-
-def free_port() -> int:
-    """A currently free loopback port (the server binds it a moment later)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(
-    base: str, server: subprocess.Popen[bytes], server_log: Path, *, timeout_s: float
-) -> str | None:
-    """Poll /readyz until 200; return None, or why the server will not become ready.
-
-    Also watches the server's output: BentoML keeps respawning a worker whose start-up fails
-    rather than exiting, so waiting for the deadline alone would turn a broken model into a
-    two-minute timeout.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            return (
-                f"bentoml serve exited with status {server.returncode}: {_log_reason(server_log)}"
-            )
-        text = server_log.read_text(encoding="utf-8", errors="replace")
-        if STARTUP_FAILED in text:
-            return f"the service failed to start: {_log_reason(server_log)}"
-        try:
-            if post_json(base + "/readyz", None, timeout=2)[0] == 200:
-                return None
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    return f"not ready after {timeout_s:.0f} s: {_log_reason(server_log)}"
-
-
-def _log_reason(server_log: Path) -> str:
-    """The last exception line of the server's output, else its last line."""
-    lines = server_log.read_text(encoding="utf-8", errors="replace").splitlines()
-    for line in reversed(lines):
-        if EXCEPTION_LINE.match(line.strip()):
-            return line.strip()[:500]
-    tail = [line.strip() for line in lines if line.strip()]
-    return tail[-1][:500] if tail else "no output"
-
-
-def stop_server(server: subprocess.Popen[bytes], *, grace_s: float = 15) -> None:
-    """SIGTERM the server's process group (graceful: logs are flushed), SIGKILL if it lingers."""
-    import signal
-    import subprocess
-
-    if server.poll() is None:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-    # Workers that outlived the arbiter are still in its group.
-    try:
-        os.killpg(server.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-# --- inference log -------------------------------------------------------------------------------
-
-
-def default_inference_log_dir() -> Path:
-    """The folder the service logs to with this environment (see the module docstring)."""
-    if os.environ.get(LOG_DIR_ENV_VAR):
-        return Path(os.environ[LOG_DIR_ENV_VAR]).expanduser()
-    home = os.environ.get("BENTOML_HOME") or "~/bentoml"
-    return Path(home).expanduser() / LOG_SUBDIR
-
-
-def read_inference_log(path_or_dir: str | Path) -> pd.DataFrame:
-    """Logged predictions as a DataFrame: one row per record, oldest request first.
-
-    Columns: request_id, timestamp (UTC), model_tag, run_version, latency_ms, record_index (its
-    position in the request), the features as sent (an omitted nullable feature is NaN),
-    prediction and probability. A folder is read recursively (``*.jsonl``, one file per worker
-    process). A last line without its newline is a write in progress (or cut by a crash) and is
-    skipped; any other unreadable line raises InferenceLogError naming file and line.
-    """
-    import pandas as pd
-
-    path = Path(path_or_dir)
-    if path.is_dir():
-        files = sorted(path.rglob("*.jsonl"))
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InferenceLogError(f"inference log {path} does not exist")
-    rows: list[dict[str, Any]] = []
-    for file in files:
-        rows.extend(_log_rows(file))
-    if not rows:
-        return pd.DataFrame(columns=[*LOG_META_COLUMNS, *LOG_OUTPUT_COLUMNS])
-    frame = pd.DataFrame(rows)
-    features = [c for c in frame.columns if c not in (*LOG_META_COLUMNS, *LOG_OUTPUT_COLUMNS)]
-    frame = frame[[*LOG_META_COLUMNS, *features, *LOG_OUTPUT_COLUMNS]]
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-    return frame.sort_values(
-        ["timestamp", "request_id", "record_index"], kind="stable", ignore_index=True
-    )
-
-
-def _log_rows(file: Path) -> list[dict[str, Any]]:
-    raw = file.read_bytes()
-    lines = raw.split(b"\n")
-    # The piece after the last newline is empty, or a line still being written.
-    complete = lines[:-1]
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            records = entry["request"]["records"]
-            outputs = entry["response"]
-            if len(records) != len(outputs):
-                raise ValueError(f"{len(records)} records but {len(outputs)} predictions")
-            meta = {
-                "request_id": entry["request_id"],
-                "timestamp": entry["timestamp"],
-                "model_tag": entry.get("model_tag"),
-                "run_version": entry.get("run_version"),
-                "latency_ms": entry.get("latency_ms"),
-            }
-            for index, (record, output) in enumerate(zip(records, outputs, strict=True)):
-                rows.append(
-                    {
-                        **meta,
-                        "record_index": index,
-                        **record,
-                        "prediction": output["prediction"],
-                        "probability": output["probability"],
-                    }
-                )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InferenceLogError(
-                f"{file}:{number}: not a logged prediction ({type(exc).__name__}: {exc}); "
-                "move the file aside to read the rest"
-            ) from exc
-    return rows
+        logged = read_inference_log(log_dir)
+    except InferenceLogError as exc:
+        return _check("inference_log", False, str(exc))
+    ids = set(request_ids)
+    rows = logged[logged["request_id"].isin(ids)]
+    wanted = [PREDICTION_COLUMN]
+    if "probabilities" in expected[0]:
+        wanted += [f"{PROBABILITY_PREFIX}{key}" for key in expected[0]["probabilities"]]
+    missing = [c for c in wanted if c not in rows.columns or rows[c].isna().any()]
+    ok = len(rows) == len(expected) and set(rows["request_id"]) == ids and not missing
+    detail = f"{len(rows)} of {len(expected)} answers logged under {len(ids)} request id(s)"
+    return _check("inference_log", ok, detail + (f"; missing {missing}" if missing else ""))

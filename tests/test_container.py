@@ -31,8 +31,9 @@ import pytest
 import yaml
 
 from flows import container
+from flows.bento_server import free_port
 from flows.errors import ContainerizeError
-from flows.serving import free_port, post_json
+from flows.serving import post_json
 from flows.store import RunStore, new_version_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,7 @@ BUILD_TIMEOUT_S = 1200.0  # first build downloads uv, build tools and the wheels
 READY_DEADLINE_S = 120.0
 # What the `nbprod` console script runs (pyproject: nbprod = "flows.cli:entrypoint").
 NBPROD = "from flows.cli import entrypoint; entrypoint()"
-NUMERICAL = {"age": "int", "income": "float", "rate": "float"}
-CATEGORICAL = {"purpose": ["car", "education", "business"]}
+PIPELINE = "churn"
 
 
 # --- unit tests: no Docker ------------------------------------------------------------------------
@@ -54,24 +54,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store_with(tmp_path: Path, *records: dict[str, Any], champion: int | None = None) -> RunStore:
+def _store_with(
+    tmp_path: Path, *records: dict[str, Any], champion: int | None = None, pipeline: str = "churn"
+) -> RunStore:
     store = RunStore(tmp_path / "runs")
     finals = []
     for record in records:
         version = new_version_id()
         store.begin(version)
-        finals.append(store.finalize(version, record))
+        finals.append(store.finalize(version, {"pipeline": pipeline, **record}))
     if champion is not None:
-        store.set_champion(finals[champion], expected=None, reason="test", triggered_by="test")
+        store.set_champion(
+            pipeline, finals[champion], expected=None, reason="test", triggered_by="test"
+        )
     return store
 
 
-def test_register_commands_parses_version_tag_and_store() -> None:
+def test_register_commands_parses_version_tag_pipeline_and_store() -> None:
     args = _parser().parse_args(["containerize"])
-    assert (args.version, args.image_tag, args.store) == (None, None, None)
+    assert (args.version, args.image_tag, args.pipeline, args.store) == (None, None, None, None)
     assert args.func is container.cmd_containerize
-    args = _parser().parse_args(["containerize", "v1", "-t", "reg/x:v1", "--store", "memory://s"])
-    assert (args.version, args.image_tag, args.store) == ("v1", "reg/x:v1", "memory://s")
+    args = _parser().parse_args(
+        ["containerize", "v1", "-t", "reg/x:v1", "--pipeline", "churn", "--store", "memory://s"]
+    )
+    assert (args.version, args.image_tag, args.pipeline, args.store) == (
+        "v1",
+        "reg/x:v1",
+        "churn",
+        "memory://s",
+    )
 
 
 def test_module_import_stays_light() -> None:
@@ -92,22 +103,26 @@ def test_cli_reports_no_champion_in_one_line(
 ) -> None:
     from flows.cli import main
 
-    assert main(["containerize", "--store", str(tmp_path / "runs")]) == 1
+    argv = ["containerize", "--pipeline", "churn", "--store", str(tmp_path / "runs")]
+    assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "no champion" in err and "nbprod run" in err
+    assert "pipeline 'churn' has no champion" in err and "nbprod run" in err
 
 
 def test_champion_and_accepted_runs_resolve_to_their_exact_bento(tmp_path: Path) -> None:
-    accepted = {"status": "accepted", "bento_tag": "nbprod_classifier:v1", "model_tag": "m:a"}
+    accepted = {"status": "accepted", "bento_tag": "churn:v1", "model_tag": "m:a"}
     store = _store_with(tmp_path, accepted, {"status": "rejected"}, champion=0)
-    champion_version = store.champion()["version"]
-    assert container.resolve_bento_tag(store, None) == (
+    champion_version = store.champion("churn")["version"]
+    assert container.resolve_bento_tag(store, None, "churn") == (
         champion_version,
-        "nbprod_classifier:v1",
-        f"champion {champion_version}",
+        "churn:v1",
+        f"champion of churn {champion_version}",
     )
-    assert container.resolve_bento_tag(store, champion_version)[1] == "nbprod_classifier:v1"
+    assert container.resolve_bento_tag(store, champion_version, "churn")[1] == "churn:v1"
+    # Each pipeline has its own champion: another pipeline has none yet.
+    with pytest.raises(ContainerizeError, match="pipeline 'price' has no champion"):
+        container.resolve_bento_tag(store, None, "price")
 
 
 def test_unaccepted_or_unknown_runs_are_refused(tmp_path: Path) -> None:
@@ -115,22 +130,27 @@ def test_unaccepted_or_unknown_runs_are_refused(tmp_path: Path) -> None:
     by_status = {r["status"]: r["version"] for r in store.list_runs()}
     rejected, no_bento = by_status["rejected"], by_status["accepted"]
     with pytest.raises(ContainerizeError, match=f"run {rejected} is rejected, not accepted"):
-        container.resolve_bento_tag(store, rejected)
+        container.resolve_bento_tag(store, rejected, "churn")
     with pytest.raises(ContainerizeError, match="no exact bento tag"):
-        container.resolve_bento_tag(store, no_bento)
+        container.resolve_bento_tag(store, no_bento, "churn")
     with pytest.raises(Exception, match="v-missing"):  # RunStoreError, with recent versions
-        container.resolve_bento_tag(store, "v-missing")
+        container.resolve_bento_tag(store, "v-missing", "churn")
 
 
-def test_bento_missing_from_the_store_names_bentoml_home(tmp_path: Path) -> None:
+def test_bento_missing_from_the_store_names_bentoml_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {"BENTOML_HOME": str(tmp_path / "bentoml")}
     with pytest.raises(ContainerizeError, match="BENTOML_HOME"):
-        container.bento_path("nbprod_classifier:v1", env)
-    bento = tmp_path / "bentoml" / "bentos" / "nbprod_classifier" / "v1"
+        container.bento_path("churn:v1", env)
+    bento = tmp_path / "bentoml" / "bentos" / "churn" / "v1"
     bento.mkdir(parents=True)
     (bento / "bento.yaml").write_text("image:\n  base_image: python:3.11-slim\n")
-    assert container.bento_path("nbprod_classifier:v1", env) == bento
+    assert container.bento_path("churn:v1", env) == bento
     assert container.base_image_of(bento) == "python:3.11-slim"
+    # Without BENTOML_HOME: the project's store, whatever started nbprod.
+    monkeypatch.setenv("NBPROD_HOME", str(tmp_path / "home"))
+    assert container.bentoml_home({}) == tmp_path / "home" / "bentoml"
 
 
 def _executable(path: Path, text: str) -> str:
@@ -323,13 +343,13 @@ def test_containerized_champion_serves_the_models_predictions(
     rows: list[dict[str, Any]] = champion["rows"]
     model = joblib.load(champion["model_path"])
     frame = pd.DataFrame(rows)
-    expected = [int(p) for p in model.predict(frame)]
-    expected_proba = [float(p) for p in model.predict_proba(frame)[:, 1]]
+    expected = model.predict(frame).tolist()
+    expected_proba = model.predict_proba(frame)[:, 1].tolist()
 
     try:
         started = time.monotonic()
         built = subprocess.run(
-            [sys.executable, "-c", NBPROD, "containerize", "--image-tag", image],
+            [sys.executable, "-c", NBPROD, "containerize", "--pipeline", PIPELINE, "-t", image],
             cwd=tmp_path,
             env=champion["env"],
             capture_output=True,
@@ -351,14 +371,15 @@ def test_containerized_champion_serves_the_models_predictions(
         print(f"containerize {build_s:.1f} s, container ready {ready_s:.1f} s")
 
         assert _request(base + "/livez", None)[0] == 200
-        # The service's contract (bentos/service.py): one {prediction, probability} per record.
+        # The service's contract (bentos/service.py): labels as in the data, one probability
+        # per class.
         status, body = _request(base + "/predict", {"records": rows})
         assert status == 200, body
         assert [r["prediction"] for r in body] == expected
-        assert [r["probability"] for r in body] == pytest.approx(expected_proba, abs=1e-9)
+        assert [r["probabilities"]["1"] for r in body] == pytest.approx(expected_proba, abs=1e-9)
         status, body = _request(base + "/metadata", {})
         assert (status, body["model_tag"]) == (200, champion["model_tag"])
-        assert body["run_version"] == champion["version"]
+        assert (body["run_version"], body["pipeline"]) == (champion["version"], PIPELINE)
     finally:
         subprocess.run([docker, "rm", "-f", name], capture_output=True, check=False)
         subprocess.run([docker, "rmi", "-f", image], capture_output=True, check=False)
@@ -398,85 +419,30 @@ def _wait_ready(docker: str, name: str, base: str) -> None:
 
 
 def _make_champion(workdir: Path) -> None:
-    """Train a small pipeline, package it, record it as the accepted champion; write result.json."""
-    import joblib
-    import numpy as np
-    import pandas as pd
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
-    from flows.packaging import build_bento, save_model
-
-    rng = np.random.default_rng(7)
-    n = 300
-    frame = pd.DataFrame(
-        {
-            "age": rng.integers(18, 80, n),
-            "income": rng.normal(50_000, 15_000, n).clip(5_000),
-            "rate": rng.uniform(3, 25, n),
-            "purpose": rng.choice(CATEGORICAL["purpose"], n),
-        }
-    )
-    target = ((frame["rate"] > 12) | (frame["purpose"] == "business")).astype(int)
-    model = Pipeline(
-        [
-            (
-                "pre",
-                ColumnTransformer(
-                    [
-                        ("num", SimpleImputer(strategy="median"), list(NUMERICAL)),
-                        ("cat", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL)),
-                    ]
-                ),
-            ),
-            ("clf", LogisticRegression(max_iter=500)),
-        ]
-    ).fit(frame, target)
-    model_path = workdir / "model.joblib"
-    joblib.dump(model, model_path)
-    schema = {
-        "numerical": {
-            col: {
-                "dtype": dtype,
-                "min": float(frame[col].min()),
-                "max": float(frame[col].max()),
-                "nullable": False,
-            }
-            for col, dtype in NUMERICAL.items()
-        },
-        "categorical": {c: {"categories": v, "nullable": False} for c, v in CATEGORICAL.items()},
-        "target": "defaulted",
-    }
+    """Fit and package the churn model, record it as the pipeline's champion; write result.json."""
+    from served_models import PIPELINES, make_frame, package
 
     version = new_version_id()
-    model_tag = save_model(
-        model_path,
-        name="loan_default",
-        labels={"run_version": version},
-        metadata={"run_version": version},
-        feature_schema=schema,
-    )
-    bento_tag = build_bento(model_tag, bentos_dir=REPO / "bentos", version=version)
+    packaged = package(PIPELINE, workdir, REPO / "bentos", version)
     store = RunStore(os.environ["NBPROD_RUN_STORE_URL"])
     store.begin(version)
     record = store.finalize(
-        version, {"status": "accepted", "model_tag": model_tag, "bento_tag": bento_tag}
+        version,
+        {
+            "status": "accepted",
+            "pipeline": PIPELINE,
+            "model_tag": packaged["model_tag"],
+            "bento_tag": packaged["bento_tag"],
+        },
     )
-    store.set_champion(record, expected=None, reason="test champion", triggered_by="test")
+    store.set_champion(PIPELINE, record, expected=None, reason="test champion", triggered_by="test")
+    _, target, id_column, time_column = PIPELINES[PIPELINE]
+    features = make_frame(PIPELINE).head(8).drop(columns=[id_column, time_column, target])
     rows = [
         {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-        for r in frame.head(8).to_dict(orient="records")
+        for r in features.to_dict(orient="records")
     ]
-    result = {
-        "version": version,
-        "model_tag": model_tag,
-        "bento_tag": bento_tag,
-        "model_path": str(model_path),
-        "rows": rows,
-    }
+    result = {**packaged, "version": version, "rows": rows}
     (workdir / "result.json").write_text(json.dumps(result, indent=2))
 
 

@@ -1,65 +1,39 @@
-"""Packaging against real BentoML: model store, bento build and a served bento.
+"""Packaging against real BentoML: model store, bento build, undo, and a served bento.
 
 Isolation: BentoML fixes its store location from ``BENTOML_HOME`` the first time it is imported,
-and another test module may already have imported it into this pytest process. So this module
-never imports bentoml itself: the ``packaged`` fixture runs this very file as a script in a
-subprocess whose environment points ``BENTOML_HOME`` at a temporary directory. The script trains
-two small models, saves both (the second one is therefore ``:latest``), builds a bento pinned to
-the FIRST, exercises the refusals, and writes what it observed to JSON for the tests to check.
-The end-to-end test serves that bento with ``bentoml serve`` using the same ``BENTOML_HOME``.
+and another test module may already have imported it into this pytest process. So BentoML's store
+is only used from a subprocess: the ``packaged`` fixture runs this very file as a script whose
+``BENTOML_HOME`` is a temporary directory. The script packages two models of one pipeline (the
+second is therefore ``:latest``), a pickled one, exercises the refusals and the undo, and writes
+what it observed to JSON. The end-to-end test serves the first bento with ``bentoml serve``.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import importlib.util
 import json
-import math
 import os
+import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from flows.serving import free_port, post_json, stop_server, wait_ready
+from flows.bento_server import free_port, stop_server, wait_ready
+from flows.serving import frame_to_records, post_json
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 BENTOS_DIR = REPO / "bentos"
-MODEL_NAME = "loan_default"
-BENTO_VERSION = "run-0001"
-NUMERICAL = {
-    "age": "int",
-    "annual_income": "float",
-    "loan_amount": "float",
-    "term_months": "int",
-    "interest_rate": "float",
-    "credit_score": "int",
-    "debt_to_income": "float",
-    "num_open_accounts": "int",
-}
-CATEGORICAL = {
-    "employment_type": ["salaried", "self_employed", "contract", "unemployed"],
-    "home_ownership": ["rent", "mortgage", "own"],
-    "purpose": [
-        "debt_consolidation",
-        "home_improvement",
-        "car",
-        "education",
-        "medical",
-        "business",
-    ],
-}
-NULLABLE = {"annual_income", "debt_to_income"}
-LABELS = {"stage": "accepted", "run_version": BENTO_VERSION}
-METADATA = {
-    "run_version": BENTO_VERSION,
-    "metrics": {"roc_auc": 0.81, "n_test": 120},
-    "lineage": {"notebook": "notebooks/train.ipynb", "data_sha256": "abc123"},
-}
+PIPELINE = "churn-v2"
+MODEL_NAME = "churn-model"
+NON_FEATURES = ["customer_id", "signup_date", "churned"]
 SERVE_DEADLINE_S = 120.0
 
 
@@ -83,7 +57,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert proc.returncode == 0, f"packaging script failed:\n{proc.stdout}\n{proc.stderr}"
@@ -93,174 +67,199 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return result
 
 
-def test_save_model_returns_exact_tag_and_round_trips(packaged: dict[str, Any]) -> None:
+def test_package_model_stores_the_file_metadata_and_labels(packaged: dict[str, Any]) -> None:
     tag = packaged["tag_a"]
     name, _, version = tag.partition(":")
-    assert name == MODEL_NAME
-    assert version and version != "latest"
+    assert name == MODEL_NAME and version and version != "latest"
     assert tag != packaged["tag_b"]
-    assert packaged["stored_a"]["labels"] == LABELS
-    stored_metadata = packaged["stored_a"]["metadata"]
-    assert stored_metadata == {**METADATA, "feature_schema": packaged["feature_schema"]}
+    labels = {"pipeline": PIPELINE, "run_version": "run-0001", "task": "classification"}
+    assert packaged["stored_a"]["labels"] == labels
+    given = packaged["metadata_given"]
+    # None values are dropped (BentoML refuses None); pipeline, classes and file name added.
+    assert given["time_column"] is None and given["lineage"]["champion_at_start"] is None
+    expected = {k: v for k, v in given.items() if v is not None}
+    expected["lineage"] = {"notebooks": {"train": "abc"}}
+    assert packaged["stored_a"]["metadata"] == {
+        **expected,
+        "classes": [0, 1],
+        "model_file": "churn-v2.joblib",
+        "feature_schema": packaged["feature_schema"],
+    }
+    assert packaged["stored_a"]["file_identical"] is True
 
 
-def test_build_bento_pins_exactly_the_given_model_not_latest(packaged: dict[str, Any]) -> None:
-    # The second save is what ':latest' resolves to; the bento must still pin the first.
+def test_a_pickled_model_is_stored_byte_for_byte(packaged: dict[str, Any]) -> None:
+    pickled = packaged["pickled"]
+    assert pickled["file_identical"] is True
+    assert pickled["metadata"]["model_file"] == "model.pkl"
+    assert pickled["bento_tag"] == "pickled:run-0003"
+
+
+def test_bento_is_named_for_the_pipeline_and_pins_exactly_its_model(
+    packaged: dict[str, Any],
+) -> None:
+    # The second package is what ':latest' resolves to; the first bento must still pin the first.
     assert packaged["latest_model"] == packaged["tag_b"]
-    assert packaged["bento_tag"] == f"nbprod_classifier:{BENTO_VERSION}"
+    assert packaged["bento_tag"] == f"{PIPELINE}:run-0001"
     assert packaged["bento_models"] == [packaged["tag_a"]]
-    assert packaged["bento_pin"] == {"model_tag": packaged["tag_a"]}
-    assert packaged["bento_labels"].items() >= {"run_version": BENTO_VERSION}.items()
-    for package in ("scikit-learn", "pandas", "numpy", "pydantic"):
+    assert packaged["bento_pin"] == {"model_tag": packaged["tag_a"], "pipeline": PIPELINE}
+    # The service's class and BentoML name come from the pipeline.
+    assert packaged["bento_service"] == "service:ChurnV2Service"
+    assert packaged["bento_services"] == [PIPELINE]
+    assert packaged["bento_labels"].items() >= {"run_version": "run-0001"}.items()
+    for package in ("scikit-learn", "pandas", "numpy", "pydantic", "joblib"):
         pin = f"{package}=={importlib.metadata.version(package)}"
         assert pin in packaged["bento_requirements"], "serve-time packages pinned as installed"
     assert packaged["rebuild_same_pin"] == packaged["bento_tag"]
     assert not (BENTOS_DIR / "model_pin.json").exists(), "the build must not pin the source dir"
 
 
-def test_packaging_refuses_unsafe_operations(packaged: dict[str, Any]) -> None:
+def test_packaging_refuses_wrong_models_metadata_and_unsafe_operations(
+    packaged: dict[str, Any],
+) -> None:
     errors = packaged["errors"]
+    assert "metadata 'task' is None" in errors["no_task"]
+    assert "names pipeline 'other'" in errors["other_pipeline"]
+    assert (
+        "metadata classes ['no', 'yes'] differ from the model's classes_ [0, 1]"
+        in errors["wrong_classes"]
+    )
+    assert (
+        "has no classes_ although the task is classification" in errors["regressor_as_classifier"]
+    )
+    assert "differ from the columns the model was fit on" in errors["schema_columns"]
+    assert "plan: categories must be a non-empty list of str" in errors["bad_schema"]
+    assert "does not load with joblib" in errors["not_a_model"]
+    assert "does not exist" in errors["missing_file"]
     assert "latest" in errors["build_latest"]
     assert packaged["tag_b"] in errors["rebuild_other_pin"]
-    assert "does-not-exist" in errors["build_missing"]
+    assert f"{MODEL_NAME}:nope: it is not in the BentoML store" in errors["build_missing"]
     assert packaged["tag_a"] in errors["delete_in_use"]
-    assert errors["bad_schema"] and "purpose" in errors["bad_schema"]
-    assert "nbprod_classifier:run-0002" in errors["delete_b_in_use"]
     assert "latest" in errors["delete_bento_latest"]
-    assert packaged["deleted_bento_b"] is True
-    assert packaged["deleted_b_twice"] is True
+    # None of the refused packages left a model behind.
+    assert packaged["models_after_refusals"] == sorted(
+        [packaged["tag_a"], packaged["tag_b"], packaged["pickled"]["model_tag"]]
+    )
 
 
-def test_served_bento_predicts_like_the_joblib_model(
+def test_a_failed_build_deletes_the_saved_model(packaged: dict[str, Any]) -> None:
+    assert "Building the bento broken:run-0004" in packaged["errors"]["build_fails"]
+    assert "service import failed on purpose" in packaged["errors"]["build_fails"]
+    assert packaged["broken_models_left"] == []
+
+
+def test_delete_package_removes_bento_then_model_and_can_be_retried(
+    packaged: dict[str, Any],
+) -> None:
+    assert packaged["deleted"] == {"bento": True, "model": True}
+
+
+def test_served_bento_answers_like_its_model_not_latest(
     packaged: dict[str, Any], tmp_path: Path
 ) -> None:
     import joblib
     import pandas as pd
 
-    rows: list[dict[str, Any]] = packaged["rows"]
-    frame = pd.DataFrame(rows)
+    frame = pd.read_csv(packaged["csv"]).head(40)
+    features = frame.drop(columns=NON_FEATURES)
+    rows = frame_to_records(frame, NON_FEATURES)
     model_a = joblib.load(packaged["model_a_path"])
     model_b = joblib.load(packaged["model_b_path"])
-    expected = [int(p) for p in model_a.predict(frame)]
-    expected_proba = [float(p) for p in model_a.predict_proba(frame)[:, 1]]
+    expected = model_a.predict(features).tolist()
+    expected_proba = model_a.predict_proba(features)[:, 1].tolist()
     # Otherwise the test could not tell the pinned model from ':latest'.
-    assert expected != [int(p) for p in model_b.predict(frame)]
+    assert expected != model_b.predict(features).tolist()
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     command = [sys.executable, "-m", "bentoml", "serve", packaged["bento_tag"]]
+    env = {**packaged["env"], "NBPROD_INFERENCE_LOG_DIR": str(tmp_path / "log")}
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path,
-            env=packaged["env"],
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so the workers die with it
         )
     try:
-        _wait_ready(base, server, log_path)
+        reason = wait_ready(base, server, log_path, timeout_s=SERVE_DEADLINE_S)
+        assert reason is None, f"{reason}\n{log_path.read_text()}"
         for probe in ("/healthz", "/livez"):
-            assert _request(base + probe, None)[0] == 200
+            assert post_json(base + probe, None)[0] == 200
 
-        status, body = _request(base + "/predict", {"records": rows})
+        status, body, _ = post_json(base + "/predict", {"records": rows})
         assert status == 200, body
         assert [r["prediction"] for r in body] == expected
-        assert [r["probability"] for r in body] == pytest.approx(expected_proba, abs=1e-9)
+        assert [r["probabilities"]["1"] for r in body] == pytest.approx(expected_proba, abs=1e-12)
 
-        status, body = _request(base + "/metadata", {})
+        status, body, _ = post_json(base + "/metadata", {})
         assert status == 200, body
-        assert body["model_tag"] == packaged["tag_a"]
-        assert body["run_version"] == BENTO_VERSION
-        assert body["metrics"] == METADATA["metrics"]
-        assert body["lineage"] == METADATA["lineage"]
+        assert (body["model_tag"], body["pipeline"]) == (packaged["tag_a"], PIPELINE)
+        assert body["run_version"] == "run-0001"
 
-        unknown_category = {**rows[0], "purpose": "vacation"}
+        unknown_category = {**rows[0], "plan": "vacation"}
         extra_field = {**rows[0], "zip_code": "12345"}
-        for bad, field in ((unknown_category, "purpose"), (extra_field, "zip_code")):
-            status, body = _request(base + "/predict", {"records": [rows[1], bad]})
+        for bad, field in ((unknown_category, "plan"), (extra_field, "zip_code")):
+            status, body, _ = post_json(base + "/predict", {"records": [rows[1], bad]})
             assert 400 <= status < 500, body
             assert any(err["loc"] == ["records", 1, field] for err in body["detail"]), body
-        status, body = _request(base + "/predict", {"records": []})
-        assert 400 <= status < 500, body
     finally:
         stop_server(server)
 
 
-def _request(url: str, payload: dict[str, Any] | None) -> tuple[int, Any]:
-    """GET (payload None) or POST JSON; (status, decoded body) even for 4xx/5xx."""
-    status, body, _ = post_json(url, payload, timeout=30)
-    return status, body
+# --- the bento's own modules ---------------------------------------------------------------------
 
 
-def _wait_ready(base: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
-    reason = wait_ready(base, server, log_path, timeout_s=SERVE_DEADLINE_S)
-    if reason:
-        pytest.fail(f"{reason}\n{log_path.read_text()}")
+def test_bentofile_includes_every_module_and_bentos_never_import_flows() -> None:
+    config = yaml.safe_load((BENTOS_DIR / "bentofile.yaml").read_text())
+    modules = sorted(p.name for p in BENTOS_DIR.glob("*.py"))
+    assert sorted(f for f in config["include"] if f.endswith(".py")) == modules
+    assert config["service"] == "service"
+    for module in modules:
+        imported: list[str] = []
+        for node in ast.walk(ast.parse((BENTOS_DIR / module).read_text())):
+            if isinstance(node, ast.Import):
+                imported += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.append(node.module)
+        assert not [n for n in imported if n.split(".")[0] == "flows"], module
+        assert sum(1 for _ in (BENTOS_DIR / module).open()) < 500, module
 
 
-def _train(path: Path, *, seed: int, flip: bool) -> tuple[Any, dict[str, Any]]:
-    """Fit a small pipeline like the notebook's on random data; return (frame, feature schema)."""
-    import joblib
-    import numpy as np
-    import pandas as pd
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
+def _bento_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"bento_{name}", BENTOS_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
-    rng = np.random.default_rng(seed)
-    n = 400
-    frame = pd.DataFrame(
-        {
-            "age": rng.integers(18, 80, n),
-            "annual_income": rng.normal(60_000, 20_000, n).clip(5_000),
-            "loan_amount": rng.uniform(1_000, 40_000, n),
-            "term_months": rng.choice([36, 60], n),
-            "interest_rate": rng.uniform(3, 25, n),
-            "credit_score": rng.integers(300, 851, n),
-            "debt_to_income": rng.uniform(0, 0.6, n),
-            "num_open_accounts": rng.integers(0, 20, n),
-            **{col: rng.choice(cats, n) for col, cats in CATEGORICAL.items()},
-        }
+
+def test_service_names_come_from_the_pipeline_and_the_pin_is_exact(tmp_path: Path) -> None:
+    pinning = _bento_module("pinning")
+    identity = pinning.service_identity(pinning.Pin("m:1", "churn-v2"), {})
+    assert (identity.service_name, identity.class_name) == ("churn-v2", "ChurnV2Service")
+    from_metadata = pinning.service_identity(pinning.Pin("m:1", None), {"pipeline": "9lives"})
+    assert (from_metadata.service_name, from_metadata.class_name) == (
+        "9lives",
+        "Pipeline9livesService",
     )
-    frame.loc[rng.random(n) < 0.1, "annual_income"] = np.nan
-    target = ((frame["interest_rate"] > 14) ^ (frame["credit_score"] < 550)).astype(int)
-    if flip:
-        target = 1 - target
-    categorical = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="most_frequent")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore")),
-        ]
-    )
-    preprocess = ColumnTransformer(
-        [
-            ("num", SimpleImputer(strategy="median"), list(NUMERICAL)),
-            ("cat", categorical, list(CATEGORICAL)),
-        ]
-    )
-    model = Pipeline([("pre", preprocess), ("clf", HistGradientBoostingClassifier(max_iter=30))])
-    model.fit(frame, target)
-    joblib.dump(model, path)
-    schema = {
-        "numerical": {
-            col: {
-                "dtype": dtype,
-                "min": float(frame[col].min()),
-                "max": float(frame[col].max()),
-                "nullable": col in NULLABLE,
-            }
-            for col, dtype in NUMERICAL.items()
-        },
-        "categorical": {
-            col: {"categories": cats, "nullable": False} for col, cats in CATEGORICAL.items()
-        },
-        "target": "defaulted",
-    }
-    return frame, schema
+    pin = tmp_path / "model_pin.json"
+    pin.write_text(json.dumps({"model_tag": "m:v1", "pipeline": "churn"}))
+    assert pinning.read_pin(pin, env={}) == pinning.Pin("m:v1", "churn")
+    assert pinning.read_pin(tmp_path / "none.json", {"NBPROD_MODEL_TAG": "m:v2"}).pipeline is None
+    for bad in ({"model_tag": "m:latest"}, {"model_tag": "m"}, {"tag": "m:1"}):
+        pin.write_text(json.dumps(bad))
+        with pytest.raises(RuntimeError, match="model_tag|exact"):
+            pinning.read_pin(pin, env={})
+    with pytest.raises(RuntimeError, match="No model pinned"):
+        pinning.read_pin(tmp_path / "none.json", env={})
+
+
+# --- the packaging script, run in a subprocess with an isolated BENTOML_HOME ---------------------
 
 
 def _error(call: Any) -> str | None:
@@ -273,84 +272,163 @@ def _error(call: Any) -> str | None:
     return None
 
 
-def _run_packaging(workdir: Path) -> None:
-    """Save two models, build a bento pinned to the first, record what BentoML stored."""
+def _stored(tag: str, source: Path) -> dict[str, Any]:
     import bentoml
 
-    from flows.packaging import build_bento, delete_bento, delete_model, save_model
+    model = bentoml.models.get(tag)
+    return {
+        "labels": dict(model.info.labels),
+        "metadata": dict(model.info.metadata),
+        "file_identical": Path(model.path_of("model.joblib")).read_bytes() == source.read_bytes(),
+    }
 
-    model_a, model_b = workdir / "model_a.joblib", workdir / "model_b.joblib"
-    frame, schema = _train(model_a, seed=0, flip=False)
-    _train(model_b, seed=1, flip=True)
-    timings: dict[str, float] = {}
 
-    started = time.perf_counter()
-    tag_a = save_model(
-        model_a, name=MODEL_NAME, labels=LABELS, metadata=METADATA, feature_schema=schema
-    )
-    timings["save_s"] = time.perf_counter() - started
-    tag_b = save_model(model_b, name=MODEL_NAME, labels={}, metadata={}, feature_schema=schema)
-    started = time.perf_counter()
-    bento_tag = build_bento(tag_a, bentos_dir=BENTOS_DIR, version=BENTO_VERSION, labels=LABELS)
-    timings["build_s"] = time.perf_counter() - started
+def _run_packaging(workdir: Path) -> None:
+    """Package, refuse, undo; record what BentoML stored."""
+    import bentoml
+    import joblib
+    from served_models import feature_schema, fit, make_frame, metadata
 
-    stored = bentoml.models.get(tag_a)
-    assert Path(stored.path).is_relative_to(workdir / "bentoml"), "BENTOML_HOME not honoured"
+    from flows.packaging import build_bento, delete_bento, delete_model, delete_package
+    from flows.packaging import package_model as package
+
+    frame = make_frame("churn")
+    schema = feature_schema("churn", frame)
+    model_a, model_b = workdir / "churn-v2.joblib", workdir / "model_b.joblib"
+    joblib.dump(fit("churn", frame), model_a)
+    joblib.dump(fit("churn", frame, flip=True), model_b)
+    csv = workdir / "churn.csv"
+    frame.to_csv(csv, index=False)
+    given = {**metadata("churn", "run-0001", frame), "pipeline": PIPELINE, "time_column": None}
+
+    def package_model(path: Path, version: str, **changes: Any) -> tuple[str, str]:
+        options: dict[str, Any] = {
+            "pipeline": PIPELINE,
+            "model_name": MODEL_NAME,
+            "version": version,
+            "metadata": {**given, "run_version": version},
+            "feature_schema": schema,
+            "bentos_dir": BENTOS_DIR,
+        }
+        return package(path, **{**options, **changes})
+
+    tag_a, bento_tag = package_model(model_a, "run-0001")
+    tag_b, bento_b = package_model(model_b, "run-0002")
     bento = bentoml.bentos.get(bento_tag)
+    bento_yaml = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
     requirements = (Path(bento.path) / "env/python/requirements.txt").read_text().split()
     result: dict[str, Any] = {
         "tag_a": tag_a,
         "tag_b": tag_b,
         "latest_model": str(bentoml.models.get(f"{MODEL_NAME}:latest").tag),
-        "stored_a": {"labels": dict(stored.info.labels), "metadata": dict(stored.info.metadata)},
+        "stored_a": _stored(tag_a, model_a),
+        "metadata_given": given,
         "feature_schema": schema,
         "bento_tag": bento_tag,
         "bento_models": [str(m.tag) for m in bento.info.all_models],
         "bento_pin": json.loads((Path(bento.path) / "src/model_pin.json").read_text()),
+        "bento_service": bento_yaml["service"],
+        "bento_services": [s["name"] for s in bento_yaml["services"]],
         "bento_labels": dict(bento.info.labels),
         "bento_requirements": requirements,
-        "rebuild_same_pin": build_bento(tag_a, bentos_dir=BENTOS_DIR, version=BENTO_VERSION),
+        "rebuild_same_pin": build_bento(
+            tag_a, pipeline=PIPELINE, bentos_dir=BENTOS_DIR, version="run-0001"
+        ),
     }
 
+    pickled_path = workdir / "model.pkl"
+    with pickled_path.open("wb") as fh:
+        pickle.dump(fit("churn", frame), fh)
+    pickled_tags = package_model(
+        pickled_path, "run-0003", pipeline="pickled", metadata={**given, "pipeline": "pickled"}
+    )
+    result["pickled"] = {
+        **_stored(pickled_tags[0], pickled_path),
+        "model_tag": pickled_tags[0],
+        "bento_tag": pickled_tags[1],
+    }
+
+    price = make_frame("price")
+    regressor = workdir / "price.joblib"
+    joblib.dump(fit("price", price), regressor)
+    not_a_model = workdir / "notes.joblib"
+    not_a_model.write_text("not a model")
     bad_schema = json.loads(json.dumps(schema))
-    bad_schema["categorical"]["purpose"]["categories"] = []
+    bad_schema["categorical"]["plan"]["categories"] = []
+    fewer_columns = json.loads(json.dumps(schema))
+    del fewer_columns["numerical"]["visits"]
+    no_task = {k: v for k, v in given.items() if k != "task"}
     result["errors"] = {
+        "no_task": _error(lambda: package_model(model_a, "x1", metadata=no_task)),
+        "other_pipeline": _error(
+            lambda: package_model(model_a, "x2", metadata={**given, "pipeline": "other"})
+        ),
+        "wrong_classes": _error(
+            lambda: package_model(model_a, "x3", metadata={**given, "classes": ["no", "yes"]})
+        ),
+        "regressor_as_classifier": _error(
+            lambda: package_model(regressor, "x4", feature_schema=feature_schema("price", price))
+        ),
+        "schema_columns": _error(
+            lambda: package_model(model_a, "x5", feature_schema=fewer_columns)
+        ),
+        "bad_schema": _error(lambda: package_model(model_a, "x6", feature_schema=bad_schema)),
+        "not_a_model": _error(lambda: package_model(not_a_model, "x7")),
+        "missing_file": _error(lambda: package_model(workdir / "missing.joblib", "x8")),
         "build_latest": _error(
-            lambda: build_bento(f"{MODEL_NAME}:latest", bentos_dir=BENTOS_DIR, version="x")
-        ),
-        "rebuild_other_pin": _error(
-            lambda: build_bento(tag_b, bentos_dir=BENTOS_DIR, version=BENTO_VERSION)
-        ),
-        "build_missing": _error(
-            lambda: build_bento(f"{MODEL_NAME}:does-not-exist", bentos_dir=BENTOS_DIR, version="x")
-        ),
-        "delete_in_use": _error(lambda: delete_model(tag_a)),
-        "bad_schema": _error(
-            lambda: save_model(
-                model_a, name=MODEL_NAME, labels={}, metadata={}, feature_schema=bad_schema
+            lambda: build_bento(
+                f"{MODEL_NAME}:latest", pipeline=PIPELINE, bentos_dir=BENTOS_DIR, version="x"
             )
         ),
+        "rebuild_other_pin": _error(
+            lambda: build_bento(tag_b, pipeline=PIPELINE, bentos_dir=BENTOS_DIR, version="run-0001")
+        ),
+        "build_missing": _error(
+            lambda: build_bento(
+                f"{MODEL_NAME}:nope",
+                pipeline=PIPELINE,
+                bentos_dir=BENTOS_DIR,
+                version="x",
+            )
+        ),
+        "delete_in_use": _error(lambda: delete_model(tag_a)),
+        "delete_bento_latest": _error(lambda: delete_bento(f"{PIPELINE}:latest")),
     }
-    # Undoing a packaging step whose bento failed validation: the bento first, then its model.
-    bento_b = build_bento(tag_b, bentos_dir=BENTOS_DIR, version="run-0002")
-    result["errors"]["delete_b_in_use"] = _error(lambda: delete_model(tag_b))
-    result["errors"]["delete_bento_latest"] = _error(
-        lambda: delete_bento("nbprod_classifier:latest")
-    )
-    delete_bento(bento_b)
-    delete_bento(bento_b)  # undo must be retryable
-    result["deleted_bento_b"] = all(str(b.tag) != bento_b for b in bentoml.bentos.list())
-    delete_model(tag_b)
-    delete_model(tag_b)  # undo must be retryable
-    result["deleted_b_twice"] = all(str(m.tag) != tag_b for m in bentoml.models.list(MODEL_NAME))
+    result["models_after_refusals"] = sorted(str(m.tag) for m in bentoml.models.list())
 
-    # JSON-ready sample rows (pandas gives native Python scalars); NaN becomes null.
-    rows = [
-        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
-        for record in frame.head(6).to_dict(orient="records")
+    # A service that fails to import: the build fails, and the model saved for it is deleted.
+    broken_dir = workdir / "broken-bentos"
+    broken_dir.mkdir()
+    for file in BENTOS_DIR.iterdir():
+        if file.is_file():
+            (broken_dir / file.name).write_bytes(file.read_bytes())
+    service = broken_dir / "service.py"
+    service.write_text(
+        service.read_text() + '\nraise RuntimeError("service import failed on purpose")\n'
+    )
+    result["errors"]["build_fails"] = _error(
+        lambda: package_model(
+            model_a,
+            "run-0004",
+            pipeline="broken",
+            model_name="broken",
+            metadata={**given, "pipeline": "broken"},
+            bentos_dir=broken_dir,
+        )
+    )
+    # The build runs after the save: its error proves a model was saved, then deleted.
+    result["broken_models_left"] = [
+        str(m.tag) for m in bentoml.models.list() if m.tag.name == "broken"
     ]
-    rows[0]["annual_income"] = None  # a missing nullable feature must be accepted
-    result.update(rows=rows, model_a_path=str(model_a), model_b_path=str(model_b), timings=timings)
+
+    # Undoing a package whose bento failed its infra check: retryable.
+    delete_package(tag_b, bento_b)
+    delete_package(tag_b, bento_b)
+    result["deleted"] = {
+        "bento": all(str(b.tag) != bento_b for b in bentoml.bentos.list()),
+        "model": all(str(m.tag) != tag_b for m in bentoml.models.list(MODEL_NAME)),
+    }
+    result.update(model_a_path=str(model_a), model_b_path=str(model_b), csv=str(csv))
     (workdir / "result.json").write_text(json.dumps(result, indent=2))
 
 

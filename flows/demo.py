@@ -40,13 +40,13 @@ CLIENTS = 8
 RETRAIN_TIMEOUT_S = 900.0
 
 
-def send_traffic(url: str, rows: Any) -> int:
+def send_traffic(url: str, rows: Any, spec: Any) -> int:
     """One POST per row from a few concurrent clients, as production traffic arrives."""
     from concurrent.futures import ThreadPoolExecutor
 
     from flows.serving import frame_to_records, predict_records
 
-    records = frame_to_records(rows)
+    records = frame_to_records(rows, drop=spec.non_feature_columns)
     with ThreadPoolExecutor(CLIENTS) as pool:
         answered = list(pool.map(lambda r: len(predict_records(url, [r])[0]), records))
     return sum(answered)
@@ -94,7 +94,7 @@ def continuous_training(champion: dict[str, Any]) -> dict[str, Any] | None:
     traffic = drifted_traffic(str(PROJECT_ROOT / spec.data["data_path"]), TRAFFIC_ROWS)
     with running_bento(champion["bento_tag"], log_dir=log_dir, workdir=workdir) as (url, ready):
         print(f"  serving on {url} (ready in {ready:.1f} s)")
-        answered = send_traffic(url, traffic)
+        answered = send_traffic(url, traffic, spec)
     print(f"  {answered} predictions; inference log in {log_dir}")
 
     api = embedded_api_url()

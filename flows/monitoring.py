@@ -371,15 +371,9 @@ def monitoring_pipeline(
     """
     from flows.inference_log import default_inference_log_dir
     from flows.runs import begin, conclude, recorded
-    from flows.spec import load_spec
 
-    logger = get_run_logger()
-    pipeline = load_spec(spec)
-    if pipeline.flow != "training":
-        raise MonitoringError(
-            f"{spec} is a notebook pipeline: only training pipelines have a champion"
-        )
-    drift_policy = drift_policy_for(pipeline, policy)
+    pipeline = monitored_spec(spec)
+    drift_policy = drift_policy_for(pipeline, policy)  # a bad policy fails before a version
     source = source or str(default_inference_log_dir())
     run = begin(
         "monitoring_pipeline",
@@ -393,43 +387,92 @@ def monitoring_pipeline(
     with recorded(run):
         run.at("champion")
         champion = require_champion(run.store, pipeline.name)
+        # Monitoring never moves the champion.
         run.record.update(champion_version=champion["version"], champion_before=champion)
-        run.record["champion_after"] = champion  # monitoring never moves it
+        run.record["champion_after"] = champion
         run.at("read-window")
-        window = read_window(
-            source, start, end, time_column=pipeline.time_column, model_name=model_name_of(champion)
-        )
-        run.record["source_kind"] = window.kind
-        logger.info("monitoring %s rows from %s %s", len(window.rows), window.kind, source)
-
+        window = read_production_window(run, source, (start, end), pipeline, champion)
         run.at("reference")
-        reference = champion_reference(run.store, champion, pipeline)
-        run.record["reference"] = {
-            "version": reference.version,
-            "file": TRAINING_WINDOW_FILE,
-            "rows": reference.profile.rows,
-        }
+        reference = load_reference(run, champion, pipeline)
         run.at("drift")
-        result = fast_drift_check(reference.profile, window.rows, drift_policy)
-        store_drift(run, result, drift_policy)
-        logger.info("drift: %s — %s", result.verdict, result.reason)
-
+        result = check_window(run, reference, window, drift_policy)
         if result.verdict != "no_verdict":
             run.at("reports")
             training = load_training_window(run.store, reference)
-            reports = monitoring_reports(
-                training, window.rows, reference.profile, run.workdir / "reports"
+            store_reports(
+                run,
+                monitoring_reports(
+                    training, window.rows, reference.profile, run.workdir / "reports"
+                ),
             )
-            store_reports(run, reports)
         if result.verdict == "drift":
             run.at("event")
-            retrain = retrain_end(window, end, pipeline)
-            payload = event_payload(
-                pipeline.name, champion["version"], result, [start, end], run.version, retrain
-            )
-            run.record["event"] = emit_drift_event(pipeline.name, payload)
-            logger.warning("drift detected: emitted %s for %s", DRIFT_EVENT, pipeline.name)
+            alert(run, pipeline, champion, result, window, (start, end))
         return conclude(run, "completed")
+
+
+def monitored_spec(spec: str) -> Any:
+    """The training spec a monitoring run watches; a notebook spec has no champion to watch."""
+    from flows.spec import load_spec
+
+    pipeline = load_spec(spec)
+    if pipeline.flow != "training":
+        raise MonitoringError(
+            f"{spec} is a notebook pipeline: only training pipelines have a champion"
+        )
+    return pipeline
+
+
+def read_production_window(
+    run: Any, source: str, bounds: tuple[str | None, str | None], pipeline: Any, champion: dict
+) -> Any:
+    """The rows the champion answered in ``bounds``, from the inference log or a batch file."""
+    window = read_window(
+        source,
+        bounds[0],
+        bounds[1],
+        time_column=pipeline.time_column,
+        model_name=model_name_of(champion),
+    )
+    run.record["source_kind"] = window.kind
+    get_run_logger().info("monitoring %s rows from %s %s", len(window.rows), window.kind, source)
+    return window
+
+
+def load_reference(run: Any, champion: dict, pipeline: Any) -> Any:
+    """The champion's training window profile, recorded as the run's reference."""
+    reference = champion_reference(run.store, champion, pipeline)
+    run.record["reference"] = {
+        "version": reference.version,
+        "file": TRAINING_WINDOW_FILE,
+        "rows": reference.profile.rows,
+    }
+    return reference
+
+
+def check_window(run: Any, reference: Any, window: Any, drift_policy: DriftPolicy) -> DriftResult:
+    """The fast drift check of the window against the reference, recorded."""
+    result = fast_drift_check(reference.profile, window.rows, drift_policy)
+    store_drift(run, result, drift_policy)
+    get_run_logger().info("drift: %s — %s", result.verdict, result.reason)
+    return result
+
+
+def alert(
+    run: Any,
+    pipeline: Any,
+    champion: dict,
+    result: DriftResult,
+    window: Any,
+    bounds: tuple[str | None, str | None],
+) -> None:
+    """Emit the drift event the pipeline's retrain trigger listens for."""
+    retrain = retrain_end(window, bounds[1], pipeline)
+    payload = event_payload(
+        pipeline.name, champion["version"], result, list(bounds), run.version, retrain
+    )
+    run.record["event"] = emit_drift_event(pipeline.name, payload)
+    get_run_logger().warning("drift detected: emitted %s for %s", DRIFT_EVENT, pipeline.name)
 
 
 # -- the run on one page -----------------------------------------------------------------------

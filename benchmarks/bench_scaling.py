@@ -1,16 +1,18 @@
 """Scaling worker: synthetic loan data of a given size, and one ``training_pipeline`` run on it.
 
-Usage (benchmarks/run.py drives both; each prints one JSON line as its last stdout line):
+Usage (benchmarks/run.py drives both; each prints one JSON line as its last stdout line), with
+NBPROD_PROJECT_DIR set to a project holding the demo's spec (SPEC, project-relative, e.g.
+``deployments/training.yaml``), its policy and notebooks:
 
-- ``python benchmarks/bench_scaling.py data ROWS OUT_DIR`` writes ``OUT_DIR/loans.csv`` (all of
-  2024 from ``flows.data.generate_loans(rows_per_month=ROWS // 12, seed=42)``, drift from
-  October, as the bundled data) and ``OUT_DIR/reference.csv`` (January to June, as
-  ``flows.data.write_bundled_data`` cuts it).
-- ``python benchmarks/bench_scaling.py pipeline DATA_CSV REFERENCE_CSV`` runs
-  ``flows.pipeline.training_pipeline`` on them over 2024-01-01..2024-10-01, as a user's process
-  would, with NBPROD_HOME, BENTOML_HOME and PREFECT_API_URL from the environment. Its JSON
-  has the run's status and decision, ``import_s`` (importing the flow), ``flow_s`` (the flow
-  call) and ``steps`` (each task's run time, from the Prefect API). The harness measures the
+- ``python benchmarks/bench_scaling.py data ROWS OUT_DIR SPEC`` writes ``OUT_DIR/loans.csv`` (all
+  of 2024 from ``flows.data.generate_loans(rows_per_month=ROWS // 12, seed=42)``, drift from
+  October, as the bundled data) and ``OUT_DIR/reference.csv`` (January to June on the spec's
+  time column, as ``flows.data.write_bundled_data`` cuts it).
+- ``python benchmarks/bench_scaling.py pipeline DATA_CSV REFERENCE_CSV SPEC`` runs
+  ``flows.pipeline.training_pipeline(spec=SPEC, ...)`` on them over 2024-01-01..2024-10-01, as a
+  user's process would, with NBPROD_HOME, BENTOML_HOME and PREFECT_API_URL from the environment.
+  Its JSON has the run's status and decision, ``import_s`` (importing the flow), ``flow_s`` (the
+  flow call) and ``steps`` (each task's run time, from the Prefect API). The harness measures the
   wall time and samples the memory of this process and all its descendants (notebook kernels,
   the infra check's ``bentoml serve``).
 """
@@ -25,18 +27,27 @@ import json  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from flows.spec import PipelineSpec
 
 CSV_OPTIONS = {"index": False, "date_format": "%Y-%m-%dT%H:%M:%S", "lineterminator": "\n"}
 
 
-def write_data(rows: int, out_dir: Path) -> dict[str, object]:
+def load_bench_spec(spec: str) -> PipelineSpec:
+    from flows.spec import load_spec, resolve_project_path
+
+    return load_spec(resolve_project_path(spec))
+
+
+def write_data(rows: int, out_dir: Path, spec: str) -> dict[str, object]:
     from flows.data import REFERENCE_END, REFERENCE_START, generate_loans
 
+    time_column = load_bench_spec(spec).time_column
     out_dir.mkdir(parents=True, exist_ok=True)
     loans = generate_loans(rows_per_month=max(rows // 12, 1), seed=42)
-    in_reference = (loans["application_date"] >= REFERENCE_START) & (
-        loans["application_date"] < REFERENCE_END
-    )
+    in_reference = (loans[time_column] >= REFERENCE_START) & (loans[time_column] < REFERENCE_END)
     data, reference = out_dir / "loans.csv", out_dir / "reference.csv"
     loans.to_csv(data, **CSV_OPTIONS)
     loans[in_reference].to_csv(reference, **CSV_OPTIONS)
@@ -67,11 +78,12 @@ def task_times(flow_run_id: str | None) -> dict[str, float]:
     return steps
 
 
-def run_pipeline(data: str, reference: str) -> dict[str, object]:
+def run_pipeline(data: str, reference: str, spec: str) -> dict[str, object]:
     from flows.pipeline import training_pipeline
 
     imported = time.perf_counter()
     record = training_pipeline(
+        spec=spec,
         data_path=data,
         reference_path=reference,
         start_date="2024-01-01",
@@ -93,9 +105,9 @@ def run_pipeline(data: str, reference: str) -> dict[str, object]:
 def main() -> None:
     command, *args = sys.argv[1:]
     if command == "data":
-        result = write_data(int(args[0]), Path(args[1]))
+        result = write_data(int(args[0]), Path(args[1]), args[2])
     elif command == "pipeline":
-        result = run_pipeline(args[0], args[1])
+        result = run_pipeline(args[0], args[1], args[2])
     else:
         sys.exit(f"unknown command {command!r}: use data or pipeline")
     print(json.dumps(result, default=str))

@@ -1,8 +1,11 @@
-"""Package the benchmark's trained model as the champion bento would be packaged; print tags.
+"""Package the benchmark's trained model as the training flow packages a champion; print tags.
 
-Usage: ``python benchmarks/package_bento.py MODEL_JOBLIB OUT_JSON`` with BENTOML_HOME set.
-Same calls as the training pipeline's package-model task (flows.packaging.save_model and
-build_bento from bentos/, feature schema derived from data/reference.csv).
+Usage: ``python benchmarks/package_bento.py MODEL_JOBLIB OUT_JSON SPEC`` with BENTOML_HOME and
+NBPROD_PROJECT_DIR set (SPEC is project-relative, e.g. ``deployments/training.yaml``). The same
+call as the flow's release step (``flows.packaging.package_model``, bento named for the
+pipeline): the feature schema is derived from the spec's reference data with its target, id and
+time columns, restricted to the columns the model was fit on. OUT_JSON gets the model and bento
+tags, the task and the feature columns (what a request record carries).
 """
 
 from __future__ import annotations
@@ -11,30 +14,57 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+VERSION = "v-bench"
 
 
 def main() -> None:
-    from flows.packaging import build_bento, save_model
-    from flows.schema import derive_schema, read_table
+    import joblib
 
-    model_path, out = Path(sys.argv[1]), Path(sys.argv[2])
+    from flows.packaging import package_model
+    from flows.schema import derive_schema, read_table
+    from flows.settings import load_settings
+    from flows.spec import load_spec, resolve_project_path
+
+    model_path, out, spec_file = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    spec = load_spec(resolve_project_path(spec_file))
+    reference_path = spec.data.get("reference_path") or spec.data["data_path"]
     reference = read_table(
-        REPO / "data" / "reference.csv", dataset="reference", datetime_column="application_date"
+        resolve_project_path(reference_path), dataset="reference", datetime_column=spec.time_column
     )
-    schema = derive_schema(reference, target="defaulted", datetime_column="application_date")
-    labels = {"run_version": "v-bench"}
-    model_tag = save_model(
+    schema = derive_schema(
+        reference, target=spec.target, datetime_column=spec.time_column, id_columns=spec.id_columns
+    )
+    features = [str(c) for c in joblib.load(model_path).feature_names_in_]
+    feature_schema = schema.feature_schema(features)
+    metadata = {
+        "run_version": VERSION,
+        "pipeline": spec.name,
+        "task": spec.task,
+        "target": spec.target,
+        "id_columns": list(spec.id_columns),
+        "time_column": spec.time_column,
+        "metrics": {},
+    }
+    model_tag, bento_tag = package_model(
         model_path,
-        name="nbprod_loan_default",
-        labels=labels,
-        metadata={"run_version": "v-bench", "metrics": {}},
-        feature_schema=schema.feature_schema(),
+        pipeline=spec.name,
+        model_name=spec.resolved_model_name,
+        version=VERSION,
+        metadata=metadata,
+        feature_schema=feature_schema,
+        bentos_dir=load_settings().bentos_dir,
     )
-    bento_tag = build_bento(model_tag, bentos_dir=REPO / "bentos", version="v-bench", labels=labels)
-    features = [*schema.feature_schema()["numerical"], *schema.feature_schema()["categorical"]]
     out.write_text(
-        json.dumps({"model_tag": model_tag, "bento_tag": bento_tag, "features": features})
+        json.dumps(
+            {
+                "model_tag": model_tag,
+                "bento_tag": bento_tag,
+                "task": spec.task,
+                "features": [*feature_schema["numerical"], *feature_schema["categorical"]],
+                "non_features": list(spec.non_feature_columns),
+                "data_path": str(resolve_project_path(spec.data["data_path"])),
+            }
+        )
     )
 
 

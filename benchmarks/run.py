@@ -60,6 +60,17 @@ ALL_ROWS = ["P1", "P2", "P3", "P4", "P5", "P6"]
 SECTIONS = [*ALL_ROWS, "SCALING"]
 # --quick: trees per P3 grid point (the notebook's default is 200), so 16 trainings fit the budget.
 QUICK_TREES = 20
+# The demo's pipeline spec (the loan example), copied with its notebooks, policy and data into the
+# benchmark's temporary project: P5 packages its model as the flow would, SCALING runs its flow.
+DEMO_SPEC = "deployments/training.yaml"
+PROJECT_FILES = [
+    "notebooks/prepare.ipynb",
+    "notebooks/train.ipynb",
+    DEMO_SPEC,
+    "deployments/policy.yaml",
+    "data/loans.csv",
+    "data/reference.csv",
+]
 
 
 @dataclass
@@ -285,11 +296,29 @@ def breakdown(records: list[dict[str, Any]], total: float) -> str:
     )
 
 
+def make_project(work: Path) -> Path:
+    """The benchmark's project (NBPROD_PROJECT_DIR): the demo's spec, policy, notebooks, data."""
+    project = work / "project"
+    for name in PROJECT_FILES:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, project / name)
+    return project
+
+
 def prepare_data(cfg: Config) -> dict[str, str]:
+    """The train notebook's inputs: one papermill run of the prepare notebook on the demo data.
+
+    The notebook contract: prepare writes ``train.parquet`` and ``holdout.parquet``, which the
+    training flow hands to train as ``train_path`` and ``holdout_path``.
+    """
     out = cfg.work / "prepare"
     params = {"data_path": REPO / "data" / "loans.csv"}
     timed(papermill_cmd(cfg, "prepare.ipynb", out, params), cfg, what="prepare (papermill)")
-    return {"train_path": str(out / "train.parquet"), "test_path": str(out / "test.parquet")}
+    data = {"train_path": out / "train.parquet", "holdout_path": out / "holdout.parquet"}
+    missing = [str(path) for path in data.values() if not path.is_file()]
+    if missing:
+        raise RuntimeError(f"the prepare notebook did not write {missing}")
+    return {name: str(path) for name, path in data.items()}
 
 
 def bench_p1_p2(cfg: Config, data: dict[str, str]) -> tuple[list[Row], Path]:
@@ -418,12 +447,30 @@ def bench_p3(cfg: Config, data: dict[str, str]) -> list[Row]:
 # --- P5: serving ---------------------------------------------------------------------------------
 
 
-def request_body(features: list[str]) -> bytes:
+def request_body(features: list[str], data_path: str) -> bytes:
+    """One record: the data's first row without missing values, features only."""
     import pandas as pd
 
-    frame = pd.read_csv(REPO / "data" / "loans.csv")[features].dropna()
+    frame = pd.read_csv(data_path)[features].dropna()
     record = json.loads(frame.iloc[[0]].to_json(orient="records"))
     return json.dumps({"records": record}).encode()
+
+
+def same_answers(bento: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str | None:
+    """Why the two services' answers differ (prediction, probabilities per label), or None."""
+    if len(bento) != len(baseline):
+        return f"{len(bento)} vs {len(baseline)} answers"
+    for got, want in zip(bento, baseline, strict=True):
+        if set(got) != set(want):
+            return f"keys {sorted(got)} vs {sorted(want)}"
+        if got["prediction"] != want["prediction"]:
+            return f"prediction {got['prediction']!r} vs {want['prediction']!r}"
+        probs, base = got.get("probabilities") or {}, want.get("probabilities") or {}
+        if set(probs) != set(base):
+            return f"probability labels {sorted(probs)} vs {sorted(base)}"
+        if any(abs(probs[k] - base[k]) > 1e-9 for k in probs):
+            return f"probabilities {probs} vs {base}"
+    return None
 
 
 def wrk(cfg: Config, url: str, clients: int, seconds: int, body: Path) -> dict[str, Any]:
@@ -465,53 +512,72 @@ def tree_cpu_s(proc: subprocess.Popen[bytes]) -> float:
 
 
 def load_test(
-    cfg: Config, url: str, body: Path, levels: list[int], proc: subprocess.Popen[bytes]
-) -> dict[int, dict[str, float]]:
-    """wrk at each concurrency; also the server's CPU milliseconds per request.
+    cfg: Config,
+    servers: dict[str, tuple[str, subprocess.Popen[bytes]]],
+    body: Path,
+    levels: list[int],
+) -> dict[str, dict[int, dict[str, float]]]:
+    """wrk at each concurrency against each server, the servers' runs alternating (so load from
+    other processes falls on both alike); also each server's CPU milliseconds per request.
 
-    CPU per request bounds what a server can do: on one core, c clients wait at least
-    c × cpu_ms on average (Little's law), whatever the batching.
+    ``servers``: name -> (URL, server process). CPU per request bounds what a server can do: on
+    one core, c clients wait at least c × cpu_ms on average (Little's law), whatever the batching.
     """
     seconds, reps = (2, 3) if cfg.quick else (10, 3)
-    wrk(cfg, url, 16, 2, body)  # warm-up
-    drain(url, body)
-    results: dict[int, dict[str, float]] = {}
+    for url, _ in servers.values():  # warm-up
+        wrk(cfg, url, 16, 2, body)
+        drain(url, body)
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in servers}
     for clients in levels:
-        runs = []
-        cpu_ms = []
         for _ in range(reps):
-            before = tree_cpu_s(proc)
-            runs.append(wrk(cfg, url, clients, seconds, body))
-            cpu_ms.append((tree_cpu_s(proc) - before) * 1000 / max(runs[-1]["requests"], 1))
-            drain(url, body)
-        results[clients] = {
-            "cpu_ms": median(cpu_ms),
-            "rps": median([r["rps"] for r in runs]),
-            "p99_ms": median([r["p99_us"] / 1000 for r in runs]),
-            "p50_ms": median([r["p50_us"] / 1000 for r in runs]),
-            "errors": sum(r["errors"] for r in runs),
-            "requests": sum(r["requests"] for r in runs),
+            for name, (url, proc) in servers.items():
+                before = tree_cpu_s(proc)
+                stats = wrk(cfg, url, clients, seconds, body)
+                stats["cpu_ms"] = (tree_cpu_s(proc) - before) * 1000 / max(stats["requests"], 1)
+                runs[name].setdefault(clients, []).append(stats)
+                drain(url, body)
+    return {
+        name: {
+            clients: {
+                "cpu_ms": median([r["cpu_ms"] for r in rs]),
+                "rps": median([r["rps"] for r in rs]),
+                "p99_ms": median([r["p99_us"] / 1000 for r in rs]),
+                "p50_ms": median([r["p50_us"] / 1000 for r in rs]),
+                "errors": sum(r["errors"] for r in rs),
+                "requests": sum(r["requests"] for r in rs),
+            }
+            for clients, rs in by_level.items()
         }
-    return results
+        for name, by_level in runs.items()
+    }
 
 
-def raw_predict_rate(model_path: Path, body: bytes) -> float:
-    """Single-row ``model.predict`` calls per second on a prebuilt DataFrame: the upper limit."""
+def raw_answer_rate(model_path: Path, body: bytes, task: str) -> float:
+    """Single-row answers per second straight from the model, on a prebuilt DataFrame, in one
+    process: ``predict``, plus ``predict_proba`` for a classifier that has it (what each answer
+    of both services needs). The limit for one core without HTTP or batching."""
     import joblib
     import pandas as pd
     from threadpoolctl import threadpool_limits
 
     model = joblib.load(model_path)
     frame = pd.DataFrame(json.loads(body)["records"])[list(model.feature_names_in_)]
+    proba = getattr(model, "predict_proba", None) if task == "classification" else None
+
+    def answer() -> None:
+        model.predict(frame)
+        if proba is not None:
+            proba(frame)
+
     # One OpenMP thread, as both services use: with two, each tiny predict spins on 2 busy cores.
     with threadpool_limits(limits=1, user_api="openmp"):
         for _ in range(5):
-            model.predict(frame)
+            answer()
         times = []
         for _ in range(5):
             calls, started = 0, time.perf_counter()
             while time.perf_counter() - started < 0.5:
-                model.predict(frame)
+                answer()
                 calls += 1
             times.append((time.perf_counter() - started) / calls)
     return 1 / median(times)
@@ -521,50 +587,54 @@ def bench_p5(cfg: Config, model: Path) -> list[Row]:
     if not model.is_file():
         raise RuntimeError(f"no trained model at {model} (P1 must run first)")
     tags_file = cfg.work / "bento.json"
-    timed([sys.executable, str(HERE / "package_bento.py"), str(model), str(tags_file)], cfg,
-          what="package bento", timeout=600)  # fmt: skip
+    timed([sys.executable, str(HERE / "package_bento.py"), str(model), str(tags_file), DEMO_SPEC],
+          cfg, what="package bento", timeout=600)  # fmt: skip
     tags = json.loads(tags_file.read_text())
-    body = request_body(tags["features"])
+    body = request_body(tags["features"], tags["data_path"])
     body_file = cfg.work / "body.json"
     body_file.write_bytes(body)
     levels = [1, 16, 64]
 
-    port = free_port()
-    base = f"http://{HOST}:{port}"
+    bento_port, api_port = free_port(), free_port()
+    bento_base, api_base = f"http://{HOST}:{bento_port}", f"http://{HOST}:{api_port}"
     bento_env = {**cfg.env, "NBPROD_INFERENCE_LOG_DIR": str(cfg.work / "inference")}
     serve = [sys.executable, "-m", "bentoml", "serve", tags["bento_tag"], "--host", HOST]
-    with server(
-        [*serve, "--port", str(port)], cfg, "bentoml", f"{base}/readyz", env=bento_env
-    ) as proc:
-        status, answer = http(f"{base}/predict", body, timeout=30)
-        if status != 200:
-            raise RuntimeError(f"bento answered {status}: {answer[:300]!r}")
-        bento = load_test(cfg, f"{base}/predict", body_file, levels, proc)
-    log(f"P5 bento {bento}")
-
-    port = free_port()
-    base = f"http://{HOST}:{port}"
-    # One OpenMP thread, like the bento (bentos/service.py sets it per inference thread): without
+    serve += ["--port", str(bento_port)]
+    # One OpenMP thread, like the bento (bentos/predictor.py sets it per inference thread): without
     # it the baseline's single-row predicts spin 2 OpenMP threads on 2 busy cores, 10-20x slower.
-    api_env = {**cfg.env, "NBPROD_BENCH_MODEL": str(model), "OMP_NUM_THREADS": "1"}
+    api_env = {**cfg.env, "NBPROD_BENCH_MODEL": str(model), "OMP_NUM_THREADS": "1",
+               "NBPROD_BENCH_TASK": tags["task"]}  # fmt: skip
     uvicorn = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(HERE)]
-    uvicorn += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    uvicorn += ["--host", HOST, "--port", str(api_port), "--log-level", "warning"]
     # As many worker processes as the bento (workers="cpu_count" in bentos/service.py).
-    uvicorn += ["--workers", str(os.cpu_count() or 1)]
-    with server(uvicorn, cfg, "fastapi", f"{base}/readyz", env=api_env) as proc:
-        status, baseline_answer = http(f"{base}/predict", body, timeout=30)
-        if status != 200:
-            raise RuntimeError(f"FastAPI baseline answered {status}: {baseline_answer[:300]!r}")
-        fastapi = load_test(cfg, f"{base}/predict", body_file, levels, proc)
+    uvicorn += ["--no-access-log", "--workers", str(os.cpu_count() or 1)]
+    with (
+        server(serve, cfg, "bentoml", f"{bento_base}/readyz", env=bento_env) as bento_proc,
+        server(uvicorn, cfg, "fastapi", f"{api_base}/readyz", env=api_env) as api_proc,
+    ):
+        answers = {}
+        for name, base in (("bento", bento_base), ("FastAPI baseline", api_base)):
+            status, answers[name] = http(f"{base}/predict", body, timeout=30)
+            if status != 200:
+                raise RuntimeError(f"{name} answered {status}: {answers[name][:300]!r}")
+        servers = {
+            "bento": (f"{bento_base}/predict", bento_proc),
+            "fastapi": (f"{api_base}/predict", api_proc),
+        }
+        results = load_test(cfg, servers, body_file, levels)
+    bento, fastapi = results["bento"], results["fastapi"]
+    log(f"P5 bento {bento}")
     log(f"P5 fastapi {fastapi}")
-    limit = raw_predict_rate(model, body)
-    same = json.loads(answer)[0]["prediction"] == json.loads(baseline_answer)[0]["prediction"]
+    limit = raw_answer_rate(model, body, tags["task"])
+    # Like with like: both must give the same answer (same shape, same values) for the record.
+    differ = same_answers(json.loads(answers["bento"]), json.loads(answers["FastAPI baseline"]))
+    shape = ", ".join(sorted(json.loads(answers["bento"])[0]))
 
     rows = []
     for clients in levels:
         b, f = bento[clients], fastapi[clients]
         ratio = b["rps"] / f["rps"] if f["rps"] else float("inf")
-        ok = b["p99_ms"] <= 50 and b["errors"] == 0
+        ok = b["p99_ms"] <= 50 and b["errors"] == 0 and differ is None
         target = "p99 ≤ 50 ms, 0 errors"
         if clients == 16:
             ok = ok and ratio >= 1.5
@@ -577,9 +647,10 @@ def bench_p5(cfg: Config, model: Path) -> list[Row]:
                 f"server CPU per request {b['cpu_ms']:.2f} ms (FastAPI {f['cpu_ms']:.2f} ms), "
                 f"so ≥ {clients * b['cpu_ms'] / (os.cpu_count() or 1):.0f} ms mean latency "
                 f"at {clients} conn. even with all {os.cpu_count()} cores; p50 "
-                f"{b['p50_ms']:.1f} ms; raw model.predict limit {limit:.0f} rows/s "
-                "(1 core, no HTTP)"
-                + ("" if same else "; WARNING: bento and FastAPI predictions differ"))
+                f"{b['p50_ms']:.1f} ms (FastAPI {f['p50_ms']:.1f} ms); raw model limit "
+                f"{limit:.0f} rows/s (one row's answer straight from the model, 1 core, no HTTP); "
+                f"both answer {{{shape}}}, runs alternating"
+                + ("" if differ is None else f"; ANSWERS DIFFER (not like with like): {differ}"))
         )  # fmt: skip
     return rows
 
@@ -900,7 +971,8 @@ def scaling_pipeline(cfg: Config, sizes: list[int]) -> list[Curve]:
 def pipeline_run(cfg: Config, env: dict[str, str], rows: int) -> dict[str, Any]:
     """Write the data (not measured), then one measured first run of training_pipeline."""
     folder = cfg.work / "scaling" / size_label(rows)
-    cmd = [sys.executable, str(HERE / "bench_scaling.py"), "data", str(rows), str(folder / "data")]
+    cmd = [sys.executable, str(HERE / "bench_scaling.py"), "data", str(rows), str(folder / "data"),
+           DEMO_SPEC]  # fmt: skip
     _, out = timed(cmd, cfg, what=f"scaling data {rows}", timeout=1800)
     data = json.loads(out.strip().splitlines()[-1])
     run_env = {
@@ -909,7 +981,7 @@ def pipeline_run(cfg: Config, env: dict[str, str], rows: int) -> dict[str, Any]:
         "BENTOML_HOME": str(folder / "bentoml"),
     }
     cmd = [sys.executable, str(HERE / "bench_scaling.py"), "pipeline"]
-    cmd += [data["data_path"], data["reference_path"]]
+    cmd += [data["data_path"], data["reference_path"], DEMO_SPEC]
     wall, out, peak = sampled(cmd, run_env, cfg, f"scaling-pipeline-{rows}", 3600)
     return {**json.loads(out.strip().splitlines()[-1]), **data, "wall_s": wall, "peak_bytes": peak}
 
@@ -1005,8 +1077,9 @@ Packages: {info["packages"]}; {info["wrk"]}.
 
 Baselines, measured in the same run: P1/P3 the same notebook through the bare `papermill` CLI;
 P2 nbprod's own cold run (P1); P4 Evidently's `DataDriftPreset`; P5 a plain FastAPI + uvicorn
-app with the same model (`benchmarks/fastapi_app.py`, one worker per core like the bento), load from
-`wrk` with `benchmarks/post.lua`; P6 `python -c pass`. See benchmarks/README.md for the method.
+app with the same model and the same answers (`benchmarks/fastapi_app.py`, one worker per core
+like the bento), load from `wrk` with `benchmarks/post.lua`, runs alternating; P6
+`python -c pass`. See benchmarks/README.md for the method.
 {scaling_section}
 {FINDINGS_MARKER}"""
     path.write_text(text + (kept or "\n"))
@@ -1026,9 +1099,7 @@ def main() -> int:
     started = time.perf_counter()
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="nbprod-bench-"))
-    (work / "project" / "notebooks").mkdir(parents=True)
-    (work / "project" / "deployments").mkdir()
-    shutil.copy(REPO / "notebooks" / "train.ipynb", work / "project" / "notebooks")
+    project = make_project(work)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "NBPROD_MODEL_TAG")}
     env.update(
@@ -1040,7 +1111,7 @@ def main() -> int:
         BENTOML_DO_NOT_TRACK="true",
         BENTOML_HOME=str(work / "bentoml"),
         NBPROD_HOME=str(work / "nbprod"),
-        NBPROD_PROJECT_DIR=str(work / "project"),
+        NBPROD_PROJECT_DIR=str(project),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     cfg = Config(quick=args.quick, work=work, env=env, log=work / "bench.log")

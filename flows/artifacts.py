@@ -5,6 +5,7 @@ Building the content is pure (tested without Prefect); publishing is a thin call
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +14,9 @@ METRICS_KEY = "nbprod-metrics"
 
 
 def _fmt(value: Any) -> str:
+    """A metric for the page: 4 decimals; absent or undefined (NaN) as a dash."""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return "—" if math.isnan(value) else f"{value:.4f}"
     return "—" if value is None else str(value)
 
 
@@ -25,9 +27,13 @@ def _champion_label(champion: Mapping[str, Any] | None) -> str:
 
 
 def summary_markdown(record: Mapping[str, Any], links: Mapping[str, str]) -> str:
-    """The run's story on one page: outcome, why, metrics, champion before and after."""
+    """The run's story on one page: pipeline, outcome, why, metrics, champion before and after."""
+    from flows.store import pipeline_of
+
     status = record.get("status", "unknown")
     lines = [f"# nbprod run `{record.get('version')}`: **{status.upper()}**", ""]
+    task = f" ({record['task']})" if record.get("task") else ""
+    lines += [f"Pipeline `{pipeline_of(dict(record))}`{task}.", ""]
     if record.get("error"):
         lines += [f"**Error** in step `{record.get('failed_step')}`: {record['error']}", ""]
     trigger = record.get("trigger") or {}

@@ -165,8 +165,8 @@ def load_policy(path: Path | None, task: TaskName | None) -> GatePolicy:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as exc:
         raise ConfigError(
-            f"gate policy {path} not found: create it, or remove the spec's 'policy' to use "
-            f"the default {task} policy"
+            f"gate policy {path} not found: create it"
+            + (f", or remove the spec's 'policy' to use the default {task} policy" if task else "")
         ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

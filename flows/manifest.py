@@ -29,6 +29,8 @@ TRACKED_PACKAGES = (
     "fsspec",
 )
 _CHUNK = 1 << 20
+# Files read as tables for their shape, with their field separator (parquet has none).
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".parquet": ""}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -56,7 +58,12 @@ def notebook_content_hash(path: str | Path) -> str:
 
 
 def data_fingerprint(path: str | Path) -> dict[str, Any]:
-    """Content hash plus shape, cheap enough for every input and output table."""
+    """Content hash and size of any file; rows and columns too for a table.
+
+    Only ``.csv``, ``.tsv`` and ``.parquet`` files are read as tables: a notebook's other outputs
+    (a pickled model, a plot, a text note) have no rows, and parsing them as CSV would invent
+    some.
+    """
     import pandas as pd
 
     path = Path(path)
@@ -64,12 +71,20 @@ def data_fingerprint(path: str | Path) -> dict[str, Any]:
         "path": str(path),
         "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
+        "rows": None,
+        "columns": None,
     }
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        return info
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep=TABLE_SUFFIXES[suffix])
         info.update(rows=len(frame), columns=list(map(str, frame.columns)))
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        info.update(rows=None, columns=None)
+        pass  # unreadable as a table: the hash still identifies it
     return info
 
 

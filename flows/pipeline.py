@@ -217,6 +217,12 @@ def notebook_pipeline(
         plans = plan_chain(pipeline, overrides=parameters)
         ranking = ("roc_auc", True)
         if any(len(plan.points) > 1 for plan in plans):
+            if not policy_file.is_file():
+                raise ConfigError(
+                    f"{pipeline.relative_path()} has a grid, ranked by a policy's first metric: "
+                    "add `policy: FILE` to the spec (e.g. champion: {score: {direction: "
+                    "higher_is_better}} plus a floor)"
+                )
             ranking = gate_mod.ranking_metric(gate_mod.load_policy(policy_file, None))
         outputs = run_chain(
             plans,

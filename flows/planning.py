@@ -69,18 +69,6 @@ def plan_chain(
                 "writes its files to output_dir, and the first one of a training pipeline reads "
                 "the data window from data_path"
             )
-        for name, value in shared.items():
-            if name in params and params[name] != value:
-                raise ParameterError(
-                    f"{nb.name}: parameter {name}={params[name]!r} disagrees with the spec's "
-                    f"{name} {value!r}: nbprod passes the spec's value; remove the parameter"
-                )
-        clashes = sorted(set(params) & set(wired))
-        if clashes:
-            raise ParameterError(
-                f"{nb.name}: parameter(s) {clashes} are set by the pipeline itself (the data "
-                "window and the output folder): change the spec's data instead"
-            )
         wired.update({k: v for k, v in shared.items() if k in declared})
         if index > 0:  # files earlier notebooks write: known only once they ran
             wired.update({p: "." for p in declared if p.endswith("_path") and p not in params})
@@ -90,7 +78,26 @@ def plan_chain(
         last = index == len(notebooks) - 1
         points = expand_grid(grid if (last and grid) else spec.grid.get(nb.stem))
         for point in points:
+            check_not_wired(nb, {**params, **point}, wired, shared)
             check_parameters(nb, {**params, **point, **wired, **dict.fromkeys(secrets, "")})
         fixed = {k: v for k, v in shared.items() if k in declared}
         plans.append(NotebookPlan(nb, {**params, **fixed}, secrets, points))
     return plans
+
+
+def check_not_wired(
+    notebook: Path, given: dict[str, Any], wired: dict[str, Any], shared: dict[str, Any]
+) -> None:
+    """A value the pipeline sets itself, or a shared value given differently, is an error."""
+    for name, value in shared.items():
+        if name in given and given[name] != value:
+            raise ParameterError(
+                f"{notebook.name}: parameter {name}={given[name]!r} disagrees with the spec's "
+                f"{name} {value!r}: nbprod passes the spec's value; remove the parameter"
+            )
+    clashes = sorted(set(given) & (set(wired) - set(shared)))
+    if clashes:
+        raise ParameterError(
+            f"{notebook.name}: parameter(s) {clashes} are set by the pipeline itself (the data "
+            "window and the output folder): change the spec's data instead"
+        )

@@ -1,17 +1,21 @@
-"""``nbprod repro``: run a notebook twice in fresh kernels and compare what it declares.
+"""``nbprod repro``: run a notebook twice in fresh kernels and compare what it produced.
 
 Why: ``nbprod lint`` recognises patterns that usually break reproducibility; only running the
 notebook again shows whether its results actually are stable. Each run gets a fresh kernel and
-its own ``output_dir``, with the same parameters; the runs' ``outputs.json`` are then compared:
+its own ``output_dir``, with the same parameters; what the runs wrote there is then compared
+(every file, named by its stem, as the pipeline reads it: flows.notebook.read_outputs), plus the
+metrics and values of the optional ``outputs.json``:
 
 - metrics: numbers within ``rtol`` (and a tiny ``atol`` so 0.0 vs 1e-17 is not a difference);
 - values: JSON, numbers within the same tolerance;
 - tables (``.parquet``, ``.csv``, ``.tsv``): by content — a hash of
   ``pd.util.hash_pandas_object`` plus column names and dtypes — because parquet bytes embed
   writer metadata. When the hashes differ, numeric columns within tolerance still count as equal;
-- models: when the notebook declares a ``predictions`` output, the predictions are compared and
-  the model file is not (a pickle can differ byte-wise without predicting differently);
-  otherwise the model's bytes are compared, and the report says so;
+- models: by their answers on the holdout rows, as the pipeline scores them (a pickle can differ
+  byte-wise without predicting differently): every run's model predicts the same rows, the
+  first run's ``holdout`` output, else the notebook's ``holdout_path`` input. Without holdout
+  rows, or for a model that cannot be loaded here, the model's bytes are compared, and the report
+  says so;
 - ``.json`` files by parsed content; any other file by its bytes' SHA-256.
 
 Only the standard library is imported at module level; pandas and papermill load when used.
@@ -37,14 +41,19 @@ MODEL_SUFFIXES = frozenset(
     {".joblib", ".pkl", ".pickle", ".pt", ".pth", ".h5", ".keras", ".onnx", ".cbm", ".ubj"}
     | {".bst", ".model", ".skops"}
 )
-PREDICTIONS_OUTPUT = "predictions"
+# The holdout rows models are compared on: the output a notebook writes (holdout.parquet or
+# .csv, as the pipeline finds it), else the parameter a later notebook receives it as.
+HOLDOUT_OUTPUT = "holdout"
+HOLDOUT_PARAMETER = f"{HOLDOUT_OUTPUT}_path"
+# Model files this process can load to ask for predictions (any other model: bytes).
+LOADABLE_MODEL_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle"})
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One declared item compared across runs; ``values`` holds each run's value or hash."""
+    """One output, metric or value compared across runs; ``values``: each run's value or hash."""
 
-    name: str  # e.g. "metrics.roc_auc", "outputs.predictions", "values.columns", "outputs"
+    name: str  # e.g. "metrics.roc_auc", "outputs.model", "values.columns", "outputs"
     kind: Literal["metric", "value", "output", "declaration"]
     method: str
     values: list[Any]
@@ -64,7 +73,8 @@ class Comparison:
 
 @dataclass(frozen=True)
 class RunFailure:
-    """A run that did not complete: the notebook raised, the kernel died, or no outputs.json."""
+    """A run that did not complete: the notebook raised, the kernel died, or its outputs are
+    unreadable (no output_dir, a broken outputs.json)."""
 
     run: int
     message: str
@@ -74,7 +84,7 @@ class RunFailure:
 
 @dataclass
 class ReproReport:
-    """The verdict: ``ok`` only if every run completed and every declared item matched."""
+    """The verdict: ``ok`` only if every run completed and every compared item matched."""
 
     notebook: Path
     parameters: dict[str, Any]
@@ -232,21 +242,94 @@ def _is_model(name: str, path: Path) -> bool:
     return name == "model" or path.suffix.lower() in MODEL_SUFFIXES
 
 
-def _compare_output(
-    name: str, paths: list[Path], has_predictions: bool, rtol: float, atol: float
+def _model_answers(path: Path, rows: Any) -> Any:
+    """The model's predictions (and class probabilities) on ``rows``, or why there are none.
+
+    The model predicts from the columns it was fit on (``feature_names_in_``), as the pipeline
+    scores it; a model that does not record them cannot be given the right columns here.
+    """
+    import joblib
+    import numpy as np
+    import pandas as pd
+
+    if path.suffix.lower() not in LOADABLE_MODEL_SUFFIXES:
+        return f"{path.suffix} models are not loaded here"
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # unpickling fails in many ways; all mean "cannot ask it"
+        return f"it cannot be loaded ({type(exc).__name__}: {exc})"
+    fitted = getattr(model, "feature_names_in_", None)
+    if not callable(getattr(model, "predict", None)) or fitted is None:
+        return "it does not record the columns it was fit on (feature_names_in_)"
+    missing = [c for c in fitted if c not in rows.columns]
+    if missing:
+        return f"the holdout rows lack column(s) {missing} it was fit on"
+    features = rows[list(fitted)]
+    try:
+        answers = pd.DataFrame({"prediction": np.asarray(model.predict(features)).ravel()})
+        if callable(getattr(model, "predict_proba", None)):
+            proba = np.asarray(model.predict_proba(features), dtype="float64")
+            labels = getattr(model, "classes_", range(proba.shape[1]))
+            for i, label in enumerate(labels):
+                answers[f"probability[{label}]"] = proba[:, i]
+    except Exception as exc:  # the model's own failure on these rows: compare bytes instead
+        return f"it fails to predict the holdout rows ({type(exc).__name__}: {exc})"
+    return answers
+
+
+def _answers_on(holdout: Path, paths: list[Path]) -> list[Any] | str:
+    """Every run's model's answers on the same holdout rows, or why they cannot be had."""
+    try:
+        rows = _read_table(holdout)
+    except Exception as exc:  # unreadable holdout: compare bytes, and say so
+        return f"the holdout rows {holdout.name} cannot be read ({exc})"
+    answers = [_model_answers(p, rows) for p in paths]
+    return next((a for a in answers if isinstance(a, str)), answers)
+
+
+def _compare_answers(
+    label: str, paths: list[Path], answers: list[Any], rtol: float, atol: float
+) -> Comparison:
+    """The models' answers compared like tables; the detail says whether the bytes differ too."""
+    details, equal = [], True
+    hashes = [frame_hash(a) for a in answers]
+    for i, frame in enumerate(answers[1:], start=2):
+        if hashes[i - 1] != hashes[0]:
+            close, detail = _frame_difference(answers[0], frame, rtol, atol)
+            equal = equal and close
+            details.append(f"run {i} vs run 1: {detail}")
+    same_bytes = len({_sha256(p) for p in paths}) == 1
+    details.append(
+        f"predictions on {len(answers[0])} holdout rows compared; the model files' bytes are "
+        f"{'identical too' if same_bytes else 'different'}"
+    )
+    method = "via predictions on the holdout"
+    return Comparison(label, "output", method, hashes, equal, "; ".join(details))
+
+
+def _compare_model(
+    label: str, paths: list[Path], holdout: Path | None, rtol: float, atol: float
 ) -> tuple[Comparison, str | None]:
-    """Compare one declared file across runs; also return a note for the report, if any."""
+    """Every run's model asked for its answers on the same holdout rows; bytes as the fallback."""
+    reason = "no holdout rows to predict on (a holdout output, or a holdout_path parameter)"
+    if holdout is not None:
+        answers = _answers_on(holdout, paths)
+        if not isinstance(answers, str):
+            return _compare_answers(label, paths, answers, rtol, atol), None
+        reason = answers
+    name = label.removeprefix("outputs.")
+    note = f"{name}: model compared by its bytes ({reason})"
+    return _compare_bytes(label, paths, f"compared byte for byte: {reason}"), note
+
+
+def _compare_output(
+    name: str, paths: list[Path], holdout: Path | None, rtol: float, atol: float
+) -> tuple[Comparison, str | None]:
+    """Compare one output file across runs; also return a note for the report, if any."""
     label = f"outputs.{name}"
     suffix = paths[0].suffix.lower()
-    if _is_model(name, paths[0]) and has_predictions and name != PREDICTIONS_OUTPUT:
-        hashes = [_sha256(p) for p in paths]
-        same = len(set(hashes)) == 1
-        detail = (
-            f"not compared directly: the '{PREDICTIONS_OUTPUT}' output is compared instead "
-            "(a model file can differ byte-wise without predicting differently); its bytes are "
-            + ("identical too" if same else "different")
-        )
-        return Comparison(label, "output", "via predictions", hashes, True, detail), None
+    if _is_model(name, paths[0]):
+        return _compare_model(label, paths, holdout, rtol, atol)
     if suffix in TABLE_SUFFIXES:
         try:
             frames = [_read_table(p) for p in paths]
@@ -271,15 +354,7 @@ def _compare_output(
         equal = all(values_equal(parsed[0], other, rtol=rtol, atol=atol) for other in parsed[1:])
         hashes = [_sha256(p) for p in paths]
         return Comparison(label, "output", "parsed JSON (numbers within rtol)", hashes, equal), None
-    note = None
-    detail = ""
-    if _is_model(name, paths[0]):
-        detail = (
-            "compared byte for byte: declare a 'predictions' output to compare the model's "
-            "predictions instead"
-        )
-        note = f"{name}: model compared by its bytes (no '{PREDICTIONS_OUTPUT}' output declared)"
-    return _compare_bytes(label, paths, detail), note
+    return _compare_bytes(label, paths, ""), None
 
 
 def _compare_bytes(label: str, paths: list[Path], detail: str) -> Comparison:
@@ -288,9 +363,17 @@ def _compare_bytes(label: str, paths: list[Path], detail: str) -> Comparison:
 
 
 def compare_outputs(
-    results: list[NotebookOutputs], *, rtol: float = 1e-6, atol: float = 1e-12
+    results: list[NotebookOutputs],
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-12,
+    holdout: Path | None = None,
 ) -> tuple[list[Comparison], list[str]]:
-    """Compare every run's declared outputs, metrics and values with the first run's."""
+    """Compare every run's outputs, metrics and values with the first run's.
+
+    Models are compared by their answers on the first run's ``holdout`` output, else on
+    ``holdout`` (the rows the notebook was given); without either, by their bytes.
+    """
     comparisons: list[Comparison] = []
     notes: list[str] = []
     names = [sorted(r.outputs) for r in results]
@@ -299,17 +382,17 @@ def compare_outputs(
             Comparison(
                 "outputs",
                 "declaration",
-                "declared output names",
+                "output names",
                 names,
                 False,
-                "runs declare different outputs",
+                "runs wrote different outputs",
             )
         )
     common = sorted(set.intersection(*(set(r.outputs) for r in results)))
-    has_predictions = PREDICTIONS_OUTPUT in common
+    rows = results[0].outputs.get(HOLDOUT_OUTPUT) if HOLDOUT_OUTPUT in common else holdout
     for name in common:
         comparison, note = _compare_output(
-            name, [r.outputs[name] for r in results], has_predictions, rtol, atol
+            name, [r.outputs[name] for r in results], rows, rtol, atol
         )
         comparisons.append(comparison)
         if note:
@@ -344,11 +427,12 @@ def check_reproducibility(
     workdir: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReproReport:
-    """Run ``notebook`` ``runs`` times with the same parameters and compare the declared outputs.
+    """Run ``notebook`` ``runs`` times with the same parameters and compare what they wrote.
 
     Each run gets a fresh kernel and its own ``output_dir`` (under ``workdir``, else a temporary
     folder that is deleted when the check passes and kept for inspection when it does not). A run
     that fails is reported, not raised; bad parameters are raised before any kernel starts.
+    Models are compared by their answers on the holdout rows (see the module docstring).
     """
     notebook = Path(notebook)
     if runs < 2:
@@ -375,11 +459,19 @@ def check_reproducibility(
             break  # the next run would fail the same way: report now
         results.append(failure)
     if not report.failures:
-        report.comparisons, report.notes = compare_outputs(results, rtol=rtol, atol=atol)
+        report.comparisons, report.notes = compare_outputs(
+            results, rtol=rtol, atol=atol, holdout=_holdout_input(parameters)
+        )
     if report.ok and workdir is None:
         shutil.rmtree(base, ignore_errors=True)
         report.workdir = None
     return report
+
+
+def _holdout_input(parameters: Mapping[str, Any]) -> Path | None:
+    """The holdout rows the notebook was given (``holdout_path``), if that is a file."""
+    given = parameters.get(HOLDOUT_PARAMETER)
+    return Path(given) if isinstance(given, str) and Path(given).is_file() else None
 
 
 def _run_once(
@@ -460,7 +552,7 @@ def render_repro(report: ReproReport) -> str:
                 lines.append(f"      {c.detail}")
     else:
         lines.append(
-            head + f"reproducible — {len(report.comparisons)} declared items identical over "
+            head + f"reproducible — {len(report.comparisons)} compared items identical over "
             f"{report.runs} runs (rtol {report.rtol:g})"
         )
     lines.extend(f"  note: {note}" for note in report.notes)

@@ -4,6 +4,9 @@ from flows.artifacts import artifact_key, metrics_rows, summary_markdown
 
 RECORD = {
     "version": "v1",
+    "pipeline": "churn",
+    "flow": "training_pipeline",
+    "task": "classification",
     "status": "rejected",
     "decision": "rejected",
     "reasons": ["roc_auc 0.7000 vs champion 0.8000: regressed by 0.1000"],
@@ -17,6 +20,7 @@ RECORD = {
 def test_summary_names_outcome_reasons_champion_and_links() -> None:
     text = summary_markdown(RECORD, {"train notebook (html)": "file:///x/train.html"})
     assert "**REJECTED**" in text
+    assert "Pipeline `churn` (classification)." in text
     assert "- roc_auc 0.7000 vs champion 0.8000: regressed by 0.1000" in text
     assert "| roc_auc | 0.7000 | 0.8000 |" in text
     assert "before: `v0`" in text and "after: `v0`" in text
@@ -30,6 +34,24 @@ def test_failed_summary_shows_error_and_step() -> None:
     )
     assert "**FAILED**" in text and "step `train`: boom" in text
     assert "before: none" in text
+    # A record from before pipelines had their own champion names the flow: the one pipeline.
+    assert "Pipeline `training`." in text
+
+
+def test_summary_names_the_pipeline_of_a_notebook_run_and_dashes_undefined_metrics() -> None:
+    record = {
+        "version": "v3",
+        "status": "accepted",
+        "pipeline": "iris",
+        "flow": "training_pipeline",
+        "task": "classification",
+        "metrics": {"candidate": {"roc_auc": float("nan"), "f1": 0.5}, "champion": None},
+    }
+    text = summary_markdown(record, {})
+    assert "Pipeline `iris` (classification)." in text
+    assert "| roc_auc | — | — |" in text and "| f1 | 0.5000 | — |" in text
+    notebook = {"version": "v4", "status": "completed", "pipeline": "step"}
+    assert "Pipeline `step`." in summary_markdown({**notebook, "flow": "notebook_pipeline"}, {})
 
 
 def test_metrics_rows() -> None:

@@ -204,3 +204,86 @@ def test_wrk_posts_the_body_and_counts_failed_responses(
     assert failed["errors"] >= failed["requests"]
     assert ok["rps"] == pytest.approx(ok["requests"] / (ok["duration_us"] / 1e6))
     assert "BENCH_JSON" in (tmp_path / "log").read_text()  # every wrk run is logged
+
+
+# --- P5 compares like with like ----------------------------------------------------------------
+
+
+def test_answers_that_differ_in_shape_label_or_probability_are_caught(bench: ModuleType) -> None:
+    """A P5 ratio between services that answer differently would compare unlike work."""
+    answer = [{"prediction": "b", "probabilities": {"a": 0.25, "b": 0.75}}]
+
+    assert bench.same_answers(answer, [dict(answer[0])]) is None
+    assert "keys" in bench.same_answers(answer, [{"prediction": "b", "probability": 0.75}])
+    assert "prediction" in bench.same_answers(answer, [{**answer[0], "prediction": "a"}])
+    moved = {**answer[0], "probabilities": {"a": 0.2, "b": 0.8}}
+    assert "probabilities" in bench.same_answers(answer, [moved])
+    relabelled = {**answer[0], "probabilities": {"0": 0.25, "1": 0.75}}
+    assert "labels" in bench.same_answers(answer, [relabelled])
+    assert bench.same_answers(answer, answer * 2) == "1 vs 2 answers"
+
+
+def _fit(task: str, labels: list[Any] | None) -> tuple[Any, Any]:
+    """A small fitted pipeline on generated data, with one categorical feature."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import make_classification, make_regression
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    if task == "regression":
+        x, y = make_regression(n_samples=300, n_features=4, random_state=0)
+        estimator: Any = HistGradientBoostingRegressor(max_iter=10)
+    else:
+        x, codes = make_classification(
+            n_samples=300, n_features=4, n_informative=3, n_redundant=0,
+            n_classes=len(labels or []), random_state=0,
+        )  # fmt: skip
+        y = np.asarray(labels, dtype=object if isinstance(labels[0], str) else None)[codes]
+        estimator = HistGradientBoostingClassifier(max_iter=10)
+    frame = pd.DataFrame(x, columns=["a", "b", "c", "d"])
+    frame["kind"] = np.where(frame["a"] > 0, "up", "down")
+    encode = ColumnTransformer([("kind", OneHotEncoder(), ["kind"])], remainder="passthrough")
+    return Pipeline([("encode", encode), ("model", estimator)]).fit(frame, y), frame
+
+
+@pytest.mark.parametrize(
+    ("task", "labels"),
+    [("classification", [0, 1]), ("classification", ["cat", "dog", "eel"]), ("regression", None)],
+)
+def test_the_fastapi_baseline_answers_what_the_bento_must_answer(
+    task: str, labels: list[Any] | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/fastapi_app.py passes the infra check's own comparison (flows.serving): the
+    model's predict (+ predict_proba keyed by label) in the bento's response shape."""
+    import joblib
+    from fastapi.testclient import TestClient
+
+    from flows.serving import compare_answers, expected_answers
+
+    model, frame = _fit(task, labels)
+    joblib.dump(model, tmp_path / "model.joblib")
+    monkeypatch.setenv("NBPROD_BENCH_MODEL", str(tmp_path / "model.joblib"))
+    monkeypatch.setenv("NBPROD_BENCH_TASK", task)
+    spec = importlib.util.spec_from_file_location(
+        f"nbprod_bench_fastapi_{task}_{len(labels or [])}", ROOT / "benchmarks/fastapi_app.py"
+    )
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, app)  # pydantic resolves the request model there
+    spec.loader.exec_module(app)
+    schema = {
+        "numerical": {c: {"dtype": "float"} for c in "abcd"},
+        "categorical": {"kind": {"categories": ["down", "up"]}},
+    }
+    records, expected = expected_answers(model, frame.head(20), schema, task)
+
+    with TestClient(app.app) as client:
+        response = client.post("/predict", json={"records": records})
+
+    assert response.status_code == 200
+    check = compare_answers(response.json(), expected, task)
+    assert check["passed"], check["detail"]
+    assert ("probabilities" in response.json()[0]) == (task == "classification")

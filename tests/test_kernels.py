@@ -323,18 +323,23 @@ def test_a_forked_kernel_exits_when_its_server_does(tmp_path: Path, fresh_server
 def test_nbprod_run_prestarts_the_server_unless_turned_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
 ) -> None:
+    """The spec's notebooks (any names, any folder) are what the server preloads."""
     from flows.cli import prestart_kernels
 
-    monkeypatch.setenv("NBPROD_NOTEBOOKS_DIR", str(tmp_path))
-    parameterized_notebook(tmp_path / "prepare.ipynb", 'output_dir = "out"', "import json")
-    parameterized_notebook(tmp_path / "train.ipynb", 'output_dir = "out"', "import decimal")
-    prestart_kernels(None)
+    monkeypatch.setenv("NBPROD_PROJECT_DIR", str(tmp_path))
+    parameterized_notebook(tmp_path / "work" / "load.ipynb", 'output_dir = "out"', "import json")
+    parameterized_notebook(tmp_path / "work" / "fit.ipynb", 'output_dir = "out"', "import decimal")
+    (tmp_path / "deployments").mkdir()
+    (tmp_path / "deployments" / "chain.yaml").write_text(
+        "name: chain\nflow: notebook\nnotebooks: [work/load.ipynb, work/fit.ipynb]\n"
+    )
+    prestart_kernels("deployments/chain.yaml")
     server = kernels.active_kernel_server()
     assert server is not None and {"json", "decimal", *kernels.KERNEL_MODULES} <= server.modules
 
     kernels.stop_kernel_server()
     monkeypatch.setenv("NBPROD_WARM_KERNELS", "false")
-    prestart_kernels(None)
+    prestart_kernels("deployments/chain.yaml")
     assert kernels.active_kernel_server() is None
     assert server.process.poll() is not None  # the stopped server is gone, not orphaned
 

@@ -46,6 +46,26 @@ def test_data_fingerprint_shape_and_hash(tmp_path: Path) -> None:
     assert data_fingerprint(path)["sha256"] != fp["sha256"]
 
 
+def test_only_tables_get_a_shape(tmp_path: Path) -> None:
+    """A notebook's other outputs (a model, a note) are hashed, never parsed as CSV."""
+    frame = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5]})
+    frame.to_parquet(tmp_path / "t.parquet", index=False)
+    frame.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    for name in ("t.parquet", "t.tsv"):
+        fp = data_fingerprint(tmp_path / name)
+        assert (fp["rows"], fp["columns"]) == (2, ["a", "b"]), name
+    note = tmp_path / "notes.txt"
+    note.write_text("a,b\n1,2\n")  # CSV-like text in a file that is not a table
+    model = tmp_path / "model.joblib"
+    model.write_bytes(b"\x80\x04binary")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    for path in (note, model, broken):
+        fp = data_fingerprint(path)
+        assert fp["rows"] is None and fp["columns"] is None, path.name
+        assert fp["sha256"] == file_sha256(path) and fp["bytes"] == path.stat().st_size
+
+
 def test_git_state_inside_and_outside_a_repo(tmp_path: Path) -> None:
     assert git_state(tmp_path) is None
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)

@@ -82,19 +82,57 @@ def test_missing_parameters_cell_explains_fix(tmp_path: Path) -> None:
         declared_parameters(notebook_with(tmp_path, None))
 
 
-def test_read_outputs_checks_declared_files(tmp_path: Path) -> None:
+def test_every_file_written_is_an_output_named_by_its_stem(tmp_path: Path) -> None:
+    with pytest.raises(OutputContractError, match="has no output_dir"):
+        read_outputs("train.ipynb", tmp_path / "out")
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(OutputContractError, match="wrote no outputs.json"):
-        read_outputs("train.ipynb", out)
+    empty = read_outputs("train.ipynb", out)  # outputs.json is optional
+    assert empty.outputs == {} and empty.metrics == {} and empty.values == {}
+    (out / "model.joblib").write_text("m")
+    (out / "holdout.parquet").write_text("h")
+    (out / ".partial.tmp").write_text("hidden")  # dot files are not outputs
+    (out / "plots").mkdir()  # neither are folders
+    (out / "plots" / "roc.png").write_text("png")
+    got = read_outputs("train.ipynb", out)
+    assert got.outputs == {"model": out / "model.joblib", "holdout": out / "holdout.parquet"}
+    assert got.output_dir == out and got.notebook == "train.ipynb"
+
+
+def test_outputs_json_adds_metrics_values_and_checks_declared_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
     (out / "outputs.json").write_text(
-        json.dumps({"outputs": {"model": "model.joblib"}, "metrics": {"auc": 0.8, "note": "x"}})
+        json.dumps(
+            {
+                "outputs": {"model": "model.joblib"},
+                "metrics": {"auc": 0.8, "rows": 10, "note": "x", "flag": True},
+                "values": {"columns": ["a", "b"]},
+            }
+        )
     )
     with pytest.raises(OutputContractError, match=r"declares \['model'\] but the files"):
         read_outputs("train.ipynb", out)
     (out / "model.joblib").write_text("m")
-    with pytest.raises(OutputContractError, match=r"required outputs \['predictions'\]"):
-        read_outputs("train.ipynb", out, required=("model", "predictions"))
-    got = read_outputs("train.ipynb", out, required=("model",))
-    assert got.outputs == {"model": out / "model.joblib"}
-    assert got.metrics == {"auc": 0.8}
+    (out / "scores.csv").write_text("s")
+    got = read_outputs("train.ipynb", out)
+    assert got.outputs == {"model": out / "model.joblib", "scores": out / "scores.csv"}
+    assert "outputs" not in got.outputs  # outputs.json itself is not an output
+    assert got.metrics == {"auc": 0.8, "rows": 10.0}  # numbers only, booleans are not
+    assert got.values == {"columns": ["a", "b"]}
+    # A declared name wins over the stem: the notebook names its outputs as it likes.
+    (out / "outputs.json").write_text(json.dumps({"outputs": {"fitted": "model.joblib"}}))
+    renamed = read_outputs("train.ipynb", out)
+    assert renamed.outputs["fitted"] == out / "model.joblib"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "is not valid JSON"), ("[1, 2]", "must be a mapping")],
+)
+def test_a_broken_outputs_json_is_named(tmp_path: Path, content: str, message: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "outputs.json").write_text(content)
+    with pytest.raises(OutputContractError, match=message):
+        read_outputs("train.ipynb", out)

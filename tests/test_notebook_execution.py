@@ -82,7 +82,7 @@ def test_task_retries_a_dead_kernel_but_not_a_cell_error(
 ) -> None:
     from prefect import flow
 
-    from flows.pipeline import run_notebook
+    from flows.execution import run_notebook
 
     nb = make_notebook(tmp_path)
 
@@ -93,10 +93,10 @@ def test_task_retries_a_dead_kernel_but_not_a_cell_error(
             nb,
             tmp_path / f"{mode}.ipynb",
             {**params(tmp_path, value=5, mode=mode), "attempts": attempts},
-            "python3",
-            120,
-            ("result",),
+            kernel_name="python3",
+            timeout_s=120,
         )
+        assert got.outputs == {"result": tmp_path / "out" / "result.txt"}
         return got.metrics["double"]
 
     died = tmp_path / "died.txt"
@@ -107,6 +107,39 @@ def test_task_retries_a_dead_kernel_but_not_a_cell_error(
     with pytest.raises(NotebookExecutionError):
         one_step("raise", str(raised))
     assert len(raised.read_text().splitlines()) == 1  # a cell error is not retried
+
+
+def test_a_cached_call_is_marked_complete_only_once_its_notebook_finished(
+    tmp_path: Path, prefect_server: None
+) -> None:
+    """The marker next to a cached call's outputs says the folder is whole (flows.execution)."""
+    from prefect import flow
+
+    from flows.execution import COMPLETE_MARKER, run_notebook
+
+    nb = make_notebook(tmp_path)
+    out = tmp_path / "cache" / "outputs"
+    marker = out.parent / COMPLETE_MARKER
+
+    @flow
+    def cached_step(mode: str, key: str) -> None:
+        run_notebook.with_options(refresh_cache=True)(
+            "step",
+            nb,
+            tmp_path / "cache" / "executed" / "step.ipynb",
+            {**params(tmp_path, value=4, mode=mode), "output_dir": str(out)},
+            kernel_name="python3",
+            timeout_s=120,
+            cache_key=key,
+        )
+
+    cached_step("ok", "key-1")
+    assert marker.read_text() == "key-1" and (out / "result.txt").read_text() == "8"
+    (out / "stale.txt").write_text("from an earlier execution")
+    with pytest.raises(NotebookExecutionError):
+        cached_step("raise", "key-2")
+    assert not marker.exists()  # a failed execution never leaves a folder marked complete
+    assert not (out / "stale.txt").exists() and not (out / "result.txt").exists()
 
 
 def test_kernels_started_in_parallel_do_not_race(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from nbprod_cli import run_nbprod
 
 from flows import kernels
 from flows.store import RunStore
@@ -69,6 +70,15 @@ def write_spec(project: Path, **extra: Any) -> str:
     }
     (project / "deployments" / "step.yaml").write_text(yaml.safe_dump(spec))
     return "deployments/step.yaml"
+
+
+def write_ranking_policy(project: Path, direction: str) -> str:
+    """A policy whose champion check ranks a notebook spec's grid by the notebook's roc_auc."""
+    (project / "deployments" / "ranking.yaml").write_text(
+        "floors: {roc_auc: {min: 0}}\n"
+        f"champion: {{roc_auc: {{direction: {direction}, max_regression: 0}}}}\n"
+    )
+    return "deployments/ranking.yaml"
 
 
 @pytest.fixture
@@ -137,8 +147,6 @@ def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
     cli_spec: tuple[str, dict[str, str], RunStore],
 ) -> None:
     """``nbprod run --spec`` on a notebook spec runs notebook_pipeline, as its deployment does."""
-    from tests.nbprod_cli import run_nbprod
-
     spec, env, store = cli_spec
 
     first = run_nbprod("run", "--spec", spec, "--param", "value=3", env=env, timeout=300)
@@ -146,7 +154,8 @@ def test_nbprod_run_with_a_notebook_spec_runs_that_notebook(
     assert "(notebook): COMPLETED" in first.stdout and "cache: step miss" in first.stdout
     assert "roc_auc 0.3  total 6" in first.stdout  # the notebook's own metrics, ints as ints
     [record] = store.list_runs()
-    assert record["pipeline"] == "notebook_pipeline" and record["triggered_by"] == "cli"
+    assert record["pipeline"] == "step" and record["flow"] == "notebook_pipeline"
+    assert record["triggered_by"] == "cli"
     assert store.read_json(store.version_path(record["version"], "metrics.json")) == {
         "step": {"roc_auc": 0.3, "total": 6}
     }
@@ -191,7 +200,6 @@ def test_an_unchanged_rerun_is_answered_by_its_run_and_recorded_on_prefect(
 ) -> None:
     """``nbprod run --spec``, nothing changed: no flow engine, no kernel, still accounted for."""
     from flows.artifacts import SUMMARY_KEY
-    from tests.nbprod_cli import run_nbprod
 
     spec, env, store = cli_spec
 
@@ -227,14 +235,23 @@ def test_an_unchanged_rerun_is_answered_by_its_run_and_recorded_on_prefect(
     show = run_nbprod("show", first["version"], env=env)
     assert "answered 1 unchanged re-run(s)" in show.stdout
 
+    # A cached call's folder counts only while its completion marker is there (a cleaned or
+    # interrupted cache): then the earlier run answers nothing and the notebook runs again.
+    from flows.execution import COMPLETE_MARKER
+
+    (marker,) = (project.parent / "home" / "cache" / "step").glob(f"*/{COMPLETE_MARKER}")
+    marker.unlink()
+    assert "cache: step miss" in nbprod_run() and marker.is_file()
+    assert "(up to date" in nbprod_run() and len(store.list_runs()) == 2
+
     # Whatever the cache would see, or a setting, or --no-cache: the flow runs, as before.
     (project / "data.csv").write_text("1 2 4\n")
     assert "cache: step miss" in nbprod_run()
-    assert "(up to date" in nbprod_run() and len(store.list_runs()) == 2
+    assert "(up to date" in nbprod_run() and len(store.list_runs()) == 3
     assert "cache: step hit" in nbprod_run(NBPROD_WARM_KERNELS="false")
     assert "cache: step miss" in nbprod_run("--no-cache")
     assert "cache: step miss" in nbprod_run("--param", "value=5")
-    assert "(up to date" in nbprod_run("--param", "value=5") and len(store.list_runs()) == 5
+    assert "(up to date" in nbprod_run("--param", "value=5") and len(store.list_runs()) == 6
 
 
 def test_cache_key_changes_with_the_environment(
@@ -278,7 +295,8 @@ def test_cache_hit_from_another_process(prefect_server: None, project: Path) -> 
 def test_grid_runs_in_parallel_keeps_every_point_and_picks_the_best(
     prefect_server: None, project: Path, tmp_path: Path
 ) -> None:
-    spec = write_spec(project, grid={"step": {"value": [3, 1, 4, 2]}})
+    policy = write_ranking_policy(project, "higher_is_better")
+    spec = write_spec(project, grid={"step": {"value": [3, 1, 4, 2]}}, policy=policy)
     record = run(spec)
     store = RunStore(tmp_path / "home" / "runs")
     grid = record["grid"]["step"]
@@ -364,12 +382,15 @@ def test_grid_on_a_dask_task_runner(prefect_server: None, project: Path, tmp_pat
     from flows.cli import dask_task_runner
     from flows.pipeline import notebook_pipeline
 
-    spec = write_spec(project, grid={"step": {"value": [2, 5, 1, 3]}})
+    # The spec's policy ranks the points: lower is better here, so the smallest value wins.
+    policy = write_ranking_policy(project, "lower_is_better")
+    spec = write_spec(project, grid={"step": {"value": [2, 5, 1, 3]}}, policy=policy)
     on_dask = notebook_pipeline.with_options(task_runner=dask_task_runner(""))
     record = on_dask(spec=spec, triggered_by="test")
     grid = record["grid"]["step"]
     assert [p["status"] for p in grid["points"]] == ["completed"] * 4
-    assert grid["best_parameters"] == {"value": 5}
+    assert grid["metric"] == "roc_auc" and grid["higher_is_better"] is False
+    assert grid["best_parameters"] == {"value": 1}
 
 
 def test_the_local_dask_cluster_listens_on_the_loopback_only() -> None:

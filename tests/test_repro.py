@@ -26,20 +26,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_run(
     folder: Path,
-    files: dict[str, tuple[str, Callable[[Path], object]]],
+    files: dict[str, Callable[[Path], object]],
     metrics: dict[str, float] | None = None,
     values: dict[str, Any] | None = None,
 ) -> NotebookOutputs:
-    """A run's output_dir as a notebook would leave it, read back through the real reader."""
+    """A run's output_dir as a notebook would leave it, read back through the real reader:
+    every file an output named by its stem, outputs.json only for metrics and values."""
     folder.mkdir(parents=True)
-    for filename, write in files.values():
+    for filename, write in files.items():
         write(folder / filename)
-    contract = {
-        "outputs": {name: filename for name, (filename, _) in files.items()},
-        "metrics": metrics or {},
-        "values": values or {},
-    }
-    (folder / "outputs.json").write_text(json.dumps(contract))
+    if metrics or values:
+        (folder / "outputs.json").write_text(
+            json.dumps({"metrics": metrics or {}, "values": values or {}})
+        )
     return read_outputs("nb.ipynb", folder)
 
 
@@ -63,9 +62,9 @@ def by_name(comparisons: list[Any]) -> dict[str, Any]:
 
 
 def test_parquet_compared_by_content_not_bytes(tmp_path: Path) -> None:
-    one = make_run(tmp_path / "1", {"data": ("d.parquet", parquet(FRAME, compression="snappy"))})
-    two = make_run(tmp_path / "2", {"data": ("d.parquet", parquet(FRAME, compression="gzip"))})
-    assert (tmp_path / "1/d.parquet").read_bytes() != (tmp_path / "2/d.parquet").read_bytes()
+    one = make_run(tmp_path / "1", {"data.parquet": parquet(FRAME, compression="snappy")})
+    two = make_run(tmp_path / "2", {"data.parquet": parquet(FRAME, compression="gzip")})
+    assert (tmp_path / "1/data.parquet").read_bytes() != (tmp_path / "2/data.parquet").read_bytes()
     comparisons, notes = compare_outputs([one, two])
     data = by_name(comparisons)["outputs.data"]
     assert data.equal and data.method == "table content hash" and notes == []
@@ -74,8 +73,8 @@ def test_parquet_compared_by_content_not_bytes(tmp_path: Path) -> None:
 
 def test_changed_table_value_is_named_with_both_hashes(tmp_path: Path) -> None:
     changed = FRAME.assign(x=[0.1, 0.2, 0.9])
-    one = make_run(tmp_path / "1", {"data": ("d.csv", csv(FRAME))})
-    two = make_run(tmp_path / "2", {"data": ("d.csv", csv(changed))})
+    one = make_run(tmp_path / "1", {"data.csv": csv(FRAME)})
+    two = make_run(tmp_path / "2", {"data.csv": csv(changed)})
     comparisons, _ = compare_outputs([one, two])
     data = by_name(comparisons)["outputs.data"]
     assert not data.equal and data.values[0] != data.values[1]
@@ -84,8 +83,8 @@ def test_changed_table_value_is_named_with_both_hashes(tmp_path: Path) -> None:
 
 def test_float_noise_within_rtol_is_equal_but_beyond_is_not(tmp_path: Path) -> None:
     noisy = FRAME.assign(x=FRAME["x"] * (1 + 1e-12))
-    one = make_run(tmp_path / "1", {"data": ("d.parquet", parquet(FRAME))})
-    two = make_run(tmp_path / "2", {"data": ("d.parquet", parquet(noisy))})
+    one = make_run(tmp_path / "1", {"data.parquet": parquet(FRAME)})
+    two = make_run(tmp_path / "2", {"data.parquet": parquet(noisy)})
     data = by_name(compare_outputs([one, two], rtol=1e-6)[0])["outputs.data"]
     assert data.equal and data.method == "table content (within rtol)"
     data = by_name(compare_outputs([one, two], rtol=0, atol=0)[0])["outputs.data"]
@@ -94,8 +93,8 @@ def test_float_noise_within_rtol_is_equal_but_beyond_is_not(tmp_path: Path) -> N
 
 def test_reordered_rows_are_a_difference_said_as_such(tmp_path: Path) -> None:
     reordered = FRAME.iloc[::-1].reset_index(drop=True)
-    one = make_run(tmp_path / "1", {"data": ("d.parquet", parquet(FRAME))})
-    two = make_run(tmp_path / "2", {"data": ("d.parquet", parquet(reordered))})
+    one = make_run(tmp_path / "1", {"data.parquet": parquet(FRAME)})
+    two = make_run(tmp_path / "2", {"data.parquet": parquet(reordered)})
     data = by_name(compare_outputs([one, two])[0])["outputs.data"]
     assert not data.equal and "same rows in a different order" in data.detail
 
@@ -112,34 +111,80 @@ def test_metrics_within_tolerance_and_values(tmp_path: Path) -> None:
     assert not comparisons["values.cols"].equal and comparisons["values.n"].equal
 
 
-def test_model_compared_through_predictions_when_declared(tmp_path: Path) -> None:
-    files = {
-        "predictions": ("predictions.parquet", parquet(FRAME)),
-    }
-    one = make_run(tmp_path / "1", {**files, "model": ("model.joblib", raw(b"pickle-1"))})
-    two = make_run(tmp_path / "2", {**files, "model": ("model.joblib", raw(b"pickle-2"))})
+ROWS = pd.DataFrame(
+    {"a": [0.1, -1.2, 2.3, -0.4, 1.5, -2.6, 0.7, -0.8], "b": [1, 0, 1, 1, 0, 0, 1, 0]}
+)
+ROWS["y"] = ["yes", "no", "yes", "no", "yes", "no", "yes", "no"]
+
+
+def fitted(c: float = 1.0) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c).fit(ROWS[["a", "b"]], ROWS["y"])
+
+
+def dumped(model: Any, **kwargs: Any) -> Callable[[Path], object]:
+    import joblib
+
+    return lambda path: joblib.dump(model, path, **kwargs)
+
+
+def test_model_compared_through_its_predictions_on_the_holdout(tmp_path: Path) -> None:
+    """Byte-different pickles of the same model predict the same: the model is reproducible."""
+    files = {"holdout.parquet": parquet(ROWS)}
+    one = make_run(tmp_path / "1", {**files, "model.joblib": dumped(fitted())})
+    two = make_run(tmp_path / "2", {**files, "model.joblib": dumped(fitted(), compress=3)})
+    assert (tmp_path / "1/model.joblib").read_bytes() != (tmp_path / "2/model.joblib").read_bytes()
     comparisons, notes = compare_outputs([one, two])
     model = by_name(comparisons)["outputs.model"]
-    assert (
-        model.equal
-        and model.method == "via predictions"
-        and "bytes are different" in (model.detail)
-    )
-    assert by_name(comparisons)["outputs.predictions"].equal and notes == []
+    assert model.equal and model.method == "via predictions on the holdout"
+    assert "8 holdout rows" in model.detail and "bytes are different" in model.detail
+    assert by_name(comparisons)["outputs.holdout"].equal and notes == []
 
 
-def test_model_without_predictions_is_compared_by_bytes_and_said_so(tmp_path: Path) -> None:
-    one = make_run(tmp_path / "1", {"model": ("model.joblib", raw(b"pickle-1"))})
-    two = make_run(tmp_path / "2", {"model": ("model.joblib", raw(b"pickle-2"))})
+def test_a_model_that_predicts_differently_is_a_difference(tmp_path: Path) -> None:
+    files = {"holdout.parquet": parquet(ROWS)}
+    one = make_run(tmp_path / "1", {**files, "model.joblib": dumped(fitted(1.0))})
+    two = make_run(tmp_path / "2", {**files, "model.joblib": dumped(fitted(0.01))})
+    model = by_name(compare_outputs([one, two])[0])["outputs.model"]
+    assert not model.equal and model.method == "via predictions on the holdout"
+    assert "'probability[yes]' (8 of 8 rows" in model.detail
+    assert model.values[0] != model.values[1]
+
+
+def test_holdout_rows_given_to_the_notebook_serve_when_it_writes_none(tmp_path: Path) -> None:
+    """A later notebook gets the holdout as holdout_path: its model is compared on those rows."""
+    holdout = tmp_path / "holdout.csv"
+    ROWS.to_csv(holdout, index=False)
+    one = make_run(tmp_path / "1", {"model.pkl": dumped(fitted())})
+    two = make_run(tmp_path / "2", {"model.pkl": dumped(fitted(), compress=1)})
+    model = by_name(compare_outputs([one, two], holdout=holdout)[0])["outputs.model"]
+    assert model.equal and model.method == "via predictions on the holdout"
+
+
+def test_model_without_holdout_rows_is_compared_by_bytes_and_said_so(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "1", {"model.joblib": raw(b"pickle-1")})
+    two = make_run(tmp_path / "2", {"model.joblib": raw(b"pickle-2")})
     comparisons, notes = compare_outputs([one, two])
     model = by_name(comparisons)["outputs.model"]
     assert not model.equal and model.method == "bytes sha256"
-    assert notes == ["model: model compared by its bytes (no 'predictions' output declared)"]
+    assert notes == [
+        "model: model compared by its bytes (no holdout rows to predict on (a holdout output, "
+        "or a holdout_path parameter))"
+    ]
+    # Holdout rows, but a file that is no model: bytes again, and the note says why.
+    files = {"holdout.parquet": parquet(ROWS)}
+    three = make_run(tmp_path / "3", {**files, "model.joblib": raw(b"pickle-1")})
+    four = make_run(tmp_path / "4", {**files, "model.joblib": raw(b"pickle-1")})
+    comparisons, notes = compare_outputs([three, four])
+    assert by_name(comparisons)["outputs.model"].method == "bytes sha256"
+    assert by_name(comparisons)["outputs.model"].equal
+    assert notes and "cannot be loaded" in notes[0]
 
 
-def test_different_declared_outputs_are_a_difference(tmp_path: Path) -> None:
-    one = make_run(tmp_path / "1", {"a": ("a.txt", raw(b"x"))})
-    two = make_run(tmp_path / "2", {"b": ("b.txt", raw(b"x"))})
+def test_different_outputs_are_a_difference(tmp_path: Path) -> None:
+    one = make_run(tmp_path / "1", {"a.txt": raw(b"x")})
+    two = make_run(tmp_path / "2", {"b.txt": raw(b"x")})
     comparisons = by_name(compare_outputs([one, two])[0])
     assert not comparisons["outputs"].equal
     assert comparisons["outputs"].values == [["a"], ["b"]]
@@ -180,7 +225,7 @@ def test_bad_parameters_are_refused_before_any_kernel(tmp_path: Path) -> None:
 
 WRITE_CONTRACT = """
 (out / "outputs.json").write_text(json.dumps({
-    "outputs": OUTPUTS, "metrics": METRICS, "values": {"n_rows": len(frame)}}))
+    "metrics": METRICS, "values": {"n_rows": len(frame)}}))
 """
 
 UNSEEDED = (
@@ -193,12 +238,12 @@ rng = np.random.default_rng()
 frame = pd.DataFrame({"x": rng.normal(size=20), "k": range(20)})
 frame.to_csv(out / "data.csv", index=False)
 pd.DataFrame({"k": range(20)}).to_parquet(out / "ids.parquet")
-OUTPUTS = {"data": "data.csv", "ids": "ids.parquet"}
 METRICS = {"mean": float(frame["x"].mean()), "rows": 20.0}
 """
     + WRITE_CONTRACT
 )
 
+# The new contract: a model and the holdout rows, no predictions; outputs.json optional.
 TRAIN_LIKE = (
     """
 import json, pathlib
@@ -210,16 +255,12 @@ out.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(seed)
 frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
 frame["y"] = (frame["a"] + frame["b"] > 0).astype("int64")
-train, test = frame.iloc[:40], frame.iloc[40:]
+train, holdout = frame.iloc[:40], frame.iloc[40:]
 model = SGDClassifier(loss="log_loss", random_state=seed).fit(train[["a", "b"]], train["y"])
-predictions = pd.DataFrame({
-    "y": test["y"], "probability": model.predict_proba(test[["a", "b"]])[:, 1]})
-predictions["prediction"] = (predictions["probability"] >= 0.5).astype("int64")
 train.to_parquet(out / "train.parquet", index=False)
-predictions.to_parquet(out / "predictions.parquet", index=False)
+holdout.to_parquet(out / "holdout.parquet", index=False)
 joblib.dump(model, out / "model.joblib")
-OUTPUTS = {"train": "train.parquet", "predictions": "predictions.parquet", "model": "model.joblib"}
-METRICS = {"accuracy": float((predictions["prediction"] == predictions["y"]).mean())}
+METRICS = {"accuracy": float(model.score(holdout[["a", "b"]], holdout["y"]))}
 """
     + WRITE_CONTRACT
 )
@@ -247,10 +288,10 @@ def test_seeded_train_like_notebook_is_reproducible(tmp_path: Path) -> None:
     report = check_reproducibility(path, {"seed": 3})
     assert report.ok and report.status == "reproducible", render_repro(report)
     compared = {c.name: c.method for c in report.comparisons}
-    assert compared["outputs.model"] == "via predictions"
-    assert compared["outputs.predictions"] == "table content hash"
+    assert compared["outputs.model"] == "via predictions on the holdout"
+    assert compared["outputs.holdout"] == "table content hash"
     assert report.workdir is None  # the temporary runs are removed when the check passes
-    assert "reproducible — 5 declared items identical over 2 runs" in render_repro(report)
+    assert "reproducible — 5 compared items identical over 2 runs" in render_repro(report)
 
 
 @pytest.mark.integration
@@ -274,9 +315,21 @@ def test_failing_notebook_is_reported_not_raised(
 
 
 @pytest.mark.integration
-def test_bundled_prepare_notebook_is_reproducible() -> None:
-    report = check_reproducibility(ROOT / "notebooks" / "prepare.ipynb", {})
+def test_bundled_notebooks_are_reproducible_step_by_step(tmp_path: Path) -> None:
+    """prepare on the data file, then train on what prepare wrote, as the pipeline chains them."""
+    report = check_reproducibility(ROOT / "notebooks" / "prepare.ipynb", {}, workdir=tmp_path)
     assert report.ok, render_repro(report)
-    assert {"outputs.train", "outputs.test", "metrics.n_train"} <= {
-        c.name for c in report.comparisons
-    }
+    assert {c.name for c in report.comparisons} == {"outputs.train", "outputs.holdout"}
+    written = tmp_path / "run-1" / "outputs"
+    report = check_reproducibility(
+        ROOT / "notebooks" / "train.ipynb",
+        {
+            "train_path": str(written / "train.parquet"),
+            "holdout_path": str(written / "holdout.parquet"),
+            "n_estimators": 20,
+        },
+    )
+    assert report.ok, render_repro(report)
+    compared = {c.name: c.method for c in report.comparisons}
+    assert compared["outputs.model"] == "via predictions on the holdout"  # prepare's holdout
+    assert "metrics.roc_auc" in compared and report.notes == []

@@ -110,3 +110,25 @@ def test_read_table_parses_dates(tmp_path: Path) -> None:
     path.write_text("when,x\n2024-01-02 10:00:00,1\n2024-02-03 11:00:00,2\n")
     frame = read_table(path, dataset="d", datetime_column="when")
     assert pd.api.types.is_datetime64_any_dtype(frame["when"])
+
+
+def test_id_columns_named_by_the_spec_are_never_features(reference: pd.DataFrame) -> None:
+    """A numeric id the uniqueness heuristic cannot tell from a feature: the spec names it."""
+    frame = reference.assign(customer_no=[101, 102, 103, 104, 105, 106])
+    guessed = derive_schema(frame, target="defaulted", datetime_column="application_date")
+    assert guessed.columns["customer_no"].kind == "numerical"
+    named = derive_schema(
+        frame, target="defaulted", datetime_column="application_date", id_columns=["customer_no"]
+    )
+    assert named.columns["customer_no"].kind == "id"
+    assert "customer_no" not in named.numerical
+    assert "customer_no" not in named.feature_schema()["numerical"]
+    validate_frame(frame, named, dataset="new")  # still a required column of the data
+
+
+def test_feature_schema_of_the_models_own_columns(reference: pd.DataFrame) -> None:
+    """The serving contract lists only the columns the model was fit on, when it says which."""
+    features = schema_of(reference).feature_schema(["income", "purpose"])
+    assert set(features["numerical"]) == {"income"}
+    assert set(features["categorical"]) == {"purpose"}
+    assert schema_of(reference).feature_schema([])["numerical"] == {}

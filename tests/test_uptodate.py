@@ -15,6 +15,7 @@ import nbformat
 import pytest
 
 from flows import uptodate
+from flows.execution import COMPLETE_MARKER
 from flows.runner import call_cache_key
 from flows.store import RunStore
 
@@ -42,10 +43,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     parameters = {"value": 2, "data_path": str(data)}
     secrets = {"token": {"env": "STEP_TOKEN"}}
     key = call_cache_key(notebook, parameters, secrets, "python3")
-    cached = [tmp_path / "cache" / "executed.ipynb", tmp_path / "cache" / "outputs.json"]
-    for file in cached:
-        file.parent.mkdir(exist_ok=True)
-        file.write_text("{}")
+    # A cached call's folder as flows.execution leaves it: the executed notebook, the outputs,
+    # and the marker written once the notebook finished (outputs.json is optional).
+    folder = tmp_path / "cache"
+    cached = [folder / "executed" / "step.ipynb", folder / COMPLETE_MARKER]
+    (folder / "outputs").mkdir(parents=True)
+    (folder / "outputs" / "result.txt").write_text("6")
+    cached[0].parent.mkdir()
+    cached[0].write_text("{}")
+    cached[1].write_text(key)
     uptodate.write_ticket(
         home=tmp_path / "home",
         spec_file=spec,
@@ -58,7 +64,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
             {
                 "name": "step",
                 "notebook": str(notebook),
-                "parameters": {**parameters, "output_dir": str(cached[1].parent)},
+                "parameters": {**parameters, "output_dir": str(folder / "outputs")},
                 "secrets": secrets,
                 "cache_key": key,
                 "cached": [str(f) for f in cached],
@@ -100,7 +106,8 @@ CHANGES: dict[str, Callable[[dict[str, Any], pytest.MonkeyPatch], None]] = {
     "policy": lambda p, _: p["policy"].write_text("floors: {roc_auc: 0.7}\n"),
     "policy removed": lambda p, _: p["policy"].unlink(),
     "a setting": lambda _, mp: mp.setenv("NBPROD_KERNEL_NAME", "other"),
-    "a cached file": lambda p, _: p["cached"][1].unlink(),
+    "the executed notebook": lambda p, _: p["cached"][0].unlink(),
+    "the complete marker": lambda p, _: p["cached"][1].unlink(),
 }
 
 

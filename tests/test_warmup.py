@@ -6,7 +6,7 @@ import multiprocessing
 import threading
 import uuid
 
-from flows.warmup import wait_for_warm_up, warm_up
+from flows.warmup import wait_for_all_warm_ups, wait_for_warm_up, warm_up
 
 
 def unique(name: str) -> str:
@@ -56,6 +56,23 @@ def test_a_failing_warm_up_counts_as_done_and_the_next_one_still_runs() -> None:
 
 def test_waiting_for_a_warm_up_never_started_returns_at_once() -> None:
     wait_for_warm_up(unique("never"))  # would block forever if it waited for a missing event
+
+
+def test_waiting_for_all_warm_ups_waits_for_every_one_started() -> None:
+    """A run that fails early waits here, so background imports do not outlive it."""
+    first, second = unique("first"), unique("second")
+    release = threading.Event()
+    ran: list[str] = []
+    warm_up(first, lambda: (release.wait(timeout=60), ran.append(first)))
+    warm_up(second, lambda: ran.append(second))
+    waiter = threading.Thread(target=wait_for_all_warm_ups)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive(), "returned while a warm-up was still running"
+    release.set()
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and ran == [first, second]
+    wait_for_all_warm_ups()  # nothing left: returns at once
 
 
 def _warm_up_in_child(name: str) -> None:

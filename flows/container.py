@@ -50,7 +50,7 @@ PROBE_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 80
 SETUP_SCRIPT = ".ci/setup-docker"
 K8S_MANIFEST = "deployments/k8s/bento.yaml"
-K8S_IMAGE_PLACEHOLDER = "nbprod_classifier:CHAMPION_VERSION"
+K8S_IMAGE_PLACEHOLDER = "PIPELINE_IMAGE:CHAMPION_VERSION"
 COMPOSE_FILE = "deployments/docker-compose.yaml"
 # BentoML 1.4's containerize declares --quiet twice; click warns on every run. Noise, not news.
 BENTOML_WARNING_FILTER = "ignore:The parameter --quiet is used more than once:UserWarning"

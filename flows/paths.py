@@ -31,7 +31,6 @@ STATE_HOMES = {"PREFECT_HOME": "prefect", "BENTOML_HOME": "bentoml"}
 SETTINGS_FIELDS = (
     "home",
     "run_store_url",
-    "notebooks_dir",
     "bentos_dir",
     "policy_path",
     "kernel_name",

@@ -38,7 +38,7 @@ class Run:
     step: str = "start"
     links: dict[str, str] = field(default_factory=dict)
     notebooks: dict[str, Path] = field(default_factory=dict)
-    # Stored name (e.g. "train", "train-grid-2") -> executed .ipynb, known before execution.
+    # Stored name (a notebook's stem, or stem-grid-N) -> executed .ipynb, known before execution.
     executed: dict[str, Path] = field(default_factory=dict)
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)

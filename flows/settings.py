@@ -32,10 +32,6 @@ class NbprodSettings(BaseSettings):
         description="Run store location: a local folder or any fsspec URL (memory://, s3://...). "
         "Defaults to <home>/runs.",
     )
-    notebooks_dir: Path = Field(
-        default_factory=lambda: project_root() / "notebooks",
-        description="Where the project's notebooks live.",
-    )
     bentos_dir: Path = Field(
         default=CHECKOUT_ROOT / "bentos",
         description="The BentoML service source packaged per model (nbprod's own, in its "

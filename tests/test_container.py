@@ -278,7 +278,7 @@ def test_compose_file_publishes_on_loopback_only() -> None:
     assert all(s["image"].startswith("${NBPROD_IMAGE:?") for s in services.values())
     published = [port for s in services.values() for port in s.get("ports", [])]
     assert published == ["127.0.0.1:3000:3000"]
-    assert "/readyz" in " ".join(services["classifier"]["healthcheck"]["test"])
+    assert "/readyz" in " ".join(services["model"]["healthcheck"]["test"])
 
 
 # --- integration test: a real image of a real bento ---------------------------------------------

@@ -12,7 +12,9 @@ PACKAGE = ROOT / "flows"
 MAX_LINES = 600
 # The bundled example's own files may name its data; nothing else in the product may.
 DEMO_FILES = {"flows/data.py", "flows/demo.py"}
-DEMO_NAMES = re.compile(r"defaulted|application_|loan", re.IGNORECASE)
+DEMO_NAMES = re.compile(
+    r"defaulted|application_|loan|prepare\.ipynb|train\.ipynb|\"(?:prepare|train)\"", re.IGNORECASE
+)
 
 
 def sources() -> list[Path]:

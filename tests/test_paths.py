@@ -55,7 +55,6 @@ def test_settings_defaults_are_under_the_project(
     settings = load_settings()
     assert settings.home == project / ".nbprod"
     assert settings.resolved_run_store_url == str(project / ".nbprod" / "runs")
-    assert settings.notebooks_dir == project / "notebooks"
     assert settings.policy_path == project / "deployments" / "policy.yaml"
     assert settings.bentos_dir == ROOT / "bentos"  # nbprod's own service source
 

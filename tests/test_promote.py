@@ -858,14 +858,6 @@ def test_command_registration_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_promote_names_no_demo_domain() -> None:
-    """The demo's columns, data and notebook names are data, not code, in promote's modules."""
-    modules = ("promote", "readiness", "columns", "prefect_file", "deploy", "paths", "settings")
-    for module in modules:
-        text = (ROOT / "flows" / f"{module}.py").read_text()
-        assert not re.search(r"defaulted|application_|loan|prepare", text), module
-
-
 def test_deploy_without_a_server_is_one_clear_error(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

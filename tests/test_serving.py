@@ -12,6 +12,7 @@ Then ONE server is started through the ``serve`` command for the whole module.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -202,6 +203,10 @@ def test_serve_command_serves_the_pipelines_champion_with_metadata(stack: Stack)
     assert meta["model_tag"] == churn["model_tag"]
     assert (meta["pipeline"], meta["service"], meta["task"]) == ("churn", "churn", "classification")
     assert (meta["classes"], meta["probabilities"]) == ([0, 1], True)
+    # Both shortcuts proven exact at start-up: the answers below still equal the model's own.
+    paths = meta["fast_paths"]
+    assert (paths["preprocess_once"], paths["labels_from_probabilities"]) == (True, True)
+    assert paths["checked_records"] > 1_000
     assert meta["run_version"] == GOOD
     assert meta["metrics"] == {"score": 0.5}
     # None values are not stored (BentoML refuses them): champion_at_start is gone.
@@ -252,6 +257,9 @@ def test_every_task_is_served_in_its_shape(in_stack_home: Stack, pipeline: str) 
         status, meta, _ = post_json(base + "/metadata", {})
     assert meta["pipeline"] == meta["service"] == pipeline
     assert meta["task"] == packaged["task"]
+    shortcut = pipeline == "species"  # the others make one model call per batch already
+    paths = meta["fast_paths"]
+    assert (paths["preprocess_once"], paths["labels_from_probabilities"]) == (shortcut, shortcut)
     if pipeline == "species":  # multiclass, string labels, with probabilities
         assert (meta["classes"], meta["probabilities"]) == (
             ["setosa", "versicolor", "virginica"],
@@ -582,6 +590,178 @@ def test_request_timers_are_cancelled_on_affected_bentoml_and_timeouts_still_ans
     assert result["timeout"]["statuses"] == [504]
     assert "0.2 seconds" in result["timeout"]["bodies"][0]
     assert result["timeout"]["live_timers"] == 0
+
+
+# --- the predictor's shortcuts, in this process -------------------------------------------------
+
+BATCHES = (slice(0, 1), slice(1, 8), slice(8, None))
+# Not a value the check records can hold (they are probes at the range ends and middle, and draws).
+TIE = 0.123456789
+
+
+@functools.cache
+def _bento_module(name: str) -> Any:
+    """A module of bentos/ (predictor and request_schema import neither bentoml nor flows)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bento_{name}", REPO / "bentos" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _predictor(pipeline: str, model: Any) -> tuple[Any, list[Any], type[Any]]:
+    """A Predictor of ``model`` for a pipeline of tests/served_models.py, the records the
+    service checks its shortcuts on, and the request's record model."""
+    from served_models import PIPELINES as TASKS
+    from served_models import feature_schema, make_frame
+
+    predictor, schema = _bento_module("predictor"), _bento_module("request_schema")
+    features = feature_schema(pipeline, make_frame(pipeline))
+    task = TASKS[pipeline][0]
+    served = predictor.Predictor(model, model_tag="m:1", task=task, feature_schema=features)
+    record = schema.build_record_model(features)
+    checked = schema.probe_records(features, record) + schema.sample_records(features, record)
+    return served, checked, record
+
+
+def _served(predictor: Any, record: type[Any], pipeline: str, frame: Any) -> list[Any]:
+    """The predictor's answers to a frame's rows in batches of 1, 7 and the rest, as BentoML
+    batches them. Compare with ``_by_batch``: a model's numbers may depend on the batch size."""
+    validated = [record.model_validate(row) for row in _records(pipeline, frame)]
+    return [answer for batch in BATCHES for answer in predictor.score(validated[batch])]
+
+
+def _by_batch(model: Any, pipeline: str, frame: Any) -> list[Any]:
+    """What the model itself answers for the frame's rows, batched like ``_served``."""
+    return [answer for batch in BATCHES for answer in _expected(model, pipeline, frame[batch])]
+
+
+def _classifiers() -> tuple[type[Any], type[Any]]:
+    """Two classifiers whose predict is not always the argmax of their predict_proba."""
+    import numpy as np
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.linear_model import LogisticRegression
+
+    class Contrarian(ClassifierMixin, BaseEstimator):
+        """predict names the less likely class."""
+
+        def fit(self, X: Any, y: Any) -> Any:
+            self.inner_ = LogisticRegression().fit(X, y)
+            self.classes_ = self.inner_.classes_
+            return self
+
+        def predict_proba(self, X: Any) -> Any:
+            return self.inner_.predict_proba(X)
+
+        def predict(self, X: Any) -> Any:
+            return self.classes_[self.predict_proba(X).argmin(axis=1)]
+
+    class TieBreaker(ClassifierMixin, BaseEstimator):
+        """Class 1 when x0 > 0 (p 0.9); at x0 == TIE p is 0.5 and predict says 1, argmax 0."""
+
+        def fit(self, X: Any, y: Any) -> Any:
+            self.classes_ = np.array([0, 1])
+            self.predict_calls = 0
+            return self
+
+        def predict_proba(self, X: Any) -> Any:
+            x0 = X["x0"].to_numpy()
+            p1 = np.where(x0 == TIE, 0.5, np.where(x0 > 0, 0.9, 0.1))
+            return np.column_stack([1 - p1, p1])
+
+        def predict(self, X: Any) -> Any:
+            self.predict_calls += 1
+            x0 = X["x0"].to_numpy()
+            return self.classes_[np.where((x0 == TIE) | (x0 > 0), 1, 0)]
+
+    return Contrarian, TieBreaker
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "once", "from_proba"),
+    [
+        ("churn", True, True),  # gradient boosting: predict is argmax(predict_proba)
+        ("species", True, True),  # multinomial logistic regression, string labels
+        ("price", False, False),  # regression: one model call already
+        ("svc", False, False),  # no predict_proba: one model call already
+    ],
+)
+def test_shortcuts_are_used_when_exact_and_answer_as_the_model(
+    pipeline: str, once: bool, from_proba: bool
+) -> None:
+    from served_models import fit, make_frame
+
+    frame = make_frame(pipeline, seed=1)  # other rows than the model was fit on
+    model = fit(pipeline, make_frame(pipeline))
+    predictor, checked, record = _predictor(pipeline, model)
+    assert predictor.paths == _bento_module("predictor").OWN_CALLS
+    paths = predictor.choose_paths(checked)
+    assert (paths.preprocess_once, paths.labels_from_probabilities) == (once, from_proba)
+    assert predictor.describe_paths() == {
+        "preprocess_once": once,
+        "labels_from_probabilities": from_proba,
+        "checked_records": len(checked),
+    }
+    assert len(checked) > 1_000
+    assert _served(predictor, record, pipeline, frame) == _by_batch(model, pipeline, frame)
+
+
+def test_predict_is_kept_when_it_differs_from_the_argmax_of_predict_proba() -> None:
+    from served_models import fit, make_frame
+    from sklearn.pipeline import Pipeline
+
+    contrarian, _ = _classifiers()
+    frame = make_frame("churn")
+    features, preprocess = frame.drop(columns=NON_FEATURES["churn"]), fit("churn", frame)[0]
+    last = contrarian().fit(preprocess.transform(features), frame["churned"])
+    model = Pipeline([("pre", preprocess), ("model", last)])
+    predictor, checked, record = _predictor("churn", model)
+    paths = predictor.choose_paths(checked)
+    # The transforms still run once: the last step's predict and predict_proba share them.
+    assert (paths.preprocess_once, paths.labels_from_probabilities) == (True, False)
+    served = _served(predictor, record, "churn", frame)
+    assert served == _by_batch(model, "churn", frame)
+    likeliest = [max(a["probabilities"], key=a["probabilities"].get) for a in served]
+    assert all(str(a["prediction"]) != key for a, key in zip(served, likeliest, strict=True))
+
+
+def test_a_batch_with_a_tie_calls_predict() -> None:
+    from served_models import make_frame
+
+    _, tie_breaker = _classifiers()
+    model = tie_breaker().fit(None, None)
+    predictor, checked, record = _predictor("churn", model)
+    assert predictor.choose_paths(checked).labels_from_probabilities is True
+    frame = make_frame("churn").head(20)
+    model.predict_calls = 0
+    served = [a["prediction"] for a in _served(predictor, record, "churn", frame)]
+    assert served == model.predict(frame).tolist()
+    assert model.predict_calls == 1  # the call above: the three batches took labels from argmax
+    rows = _records("churn", frame)
+    tied = [{**rows[0], "x0": TIE}, rows[1]]
+    answers = predictor.score([record.model_validate(row) for row in tied])
+    assert answers[0] == {"prediction": 1, "probabilities": {"0": 0.5, "1": 0.5}}
+    assert model.predict_calls == 2
+
+
+def test_sample_records_cover_the_schema_and_are_reproducible() -> None:
+    from served_models import feature_schema, make_frame
+
+    schema_module = _bento_module("request_schema")
+    schema = feature_schema("churn", make_frame("churn"))
+    record = schema_module.build_record_model(schema)
+    records = schema_module.sample_records(schema, record, count=300)
+    again = schema_module.sample_records(schema, record, count=300)
+    assert [r.model_dump() for r in records] == [r.model_dump() for r in again]
+    assert {r.plan for r in records} == set(schema["categorical"]["plan"]["categories"])
+    assert any(r.x1 is None for r in records)  # the nullable column, missing now and then
+    assert all(r.x0 is not None for r in records)
+    low, high = schema_module.accepted_range(schema["numerical"]["visits"])
+    assert all(low <= r.visits <= high for r in records)
+    assert len({r.x0 for r in records}) == 300
 
 
 # --- the infra check -----------------------------------------------------------------------------

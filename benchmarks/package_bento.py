@@ -20,7 +20,7 @@ VERSION = "v-bench"
 def main() -> None:
     import joblib
 
-    from flows.packaging import package_model
+    from flows.release import package
     from flows.schema import derive_schema, read_table
     from flows.settings import load_settings
     from flows.spec import load_spec, resolve_project_path
@@ -45,15 +45,15 @@ def main() -> None:
         "time_column": spec.time_column,
         "metrics": {},
     }
-    model_tag, bento_tag = package_model(
+    built = package(
+        spec,
+        VERSION,
         model_path,
-        pipeline=spec.name,
-        model_name=spec.resolved_model_name,
-        version=VERSION,
         metadata=metadata,
         feature_schema=feature_schema,
         bentos_dir=load_settings().bentos_dir,
     )
+    model_tag, bento_tag = built.model_tag, built.bento_tag
     out.write_text(
         json.dumps(
             {

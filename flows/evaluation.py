@@ -74,8 +74,8 @@ def load_model(path: Path) -> Any:
         model = joblib.load(path)
     except Exception as exc:  # unpickling fails in many ways; all mean "cannot use"
         raise OutputContractError(
-            f"model {path.name} cannot be loaded ({type(exc).__name__}: {exc}): write it with "
-            "joblib.dump(model, output_dir / 'model.joblib')"
+            f"model {path.name} does not load with joblib ({type(exc).__name__}: {exc}): "
+            "write it with joblib.dump(model, output_dir / 'model.joblib')"
         ) from exc
     if not callable(getattr(model, "predict", None)):
         raise OutputContractError(

@@ -337,21 +337,13 @@ def _model_metadata(
 
 
 def _load_model(model_path: Path, what: str) -> Any:
-    import joblib
+    from flows.errors import OutputContractError
+    from flows.evaluation import load_model
 
     try:
-        model = joblib.load(model_path)
-    except Exception as exc:  # unpickling runs arbitrary code paths; any failure means unusable
-        raise PackagingError(
-            f"{what}: {model_path} does not load with joblib ({type(exc).__name__}: {exc}); "
-            "fix the notebook's model output (joblib.dump or pickle.dump of the fitted model)"
-        ) from exc
-    if not callable(getattr(model, "predict", None)):
-        raise PackagingError(
-            f"{what}: {model_path.name} holds a {type(model).__name__} without predict; "
-            "fix: save the fitted scikit-learn-compatible estimator or pipeline"
-        )
-    return model
+        return load_model(model_path)
+    except OutputContractError as exc:
+        raise PackagingError(f"{what}: {exc}") from exc
 
 
 def _check_model_columns(model: Any, schema: dict[str, Any], what: str) -> None:

@@ -8,18 +8,38 @@
 
 The model is called through its public ``predict``/``predict_proba`` on a DataFrame built like
 ``pandas.read_csv`` would build it from the same rows, so the bento answers exactly what the
-model answers on the user's data.
+model answers on the user's data. Two shortcuts save model passes (``Paths``), each used only
+when ``choose_paths`` finds its answers identical to the model's own calls on the worker's check
+records (``request_schema``: every category, missing value and range end, and random records):
+
+- a scikit-learn ``Pipeline``'s steps before the last transform a batch once, and the last step's
+  ``predict_proba`` and ``predict`` take the result (what ``Pipeline.predict``/``predict_proba``
+  do, each with its own transform);
+- a classifier's labels are ``classes_[argmax(predict_proba)]``, so one call answers both; a batch
+  where some record's two likeliest classes (nearly) tie calls ``predict`` after all.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from pinning import MODEL_FILE
-
 CLASSIFICATION, REGRESSION = "classification", "regression"
+# Two probabilities closer than this are a tie: argmax and predict may break it differently.
+TIE_MARGIN = 1e-12
+
+
+@dataclass(frozen=True)
+class Paths:
+    """How answers are computed. False everywhere: the model's own ``predict``/``predict_proba``."""
+
+    preprocess_once: bool = False  # a Pipeline's transforms run once for both of its last calls
+    labels_from_probabilities: bool = False  # labels from predict_proba's argmax, no predict
+
+
+OWN_CALLS = Paths()
 
 
 def to_native(value: Any) -> Any:
@@ -73,6 +93,9 @@ class Predictor:
             self.classes = [to_native(c) for c in list(classes)]
             self.class_keys = [str(c) for c in self.classes]
             self.has_probabilities = callable(getattr(model, "predict_proba", None))
+        self.preprocess, self.final = split_pipeline(model)
+        self.paths = OWN_CALLS
+        self.checked_records = 0
         self._thread = threading.local()
 
     @classmethod
@@ -81,6 +104,7 @@ class Predictor:
     ) -> Predictor:
         """Load the model file of a BentoML model (``bentoml.models.get`` result)."""
         import joblib
+        from pinning import MODEL_FILE  # here: the rest of this module imports without bentoml
 
         tag = str(stored.tag)
         try:
@@ -113,9 +137,10 @@ class Predictor:
         import numpy as np
         import pandas as pd
 
+        rows = [record.__dict__ for record in records]
         data: dict[str, Any] = {}
         for column in self.columns:
-            values = [record.__dict__[column] for record in records]
+            values = [row[column] for row in rows]
             spec = self.numerical.get(column)
             if spec is None:  # categorical: None -> NaN, SimpleImputer's default missing marker
                 data[column] = np.array([np.nan if v is None else v for v in values], dtype=object)
@@ -123,27 +148,49 @@ class Predictor:
                 data[column] = np.array(values, dtype="int64")
             else:
                 data[column] = np.array(values, dtype="float64")  # None -> NaN
-        return pd.DataFrame(data, columns=self.columns)
+        # copy=False: the arrays are new, so keep them rather than copy them into one block.
+        return pd.DataFrame(data, columns=self.columns, copy=False)
 
     def score(self, records: list[Any]) -> list[dict[str, Any]]:
         """One answer per validated record, in order (see the module docstring)."""
+        self._limit_threads()
+        return self.answers(self.to_frame(records), self.paths)
+
+    def choose_paths(self, records: list[Any]) -> Paths:
+        """Answer ``records`` with the model's own calls, then adopt the fastest ``Paths`` whose
+        answers to them are identical (same values, types and order); return it.
+
+        Raises RuntimeError, like ``score``, when the model's own calls cannot answer them.
+        """
+        self._limit_threads()
+        frame = self.to_frame(records)
+        reference = repr(self.answers(frame, OWN_CALLS))
+        for paths in self._shortcuts():
+            try:
+                exact = repr(self.answers(frame, paths)) == reference
+            except Exception:  # a shortcut that fails where the model answers is not exact
+                exact = False
+            if exact:
+                self.paths = paths
+                break
+        self.checked_records = len(records)
+        return self.paths
+
+    def describe_paths(self) -> dict[str, Any]:
+        """The shortcuts in use and on how many records they were checked (for /metadata)."""
+        return {**asdict(self.paths), "checked_records": self.checked_records}
+
+    def answers(self, frame: Any, paths: Paths) -> list[dict[str, Any]]:
+        """The answers to a frame's rows, the model called as ``paths`` says."""
         import numpy as np
 
-        if not getattr(self._thread, "limited", False):
-            # One OpenMP thread: small batches gain nothing from more, and the event loop needs
-            # the other cores. The limit is per thread, so set it in each inference thread.
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=1, user_api="openmp")
-            self._thread.limited = True
-        frame = self.to_frame(records)
-        predictions = np.asarray(self.model.predict(frame))
+        predictions, proba = self._outputs(frame, paths)
         if predictions.ndim == 2 and predictions.shape[1] == 1:
             predictions = predictions[:, 0]
-        if predictions.shape != (len(records),):
+        if predictions.shape != (len(frame),):
             raise RuntimeError(
                 f"Model {self.model_tag} returned predictions of shape {predictions.shape} for "
-                f"{len(records)} records: only single-output models can be served"
+                f"{len(frame)} records: only single-output models can be served"
             )
         if self.task == REGRESSION:
             values = [float(v) for v in predictions.tolist()]
@@ -151,16 +198,80 @@ class Predictor:
                 raise RuntimeError(f"Model {self.model_tag} produced a non-finite prediction")
             return [{"prediction": v} for v in values]
         labels = [to_native(label) for label in predictions.tolist()]
-        if not self.has_probabilities:
+        if proba is None:
             return [{"prediction": label} for label in labels]
-        proba = np.asarray(self.model.predict_proba(frame), dtype="float64")
-        if proba.shape != (len(records), len(self.classes)) or not np.isfinite(proba).all():
+        if proba.shape != (len(frame), len(self.classes)) or not np.isfinite(proba).all():
             raise RuntimeError(
                 f"Model {self.model_tag} produced probabilities of shape {proba.shape} (or "
-                f"non-finite ones) for {len(records)} records and {len(self.classes)} classes"
+                f"non-finite ones) for {len(frame)} records and {len(self.classes)} classes"
             )
         keys = self.class_keys
         return [
             {"prediction": label, "probabilities": dict(zip(keys, row, strict=True))}
             for label, row in zip(labels, proba.tolist(), strict=True)
         ]
+
+    def _outputs(self, frame: Any, paths: Paths) -> tuple[Any, Any]:
+        """Predictions and probabilities (None without predict_proba) as NumPy arrays."""
+        import numpy as np
+
+        if paths == OWN_CALLS:  # the reference every shortcut is checked against
+            predictions = np.asarray(self.model.predict(frame))
+            if not self.has_probabilities:
+                return predictions, None
+            proba = np.asarray(self.model.predict_proba(frame), dtype="float64")
+            return predictions, proba
+        estimator, data = self.model, frame
+        if paths.preprocess_once:
+            estimator, data = self.final, self.preprocess.transform(frame)
+        proba = None
+        if self.has_probabilities:
+            proba = np.asarray(estimator.predict_proba(data), dtype="float64")
+        if proba is not None and paths.labels_from_probabilities and not self._ties(proba):
+            return np.asarray(self.model.classes_)[proba.argmax(axis=1)], proba
+        return np.asarray(estimator.predict(data)), proba
+
+    def _ties(self, proba: Any) -> bool:
+        """Whether argmax may not be the label: odd shapes, non-finite values, (near) ties."""
+        import numpy as np
+
+        if proba.ndim != 2 or proba.shape[1] != len(self.classes) or proba.shape[1] < 2:
+            return True
+        if not np.isfinite(proba).all():
+            return True
+        top = np.partition(proba, -2, axis=1)
+        return bool((top[:, -1] - top[:, -2] <= TIE_MARGIN).any())
+
+    def _shortcuts(self) -> list[Paths]:
+        """The shortcuts worth checking, fewest model passes first (with a tie, the first one
+        still calls only the last step's predict)."""
+        if not self.has_probabilities:  # one model call per batch already
+            return []
+        candidates = [Paths(True, True), Paths(False, True), Paths(True, False)]
+        final = self.final if self.final is not None else self.model
+        if getattr(final, "probability", False) is True:
+            # SVC(probability=True) and kin: predict uses the decision function, not the
+            # calibrated probabilities, so the two may disagree anywhere, not only on ties.
+            candidates = [p for p in candidates if not p.labels_from_probabilities]
+        return [p for p in candidates if self.preprocess is not None or not p.preprocess_once]
+
+    def _limit_threads(self) -> None:
+        """One OpenMP thread: small batches gain nothing from more, and the event loop needs
+        the other cores. The limit is per thread, so set it in each inference thread."""
+        if not getattr(self._thread, "limited", False):
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=1, user_api="openmp")
+            self._thread.limited = True
+
+
+def split_pipeline(model: Any) -> tuple[Any, Any]:
+    """A scikit-learn Pipeline's steps before the last and its last step, else (None, None)."""
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(model, Pipeline) or len(model) < 2:
+        return None, None
+    final = model[-1]
+    if not callable(getattr(final, "predict", None)):
+        return None, None
+    return model[:-1], final

@@ -11,6 +11,7 @@ ones batched with it.
 from __future__ import annotations
 
 import math
+import random
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
@@ -21,6 +22,10 @@ MAX_RECORDS = 10_000
 # each side, never below zero for a column that was never negative. Drifted but plausible data
 # is served (and logged for the monitoring flow); absurd values are refused.
 RANGE_SLACK = 0.5
+# Random records the service checks its shortcuts on, besides the probe records (see predictor),
+# and the share of them missing a nullable field.
+CHECK_RECORDS = 1_000
+MISSING_SHARE = 0.1
 
 
 def accepted_range(spec: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -128,3 +133,39 @@ def probe_records(feature_schema: dict[str, Any], record_model: type[BaseModel])
         if spec.get("nullable"):
             variants.append({**base, column: None})
     return [record_model.model_validate(v) for v in variants]
+
+
+def sample_records(
+    feature_schema: dict[str, Any],
+    record_model: type[BaseModel],
+    count: int = CHECK_RECORDS,
+    seed: int = 0,
+) -> list[Any]:
+    """Validated random records: every field drawn on its own over its accepted range or its
+    categories, missing now and then where nullable; the same ones for the same seed.
+
+    With the probe records they check, at start-up, that the service's shortcuts answer
+    exactly what the model answers on records unlike the probes (which vary one field each).
+    """
+    rng = random.Random(seed)
+    base = example_record(feature_schema)
+    numerical = feature_schema.get("numerical", {})
+    categorical = feature_schema.get("categorical", {})
+    rows: list[dict[str, Any]] = []
+    for _ in range(count):
+        row: dict[str, Any] = {}
+        for column, spec in numerical.items():
+            low, high = accepted_range(spec)
+            if spec.get("nullable") and rng.random() < MISSING_SHARE:
+                row[column] = None
+            elif low is None or high is None:
+                row[column] = base[column]
+            elif spec.get("dtype") == "int":
+                row[column] = rng.randint(int(low), int(high))
+            else:
+                row[column] = min(max(rng.uniform(low, high), low), high)
+        for column, spec in categorical.items():
+            missing = spec.get("nullable") and rng.random() < MISSING_SHARE
+            row[column] = None if missing else rng.choice(spec["categories"])
+        rows.append(row)
+    return [record_model.model_validate(row) for row in rows]

@@ -15,7 +15,8 @@ API (all POST, JSON):
   merges concurrent requests into one model call. Bad requests get a one-line 4xx naming the
   field (``request_guard``); every answer is logged first (``inference_log``).
 - ``/metadata`` ``{}`` returns the model tag, pipeline, task, classes, run version, metrics,
-  lineage, the feature and record schemas and the request limits.
+  lineage, the feature and record schemas, the request limits and the ``fast_paths`` the
+  worker proved exact at start-up (``predictor.Paths``).
 - BentoML's ``GET /livez``, ``/healthz`` and ``/readyz``.
 
 A bento only contains this directory: no module here imports the ``flows`` package.
@@ -24,15 +25,22 @@ A bento only contains this directory: no module here imports the ``flows`` packa
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
 from compat_bentoml import cancel_request_timers
 from inference_log import inference_log
 from pinning import FEATURE_SCHEMA_KEY, load_model_metadata, read_pin, service_identity
 from predictor import Predictor
 from request_guard import MAX_BODY_BYTES, RequestGuard
-from request_schema import MAX_RECORDS, build_record_model, build_request_model, probe_records
+from request_schema import (
+    MAX_RECORDS,
+    build_record_model,
+    build_request_model,
+    probe_records,
+    sample_records,
+)
 
 PREDICT_ROUTE = "/predict"
 # Adaptive batching: records per model call, and the queueing delay beyond which BentoML sheds
@@ -55,17 +63,19 @@ class PipelineService:
     model = bentoml.models.BentoModel(PIN.model_tag)
 
     def __init__(self) -> None:
-        """Per worker: load and check the model, answer probe records, open the log."""
+        """Per worker: load and check the model, answer check records, open the log."""
         self.request_timers_cancelled = cancel_request_timers()
         stored = self.model
         metadata = dict(stored.info.metadata)
         self.predictor = Predictor.load(stored, metadata, FEATURE_SCHEMA)
+        # Prove the model answers every kind of valid record before the worker reports ready,
+        # and keep only the shortcuts that answer these records exactly as the model does.
+        checked = probe_records(FEATURE_SCHEMA, Record) + sample_records(FEATURE_SCHEMA, Record)
+        self.predictor.choose_paths(checked)
         self.metadata_response = describe(
             str(stored.tag), metadata, dict(stored.info.labels), self.predictor
         )
         self.metadata_response["request_timers_cancelled"] = self.request_timers_cancelled
-        # Prove the model answers every kind of valid record before the worker reports ready.
-        self.predictor.score(probe_records(FEATURE_SCHEMA, Record))
         inference_log().open()
 
     @bentoml.api(
@@ -75,8 +85,11 @@ class PipelineService:
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,
     )
-    def predict(self, records: list[Any]) -> list[dict[str, Any]]:
-        """One answer per record, in input order (see the module docstring)."""
+    def predict(
+        self, records: list[Any]
+    ) -> Annotated[list[dict[str, Any]], ContentType("application/json")]:
+        """One answer per record, in input order (see the module docstring). The content type
+        is declared so BentoML does not derive it from the output's JSON schema per response."""
         return self.predictor.score(records)
 
     @bentoml.api(route="/metadata")
@@ -107,6 +120,7 @@ def describe(
         "task": predictor.task,
         "classes": predictor.classes if predictor.task == "classification" else None,
         "probabilities": predictor.has_probabilities,
+        "fast_paths": predictor.describe_paths(),
         "run_version": metadata.get("run_version", labels.get("run_version")),
         "target": metadata.get("target", FEATURE_SCHEMA.get("target")),
         "id_columns": metadata.get("id_columns", []),

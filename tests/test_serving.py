@@ -1005,3 +1005,22 @@ def _package(workdir: Path) -> None:
 
 if __name__ == "__main__":
     _package(Path(sys.argv[1]))
+
+
+def test_an_svc_with_probabilities_keeps_its_own_predict() -> None:
+    """SVC(probability=True) predicts from its decision function, not from its calibrated
+    probabilities: the two may disagree anywhere, so labels never come from the argmax."""
+    from served_models import fit, make_frame
+    from sklearn.pipeline import Pipeline
+    from sklearn.svm import SVC
+
+    frame = make_frame("churn")
+    features, preprocess = frame.drop(columns=NON_FEATURES["churn"]), fit("churn", frame)[0]
+    svc = SVC(probability=True, random_state=0).fit(
+        preprocess.transform(features), frame["churned"]
+    )
+    model = Pipeline([("pre", preprocess), ("model", svc)])
+    predictor, checked, record = _predictor("churn", model)
+    paths = predictor.choose_paths(checked)
+    assert (paths.preprocess_once, paths.labels_from_probabilities) == (True, False)
+    assert _served(predictor, record, "churn", frame) == _by_batch(model, "churn", frame)

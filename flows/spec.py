@@ -79,11 +79,16 @@ class Schedule(_Strict):
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        # Prefect's own validator, so a spec that loads also deploys. Imported only when a cron is
-        # given: it pulls in prefect.
-        from prefect._internal.schemas.validators import validate_cron_string
+        # Prefect's own schedule model checks it, so a spec that loads also deploys. Imported
+        # only when a cron is given: it pulls in prefect.
+        from prefect.client.schemas.schedules import CronSchedule
 
-        return validate_cron_string(value)
+        try:
+            CronSchedule(cron=value)
+        except ValidationError as exc:
+            detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(detail) from exc
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -124,3 +124,19 @@ def test_the_product_names_no_demo_column_dataset_or_model() -> None:
         if DEMO_NAMES.search(path.read_text(encoding="utf-8"))
     ]
     assert found == []
+
+
+def test_each_flow_reads_in_at_most_sixty_lines() -> None:
+    """A flow is the README's list of steps over step functions, not the steps themselves."""
+    lengths = {}
+    for name in ("pipeline.py", "monitoring.py"):
+        tree = ast.parse((PACKAGE / name).read_text(encoding="utf-8"))
+        for node in tree.body:
+            decorated = any(
+                isinstance(d, ast.Call) and getattr(d.func, "id", "") == "flow"
+                for d in getattr(node, "decorator_list", [])
+            )
+            if isinstance(node, ast.FunctionDef) and decorated:
+                lengths[node.name] = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+    assert set(lengths) == {"training_pipeline", "notebook_pipeline", "monitoring_pipeline"}
+    assert max(lengths.values()) <= 60, lengths

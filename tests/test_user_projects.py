@@ -67,6 +67,21 @@ def nbprod(project: Path, *args: str, ok: bool = True, timeout: float = 600) -> 
     return done.stdout + done.stderr
 
 
+def deployment_names() -> set[str]:
+    """The deployments registered on the test's Prefect server, as ``flow/deployment``."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def names() -> set[str]:
+        async with get_client() as client:
+            found = await client.read_deployments()
+            flows = {f.id: f.name for f in await client.read_flows()}
+            return {f"{flows[d.flow_id]}/{d.name}" for d in found}
+
+    return asyncio.run(names())
+
+
 def champion(project: Path, pipeline: str) -> dict[str, Any]:
     return json.loads(nbprod(project, "champion", "--pipeline", pipeline, "--json"))
 
@@ -165,6 +180,13 @@ def test_binary_classifier_in_one_notebook(project: Path) -> None:
 
     monitored = nbprod(project, "monitor", "data/new_customers.csv", "--pipeline", "churn")
     assert "DRIFT" in monitored.upper(), monitored
+    # The service's own inference log (what `nbprod serve` wrote while predict ran), last 24 h.
+    logged = nbprod(project, "monitor", "--pipeline", "churn", "--start", "-24h")
+    assert "300 rows" in logged or "drift" in logged.lower(), logged
+
+    deployed = nbprod(project, "deploy")
+    assert "churn" in deployed, deployed
+    assert deployment_names() >= {"training_pipeline/churn", "monitoring_pipeline/churn-monitoring"}
 
     rejected = nbprod(
         project,

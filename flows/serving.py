@@ -127,7 +127,7 @@ def resolve_bento(
             )
         return str(champion["bento_tag"]), str(champion["version"])
     record = store.get_run(version)  # RunStoreError names recent versions when it is unknown
-    if not record.get("bento_tag"):
+    if record.get("status") != "accepted" or not record.get("bento_tag"):
         raise ServingError(
             f"run {version} is {record.get('status', 'unknown')}, not accepted: only accepted runs "
             "have a bento. Serve the champion (`nbprod serve --pipeline NAME`) or an accepted "

@@ -43,6 +43,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD, BROKEN, REJECTED = "v-good", "v-broken", "v-rejected"
+# Failed after its bento was built (say, the champion move): the bento is not an approved one.
+FAILED_AFTER_BUILD = "v-failed"
 PIPELINES = ("churn", "species", "price", "svc")
 NON_FEATURES = {
     "churn": ["customer_id", "signup_date", "churned"],
@@ -440,6 +442,8 @@ def test_serve_resolves_the_pipelines_champion_and_refuses_runs_without_a_bento(
         _cli(["serve", "--pipeline", "species", "--port", "3999"])
     with pytest.raises(ServingError, match="v-rejected is rejected, not accepted"):
         _cli(["serve", REJECTED, "--pipeline", "churn"])
+    with pytest.raises(ServingError, match="v-failed is failed, not accepted"):
+        _cli(["serve", FAILED_AFTER_BUILD, "--pipeline", "churn"])
     with pytest.raises(RunStoreError, match="not found"):
         _cli(["serve", "v-unknown", "--pipeline", "churn"])
     monkeypatch.setenv("NBPROD_RUN_STORE_URL", str(tmp_path / "empty"))
@@ -985,6 +989,10 @@ def _package(workdir: Path) -> None:
     for version, record in (
         (GOOD, {**accepted, "model_tag": churn["model_tag"], "bento_tag": churn["bento_tag"]}),
         (REJECTED, {"status": "rejected", "pipeline": "churn", "flow": "training_pipeline"}),
+        (
+            FAILED_AFTER_BUILD,
+            {**accepted, "status": "failed", "bento_tag": churn["bento_tag"]},
+        ),
     ):
         store.begin(version)
         final = store.finalize(version, record)

@@ -24,6 +24,10 @@ from flows.options import (
 )
 from flows.paths import prepare_environment
 
+# `nbprod run`'s exit status when the gate or the infra check rejected the model (0: accepted or
+# completed, 1: an error, 2: a usage error), so a script can tell a rejection from a success.
+EXIT_REJECTED = 3
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -124,7 +128,7 @@ def run_flow_from_cli(args: argparse.Namespace, flow_name: str, **arguments: Any
         **arguments,
     )
     print(render_run(record, open_store(args.store)))
-    return 0
+    return EXIT_REJECTED if record.get("status") == "rejected" else 0
 
 
 def run_notebook_spec(args: argparse.Namespace, spec: Any) -> int:

@@ -130,6 +130,17 @@ def release_model(
         feature_schema=data.schema.feature_schema(scored.features),
         bentos_dir=run.settings.bentos_dir,
     )
+    try:
+        return check_and_crown(spec, built, scored, run)
+    except BaseException:
+        from flows.packaging import delete_package
+
+        delete_package(built.model_tag, built.bento_tag)  # no unapproved bento left behind
+        raise
+
+
+def check_and_crown(spec: PipelineSpec, built: Package, scored: Evaluation, run: Run) -> str:
+    """The infra check, then the champion move; returns the run's final status."""
     run.at("infra-check")
     infra = infra_check(built, scored.model.path, scored.holdout_rows, spec)
     run.put_json("infra_check.json", infra)
@@ -140,7 +151,6 @@ def release_model(
             reasons=[f"infra check failed: {infra['reason']}", *run.record.get("reasons", [])],
         )
         return "rejected"
-    run.record.update(model_tag=built.model_tag, bento_tag=built.bento_tag)
     run.at("promote")
     champion = run.record.get("champion_before")
     trigger = run.record.get("trigger")
@@ -158,4 +168,5 @@ def release_model(
         triggered_by=run.record.get("flow_run_id") or run.record["triggered_by"],
         note=f"after drift in monitoring run {trigger['monitoring_version']}" if trigger else None,
     )
+    run.record.update(model_tag=built.model_tag, bento_tag=built.bento_tag)
     return "accepted"

@@ -152,6 +152,7 @@ def record_failure(run: Run, exc: BaseException) -> None:
         _link_and_publish(run, final)
     except (OSError, RunStoreError, PackagingError) as store_exc:  # pragma: no cover
         _logger().error("could not record failure of run %s: %s", run.version, store_exc)
+    shutil.rmtree(run.workdir, ignore_errors=True)  # what is worth keeping is in the version
 
 
 def conclude(run: Run, status: str) -> dict[str, Any]:

@@ -317,7 +317,7 @@ def test_degraded_run_is_rejected_through_cli_on_a_given_server(
     for name, value in DEGRADED.items():
         args += ["--param", f"{name}={value}"]  # NAME=V: the last notebook's (train)
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 3, proc.stderr[-2000:]  # rejected: not a success, not an error
     assert "REJECTED" in proc.stdout
     assert "Starting temporary server" not in proc.stdout + proc.stderr
     rejected = store.list_runs(PIPELINE)[-1]

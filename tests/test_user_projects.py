@@ -52,8 +52,8 @@ def user_env() -> dict[str, str]:
     return env
 
 
-def nbprod(project: Path, *args: str, ok: bool = True, timeout: float = 600) -> str:
-    """Run ``nbprod ARGS`` in the project folder; its stdout (and stderr on failure)."""
+def nbprod(project: Path, *args: str, exit_code: int = 0, timeout: float = 600) -> str:
+    """Run ``nbprod ARGS`` in the project folder, require its exit status; stdout and stderr."""
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=project,
@@ -62,8 +62,7 @@ def nbprod(project: Path, *args: str, ok: bool = True, timeout: float = 600) -> 
         text=True,
         timeout=timeout,
     )
-    if ok:
-        assert done.returncode == 0, f"nbprod {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == exit_code, f"nbprod {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
 
 
@@ -195,7 +194,7 @@ def test_binary_classifier_in_one_notebook(project: Path) -> None:
         "deployments/churn.yaml",
         "--param",
         "shuffle_labels=True",
-        ok=False,
+        exit_code=3,
     )
     assert "REJECTED" in rejected, rejected
     assert champion(project, "churn")["version"] == first["version"]

@@ -18,13 +18,14 @@ from typing import Any
 
 from prefect import task
 
-from flows.errors import ConfigError
+from flows.errors import ConfigError, NotebookExecutionError
 from flows.notebook import NotebookOutputs, execute_notebook, read_outputs
 from flows.runner import (
     cache_dir,
     call_cache_key,
     resolve_secret,
     scrub_secrets,
+    scrub_text,
     secret_reference,
 )
 from flows.settings import NbprodSettings
@@ -73,6 +74,7 @@ def run_notebook(
     shutil.rmtree(out_dir, ignore_errors=True)  # a re-execution never mixes with stale files
     out_dir.mkdir(parents=True, exist_ok=True)
     values = {k: resolve_secret(k, ref) for k, ref in (secrets or {}).items()}
+    leaked: NotebookExecutionError | None = None
     try:
         execute_notebook(
             notebook,
@@ -82,11 +84,25 @@ def run_notebook(
             timeout_s=timeout_s,
             warm_kernel=warm_kernel,
         )
+    except Exception as exc:
+        redacted = scrub_text(str(exc), values.values())
+        if redacted == str(exc):
+            raise
+        # The message names a secret (a cell printed it into its error): what Prefect, the run
+        # store and the terminal record is the scrubbed message, with no trace of the original.
+        leaked = NotebookExecutionError(
+            redacted,
+            notebook=notebook.name,
+            cell_index=getattr(exc, "cell_index", None),
+            executed_path=str(executed),
+        )
     finally:
         scrub_secrets(
             [executed, executed.with_suffix(".html"), *sorted(out_dir.rglob("*"))],
             values.values(),
         )
+    if leaked is not None:
+        raise leaked  # outside the except block: no __context__ holding the secret
     outputs = read_outputs(notebook.name, out_dir)
     if cache_key is not None:
         marker.write_text(cache_key, encoding="utf-8")

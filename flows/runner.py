@@ -167,6 +167,13 @@ def resolve_secret(name: str, ref: Mapping[str, str]) -> str:
     )
 
 
+def scrub_text(text: str, values: Iterable[str]) -> str:
+    """``text`` with every secret value (and its JSON-escaped form) replaced by ``***``."""
+    for secret in (v for v in values if v):
+        text = text.replace(secret, REDACTED).replace(json.dumps(secret)[1:-1], REDACTED)
+    return text
+
+
 def scrub_secrets(paths: Iterable[Path], values: Iterable[str]) -> list[Path]:
     """Replace every secret value in text files, in place, before they are stored or rendered."""
     secrets = [v for v in values if v]
@@ -177,11 +184,7 @@ def scrub_secrets(paths: Iterable[Path], values: Iterable[str]) -> list[Path]:
         if not path.is_file() or path.suffix.lower() not in TEXT_SUFFIXES:
             continue
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        scrubbed = text
-        for secret in secrets:
-            scrubbed = scrubbed.replace(secret, REDACTED)
-            # The .ipynb stores strings JSON-escaped; scrub that form too.
-            scrubbed = scrubbed.replace(json.dumps(secret)[1:-1], REDACTED)
+        scrubbed = scrub_text(text, secrets)  # the .ipynb stores strings JSON-escaped too
         if scrubbed != text:
             path.write_text(scrubbed, encoding="utf-8", errors="surrogateescape")
             changed.append(path)

@@ -430,3 +430,58 @@ def test_secret_from_a_prefect_secret_block(
     assert [str(p) for p in stored if token.encode() in p.read_bytes()] == []
     params = store.read_json(store.version_path(record["version"], "parameters.json"))
     assert params["step"]["api_token"] == "<secret from Prefect Secret block nbprod-test-token>"
+
+
+def test_a_secret_in_a_failing_cells_error_is_never_stored_logged_or_printed(
+    prefect_server: None, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cell that raises with the secret in its message (issue 18): the run fails with the
+    message scrubbed in run.json, error.json, the executed notebook, Prefect's flow and task run
+    states and its logs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.errors import NotebookExecutionError
+
+    token = "tok-" + hashlib.sha256(f"fail {tmp_path}".encode()).hexdigest()[:20]
+    monkeypatch.setenv("NBPROD_TEST_TOKEN", token)
+    write_notebook(
+        project / "notebooks" / "step.ipynb",
+        extra_cell='raise ValueError(f"auth failed for token {api_token!r}")',
+    )
+    spec = write_spec(project, secrets={"step": {"api_token": {"env": "NBPROD_TEST_TOKEN"}}})
+    with pytest.raises(NotebookExecutionError, match=r"auth failed for token '\*\*\*'") as caught:
+        run(spec)
+    assert token not in str(caught.value) and caught.value.__context__ is None
+
+    store = RunStore(tmp_path / "home" / "runs")
+    failed = store.list_runs()[-1]
+    assert failed["status"] == "failed" and "***" in failed["error"]
+    stored = [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert any(p.name == "error.json" for p in stored)
+    assert [str(p) for p in stored if token.encode() in p.read_bytes()] == []
+
+    APILogWorker.drain_all(timeout=60)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[failed["flow_run_id"]]))
+        )[0]
+        task_runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[failed["flow_run_id"]])
+            )
+        )
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[failed["flow_run_id"]]))
+        )
+    assert flow_run.state.is_failed() and token not in str(flow_run.state.message)
+    assert task_runs and all(token not in str(t.state.message) for t in task_runs)
+    assert logs and all(token not in log.message for log in logs)

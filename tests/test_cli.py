@@ -251,3 +251,26 @@ def test_runs_shows_a_failed_runs_error_not_a_check_that_passed(
     assert main(["runs"]) == 0
     (row,) = capsys.readouterr().out.splitlines()[1:]
     assert row.endswith("bento build failed: disk full") and "floor" not in row
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["champion", "--pipeline", "../../x"],
+        ["runs", "--pipeline", "a/b"],
+        ["history", "--pipeline", ".."],
+        ["serve", "--pipeline", "../x"],
+        ["predict", "rows.csv", "--pipeline", "/etc"],
+        ["monitor", "rows.csv", "--pipeline", "../../x"],
+        ["containerize", "--pipeline", "x/../y"],
+        ["run", "--pipeline", "../x"],
+    ],
+)
+def test_every_pipeline_option_refuses_a_name_that_is_not_a_slug(
+    argv: list[str], nbprod_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pipeline name becomes a path (deployments/NAME.yaml, the store's pipelines/NAME): one
+    line, exit 1, before anything is read."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not a pipeline name" in err

@@ -122,9 +122,29 @@ def score(model: Any, holdout: pd.DataFrame, spec: PipelineSpec) -> Scored:
     return Scored(target=holdout[spec.target].reset_index(drop=True), predictions=predictions)
 
 
-def fetch_champion_model(store: RunStore, champion: dict[str, Any], workdir: Path) -> Path:
-    """The champion's stored model file, copied locally (joblib needs a local file)."""
-    rel = champion.get("model_file") or "outputs/train/model.joblib"
+def fetch_champion_model(
+    store: RunStore, champion: dict[str, Any], workdir: Path, pipeline: str
+) -> Path:
+    """The champion's stored model file, copied locally (joblib needs a local file).
+
+    Only a listed, accepted version of this pipeline is ever unpickled: a pointer edited to
+    name anything else is refused (unpickling runs code).
+    """
+    from flows.store import pipeline_of
+
+    record = store.get_run(str(champion.get("version")))  # the version id is checked there
+    if record.get("status") != "accepted" or pipeline_of(record) != pipeline:
+        raise RunStoreError(
+            f"the champion pointer of pipeline {pipeline} names run {record['version']}, which is "
+            f"{record.get('status')} in pipeline {pipeline_of(record)}: roll back to one of its "
+            "accepted runs (nbprod rollback --pipeline ...)"
+        )
+    rel = str(champion.get("model_file") or "outputs/train/model.joblib")
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise RunStoreError(
+            f"the champion pointer of pipeline {pipeline} names the model file {rel!r}, outside "
+            "its version folder: roll back to an accepted run (nbprod rollback --pipeline ...)"
+        )
     try:
         return store.fetch(champion["version"], rel, workdir / "champion" / Path(rel).name)
     except (OSError, KeyError) as exc:
@@ -175,7 +195,7 @@ def evaluate_models(
     champion_scored = None
     champion_metrics = None
     if champion:
-        champion_model = load_model(fetch_champion_model(store, champion, workdir))
+        champion_model = load_model(fetch_champion_model(store, champion, workdir, spec.name))
         champion_scored = score(champion_model, holdout, spec)
         champion_metrics = compute_metrics(
             spec.task, champion_scored.target, champion_scored.predictions

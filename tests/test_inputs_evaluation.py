@@ -118,3 +118,40 @@ def test_scoring_drops_ids_time_and_target_and_keeps_unlabelled_rows_out(tmp_pat
     with pytest.raises(OutputContractError, match="no target column 'price'"):
         SALES.drop(columns=["price"]).to_csv(tmp_path / "bad.csv", index=False)
         read_holdout(tmp_path / "bad.csv", spec())
+
+
+@pytest.mark.parametrize(
+    ("record", "pointer", "message"),
+    [
+        ({"status": "rejected", "pipeline": "price"}, {}, "which is rejected"),
+        ({"status": "accepted", "pipeline": "churn"}, {}, "in pipeline churn"),
+        (
+            {"status": "accepted", "pipeline": "price"},
+            {"model_file": "../../elsewhere/model.joblib"},
+            "outside its version folder",
+        ),
+    ],
+)
+def test_only_an_accepted_version_of_the_pipeline_is_unpickled_as_champion(
+    tmp_path: Path, record: dict, pointer: dict, message: str
+) -> None:
+    """A pointer edited by hand (issue 18): nothing outside the pipeline's accepted runs loads."""
+    from flows.errors import RunStoreError
+    from flows.evaluation import fetch_champion_model
+    from flows.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    store.begin("v1")
+    (tmp_path / "model.joblib").write_bytes(b"planted")
+    store.put_file("v1", "outputs/fit/model.joblib", tmp_path / "model.joblib")
+    store.finalize("v1", record)
+    champion = {"version": "v1", "model_file": "outputs/fit/model.joblib", **pointer}
+    with pytest.raises(RunStoreError, match=message):
+        fetch_champion_model(store, champion, tmp_path / "work", "price")
+    store.begin("v2")
+    store.put_file("v2", "outputs/fit/model.joblib", tmp_path / "model.joblib")
+    store.finalize("v2", {"status": "accepted", "pipeline": "price"})
+    fetched = fetch_champion_model(
+        store, {"version": "v2", "model_file": "outputs/fit/model.joblib"}, tmp_path / "w", "price"
+    )
+    assert fetched.read_bytes() == b"planted"  # an accepted run of the pipeline is fetched

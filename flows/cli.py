@@ -525,11 +525,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv[0] if argv else None).parse_args(join_durations(argv))
     from flows.errors import NbprodError
 
+    def fail(exc: BaseException, kind: str, message: str, code: int) -> int:
+        """``nbprod: KIND: MESSAGE`` on stderr; with ``--json``, ``{"error", "type"}`` on stdout
+        instead (same exit code), so a script reading stdout always gets JSON."""
+        if getattr(args, "json", False):
+            print(json.dumps({"error": message, "type": type(exc).__name__}))
+        else:
+            print(f"nbprod: {kind}: {message}", file=sys.stderr)
+        return code
+
     try:
         return int(args.func(args) or 0)
     except (NbprodError, UsageError) as exc:
-        print(f"nbprod: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return fail(exc, "error", str(exc), 2 if isinstance(exc, UsageError) else 1)
     except KeyboardInterrupt:
         print("nbprod: interrupted", file=sys.stderr)
         return 130
@@ -539,8 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        print(f"nbprod: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, "unexpected error", f"{type(exc).__name__}: {exc}", 1)
 
 
 def run_without_teardown(command: Callable[[], int]) -> NoReturn:

@@ -5,9 +5,26 @@ Lower-level exceptions are re-raised with ``from exc`` so the cause stays in the
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NbprodError(Exception):
-    """Base class: anything a user can fix. The CLI prints ``str(exc)`` and exits non-zero."""
+    """Base class: anything a user can fix. The CLI prints ``str(exc)`` and exits non-zero.
+
+    Pickles with its keyword attributes (Prefect persists a failed task's exception, Dask sends
+    it between processes): the default pickling calls ``cls(*args)`` and loses them, or fails
+    when a subclass requires them.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[NbprodError], args: tuple[Any, ...], state: dict[str, Any]) -> NbprodError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
 
 
 class ConfigError(NbprodError):
@@ -94,3 +111,14 @@ class MonitoringError(NbprodError):
 
 class RollbackError(NbprodError):
     """A rollback target does not exist, was not accepted, or its bento is gone."""
+
+
+class KernelDiedError(NotebookExecutionError):
+    """The notebook's kernel died (killed, out of memory, a crash in native code).
+
+    The one notebook failure worth retrying: the Prefect task retries it (flows.execution).
+    """
+
+
+class NotebookTimeoutError(NotebookExecutionError):
+    """A cell ran longer than the execution timeout (``NBPROD_EXECUTION_TIMEOUT_S``)."""

@@ -36,11 +36,13 @@ COMPLETE_MARKER = "complete"
 
 def kernel_died(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a notebook only when its kernel died; a cell error would just fail again."""
+    from flows.errors import KernelDiedError
+
     try:
         exc = state.result(raise_on_failure=False)
     except Exception:
         return False
-    return type(exc).__name__ == "DeadKernelError"
+    return isinstance(exc, KernelDiedError) or type(exc).__name__ == "DeadKernelError"
 
 
 def _notebook_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:

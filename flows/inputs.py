@@ -40,11 +40,23 @@ def data_sources(
 
     data = resolve_project_path(data_path or spec.data["data_path"]).resolve()
     reference = reference_path or spec.data.get("reference_path")
-    return DataSources(
+    sources = DataSources(
         data,
         resolve_project_path(reference).resolve() if reference else data,
         (start or spec.data.get("start_date"), end or spec.data.get("end_date")),
     )
+    for role, path, given in (
+        ("data", sources.data, data_path),
+        ("reference", sources.reference, reference_path),
+    ):
+        if not path.is_file():
+            where = f"with --{role}" if given else f"as data.{role}_path in {spec.name}'s spec"
+            raise DataValidationError(
+                f"{role} file {path} does not exist or is not a file: give an existing CSV or "
+                f"Parquet file {where}",
+                dataset=role,
+            )
+    return sources
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.errors import NotebookExecutionError, OutputContractError, ParameterError
+from flows.errors import (
+    KernelDiedError,
+    NotebookExecutionError,
+    NotebookTimeoutError,
+    OutputContractError,
+    ParameterError,
+)
 from flows.kernel_server import THREAD_VARIABLES
 from flows.kernels import KernelServer, forking_provisioner, start_kernel_server
 from flows.pysource import parse_source
@@ -418,12 +424,14 @@ def execute_notebook(
 ) -> Path:
     """Run one notebook with papermill; keep the executed copy (and its HTML) even on failure.
 
-    A cell error becomes NotebookExecutionError naming the cell. A dead kernel is re-raised as is,
-    so the Prefect task can retry it. ``warm_kernel``: start the kernel as a fork of this
-    process's kernel server (:mod:`flows.kernels`); checks of reproducibility leave it off, so
-    each run there gets a fresh interpreter.
+    A cell error becomes NotebookExecutionError naming the cell; a dead kernel KernelDiedError
+    (which the Prefect task retries) and a cell over ``timeout_s`` NotebookTimeoutError, both
+    naming the notebook and the cell that was running. ``warm_kernel``: start the kernel as a
+    fork of this process's kernel server (:mod:`flows.kernels`); checks of reproducibility leave
+    it off, so each run there gets a fresh interpreter.
     """
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters(notebook, parameters)
@@ -457,12 +465,58 @@ def execute_notebook(
             cell_index=exc.cell_index,
             executed_path=str(executed),
         ) from exc
+    except (DeadKernelError, CellTimeoutError) as exc:
+        raise _interrupted(notebook, executed, exc, timeout_s) from exc
     except Exception:
         if executed.exists():
             render_html(executed)
         raise
     render_html(executed)
     return executed
+
+
+def _running_cell(executed: Path) -> tuple[int | None, str]:
+    """The index and first source line of the last cell papermill started in ``executed``.
+
+    papermill records a ``start_time`` on each cell it starts and saves the notebook as it goes,
+    so after a dead kernel or a timeout the last started cell is the one that was running.
+    """
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except (OSError, ValueError):
+        return None, ""
+    started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("start_time")]
+    if not started:
+        return None, ""
+    lines = cells[started[-1]].source.strip().splitlines()
+    return started[-1], lines[0] if lines else ""
+
+
+def _interrupted(
+    notebook: Path, executed: Path, exc: BaseException, timeout_s: int
+) -> NotebookExecutionError:
+    """A dead kernel or a cell timeout as one line naming the notebook, the cell and the fix."""
+    kept = ""
+    if executed.exists():
+        render_html(executed)
+        kept = f"; the executed notebook is kept at {executed}"
+    index, first_line = _running_cell(executed) if executed.exists() else (None, "")
+    cell = f"cell #{index} ({first_line})" if index is not None else "a cell"
+    details = {"notebook": notebook.name, "cell_index": index, "executed_path": str(executed)}
+    if isinstance(exc, TimeoutError):  # nbclient's CellTimeoutError
+        return NotebookTimeoutError(
+            f"notebook {notebook.name}: {cell} ran longer than the {timeout_s} s execution "
+            f"timeout{kept}. Make the cell faster or raise NBPROD_EXECUTION_TIMEOUT_S",
+            **details,
+        )
+    return KernelDiedError(
+        f"notebook {notebook.name}: the kernel died while running {cell} (out of memory, a crash "
+        f"in native code, or the process was killed){kept}. Reduce the cell's memory use or fix "
+        "the crash, then run again",
+        **details,
+    )
 
 
 def read_outputs(notebook: str, output_dir: Path) -> NotebookOutputs:

@@ -18,6 +18,7 @@ from nbclient.exceptions import CellTimeoutError
 from notebook_files import parameterized_notebook
 
 from flows import kernels
+from flows.errors import NotebookTimeoutError
 from flows.notebook import execute_notebook
 
 # What a notebook can observe of its interpreter; "preloaded" is the one intended difference.
@@ -239,12 +240,15 @@ def test_a_ready_kernel_has_no_start_up_messages_left_to_read(fresh_server: None
 def test_forked_kernel_death_is_reported_not_hung(tmp_path: Path, fresh_server: None) -> None:
     from nbclient.exceptions import DeadKernelError
 
+    from flows.errors import KernelDiedError
+
     nb = make_notebook(tmp_path, "import os\nos._exit(3)")
     kernels.start_kernel_server([nb])
-    with pytest.raises(DeadKernelError):
+    with pytest.raises(KernelDiedError) as info:
         execute_notebook(
             nb, tmp_path / "dead.ipynb", {"output_dir": "out"}, warm_kernel=True, timeout_s=60
         )
+    assert isinstance(info.value.__cause__, DeadKernelError)
 
 
 @pytest.mark.integration
@@ -252,10 +256,11 @@ def test_forked_kernel_is_interrupted_on_cell_timeout(tmp_path: Path, fresh_serv
     nb = make_notebook(tmp_path, "import time\nfor _ in range(600):\n    time.sleep(0.1)")
     kernels.start_kernel_server([nb])
     started = time.monotonic()
-    with pytest.raises(CellTimeoutError):
+    with pytest.raises(NotebookTimeoutError) as info:
         execute_notebook(
             nb, tmp_path / "slow.ipynb", {"output_dir": "out"}, warm_kernel=True, timeout_s=2
         )
+    assert isinstance(info.value.__cause__, CellTimeoutError)
     assert time.monotonic() - started < 45  # interrupted and shut down, not left to run 60 s
 
 

@@ -119,7 +119,7 @@ class NotebookCall:
     notebook: Path
     executed: Path
     parameters: dict[str, Any]
-    cache_key: str | None
+    cache_key: str
     secrets: dict[str, dict[str, str]]
 
     @property
@@ -154,23 +154,11 @@ def plan_notebook(
     parameters: dict[str, Any],
     *,
     home: Path,
-    scratch: Path,
     kernel_name: str,
-    use_cache: bool,
     secrets: dict[str, dict[str, str]] | None = None,
 ) -> NotebookCall:
-    """Cached calls write under a content-addressed folder that outlives the run."""
+    """A call writes under a content-addressed cache folder that outlives the run."""
     secrets = secrets or {}
-    if not use_cache:
-        out = scratch / "outputs" / name / "outputs"
-        return NotebookCall(
-            name,
-            notebook,
-            scratch / "notebooks" / f"{name}.ipynb",
-            {**parameters, "output_dir": str(out)},
-            None,
-            secrets,
-        )
     key = call_cache_key(notebook, parameters, secrets, kernel_name)
     base = cache_dir(home, notebook, key)
     return NotebookCall(
@@ -183,15 +171,9 @@ def plan_notebook(
     )
 
 
-def notebook_planner(settings: NbprodSettings, scratch: Path) -> partial[NotebookCall]:
-    """``plan_notebook`` bound to this run: cached calls, scratch space in the run's workdir."""
-    return partial(
-        plan_notebook,
-        home=settings.home,
-        scratch=scratch,
-        kernel_name=settings.kernel_name,
-        use_cache=True,
-    )
+def notebook_planner(settings: NbprodSettings) -> partial[NotebookCall]:
+    """``plan_notebook`` bound to these settings' cache and kernel."""
+    return partial(plan_notebook, home=settings.home, kernel_name=settings.kernel_name)
 
 
 def must_refresh(call: NotebookCall, forced: bool) -> bool:
@@ -200,17 +182,13 @@ def must_refresh(call: NotebookCall, forced: bool) -> bool:
     Prefect's cache record says an execution happened; the files live under NBPROD_HOME, which
     may have been cleaned, or may be another home sharing the same Prefect server.
     """
-    if call.cache_key is None:
-        return forced
     marker = call.output_dir.parent / COMPLETE_MARKER
     return forced or not (marker.exists() and call.executed.exists())
 
 
 def from_state(call: NotebookCall, state: Any) -> tuple[NotebookOutputs, str]:
     """Outputs are read back from this call's own folder, never from a pickled path."""
-    result = state.result()  # raises the task's exception if it failed
-    if call.cache_key is None:
-        return result, "off"
+    state.result()  # raises the task's exception if it failed
     outputs = read_outputs(call.notebook.name, call.output_dir)
     status = "hit" if state.name == "Cached" else "miss"
     return replace(outputs, executed=call.executed), status
@@ -219,7 +197,7 @@ def from_state(call: NotebookCall, state: Any) -> tuple[NotebookOutputs, str]:
 def call_notebook(
     call: NotebookCall, settings: NbprodSettings, *, refresh: bool
 ) -> tuple[NotebookOutputs, str]:
-    """Run (or reuse) one notebook; returns its outputs and 'hit', 'miss' or 'off'."""
+    """Run (or reuse) one notebook; returns its outputs and 'hit' or 'miss'."""
     task_fn = run_notebook.with_options(refresh_cache=must_refresh(call, refresh))
     state = task_fn(**call.task_arguments(settings), return_state=True)
     return from_state(call, state)
@@ -320,7 +298,7 @@ def run_chain(
     """
     from flows.notebook import declared_parameters
 
-    plan_call = notebook_planner(run.settings, run.workdir)
+    plan_call = notebook_planner(run.settings)
     produced: dict[str, Path] = {}
     outputs: dict[str, NotebookOutputs] = {}
     cache: dict[str, str] = {}

@@ -47,7 +47,7 @@ def store_lineage(
     if data is not None and scored is not None:
         from flows.drift import profile_reference
 
-        window = run.workdir / "inputs" / "data.parquet"
+        window = run.workdir / "window.parquet"  # not inputs/: the notebooks' copy lives there
         data.frame.to_parquet(window, index=False)
         run.put_file(WINDOW_FILE, window)
         features = set(scored.features)

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.drift import DriftPolicy, DriftResult, ReferenceProfile, check_drift
 from flows.errors import MonitoringError
+from flows.lineage import PROFILE_FILE, WINDOW_FILE
 from flows.store import RunStore
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
     from flows.spec import PipelineSpec
 
 DRIFT_EVENT = "nbprod.drift.detected"
-PROFILE_FILE = "reference_profile.json"
-TRAINING_WINDOW_FILE = "inputs/data.parquet"
+# Where a training run stored its data window and the window's drift profile (flows.lineage).
+TRAINING_WINDOW_FILE = WINDOW_FILE
 # The inference log's request time: the window's time column when the spec names none (or the
 # rows do not carry it, as served requests do not).
 LOG_TIME_COLUMN = "timestamp"

@@ -256,7 +256,7 @@ def _write_uptodate_ticket(
     from flows.uptodate import write_ticket
 
     calls = run.calls
-    if not calls or any(call.cache_key is None for call in calls):
+    if not calls:
         return
     try:
         write_ticket(

@@ -28,7 +28,7 @@ def _champion_label(champion: Mapping[str, Any] | None) -> str:
 
 def summary_markdown(record: Mapping[str, Any], links: Mapping[str, str]) -> str:
     """The run's story on one page: pipeline, outcome, why, metrics, champion before and after."""
-    from flows.store import pipeline_of
+    from flows.run_records import pipeline_of
 
     status = record.get("status", "unknown")
     lines = [f"# nbprod run `{record.get('version')}`: **{status.upper()}**", ""]

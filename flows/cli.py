@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def render_run(record: dict[str, Any], store: Any) -> str:
-    from flows.store import flow_of
+    from flows.run_records import flow_of
 
     kind = record.get("kind") or (
         "notebook" if flow_of(record) == "notebook_pipeline" else "training"
@@ -317,7 +317,7 @@ def _why_not_accepted(record: dict[str, Any]) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """Every pipeline's runs, or one's with ``--pipeline``; a PIPELINE column when several show."""
-    from flows.store import pipeline_of
+    from flows.run_records import pipeline_of
 
     runs = open_store(args.store).list_runs(args.pipeline)
     if args.json:
@@ -355,7 +355,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2, default=str))
         return 0
-    from flows.store import pipeline_of
+    from flows.run_records import pipeline_of
 
     print(render_run(record, store))
     print(f"  pipeline {pipeline_of(record)}")
@@ -516,6 +516,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from flows.monitor_cli import register_commands as register_monitor_commands
 
     register_monitor_commands(sub)
+    from flows.gc import register_commands as register_gc_command
+
+    register_gc_command(sub)
     return parser
 
 

@@ -75,11 +75,12 @@ def continuous_training(champion: dict[str, Any]) -> dict[str, Any] | None:
     )
     from flows.monitoring import monitoring_pipeline
     from flows.promote import deploy, ensure_work_pool
+    from flows.run_records import new_version_id
     from flows.runs import DRIFT_TRIGGER_PREFIX
     from flows.serving import running_bento
     from flows.settings import PROJECT_ROOT, load_settings
     from flows.spec import load_spec
-    from flows.store import RunStore, new_version_id
+    from flows.store import RunStore
 
     settings = load_settings()
     store = RunStore(settings.resolved_run_store_url)

@@ -130,7 +130,7 @@ def fetch_champion_model(
     Only a listed, accepted version of this pipeline is ever unpickled: a pointer edited to
     name anything else is refused (unpickling runs code).
     """
-    from flows.store import pipeline_of
+    from flows.run_records import pipeline_of
 
     record = store.get_run(str(champion.get("version")))  # the version id is checked there
     if record.get("status") != "accepted" or pipeline_of(record) != pipeline:

@@ -84,7 +84,7 @@ def rollback(
     Every check runs before the pointer moves; on any problem nothing changes. A version that
     is not a plain version id, or a run of another pipeline, is refused.
     """
-    from flows.store import check_version, pipeline_of
+    from flows.run_records import check_version, pipeline_of
 
     if not reason.strip():
         raise RollbackError("a rollback needs a reason: --reason 'what went wrong'")

@@ -64,7 +64,7 @@ def resolve_pipeline(args: argparse.Namespace) -> str:
     """The pipeline a command works on: ``--pipeline``, else the project's default."""
     given = getattr(args, "pipeline", None)
     if given:
-        from flows.store import check_pipeline_name
+        from flows.run_records import check_pipeline_name
 
         return check_pipeline_name(str(given))  # it names a file and a store folder
     from flows.spec import default_pipeline

@@ -1,8 +1,8 @@
 """Release stage of an accepted model: BentoML model and bento, infra check, champion move.
 
-The champion moves last, and only if the built bento, served for real, answers like the
-notebook's model: a bento that fails its check is deleted so it cannot be mistaken for an
-approved one.
+The champion moves last, with the run record, and only if the built bento, served for real,
+answers like the notebook's model: a bento that fails its check is deleted so it cannot be
+mistaken for an approved one.
 """
 
 from __future__ import annotations
@@ -115,8 +115,14 @@ def infra_check(
 def release_model(
     spec: PipelineSpec, data: DataWindow, scored: Evaluation, run: Run, manifest: dict[str, Any]
 ) -> str:
-    """Package, check and crown an accepted candidate; returns the run's final status."""
-    built = package(
+    """Package and check an accepted candidate; returns the run's status.
+
+    An accepted run leaves ``run.crown``, the champion move that :func:`flows.runs.conclude`
+    makes together with the run record. Until then ``run.package`` names the bento, which a
+    failing run deletes (flows.runs.record_failure): no unapproved bento is left behind.
+    """
+    run.checkpoint("bento-build")
+    run.package = package(
         spec,
         run.version,
         scored.model.path,
@@ -130,22 +136,21 @@ def release_model(
         feature_schema=data.schema.feature_schema(scored.features),
         bentos_dir=run.settings.bentos_dir,
     )
-    try:
-        return check_and_crown(spec, built, scored, run)
-    except BaseException:
-        from flows.packaging import delete_package
-
-        delete_package(built.model_tag, built.bento_tag)  # no unapproved bento left behind
-        raise
+    return check_and_prepare_crown(spec, run.package, scored, run)
 
 
-def check_and_crown(spec: PipelineSpec, built: Package, scored: Evaluation, run: Run) -> str:
-    """The infra check, then the champion move; returns the run's final status."""
+def check_and_prepare_crown(
+    spec: PipelineSpec, built: Package, scored: Evaluation, run: Run
+) -> str:
+    """The infra check, then the champion move to make with the run record; returns the status."""
+    from flows.store import ChampionMove
+
     run.at("infra-check")
     infra = infra_check(built, scored.model.path, scored.holdout_rows, spec)
     run.put_json("infra_check.json", infra)
     run.record["infra_check"] = {"passed": infra["passed"], "reason": infra["reason"]}
     if not infra["passed"]:
+        run.package = None  # deleted by the check
         run.record.update(
             decision="rejected",
             reasons=[f"infra check failed: {infra['reason']}", *run.record.get("reasons", [])],
@@ -154,7 +159,8 @@ def check_and_crown(spec: PipelineSpec, built: Package, scored: Evaluation, run:
     run.at("promote")
     champion = run.record.get("champion_before")
     trigger = run.record.get("trigger")
-    run.record["champion_after"] = run.store.set_champion(
+    run.record.update(model_tag=built.model_tag, bento_tag=built.bento_tag)
+    run.crown = ChampionMove(
         spec.name,
         {
             "version": run.version,
@@ -168,5 +174,4 @@ def check_and_crown(spec: PipelineSpec, built: Package, scored: Evaluation, run:
         triggered_by=run.record.get("flow_run_id") or run.record["triggered_by"],
         note=f"after drift in monitoring run {trigger['monitoring_version']}" if trigger else None,
     )
-    run.record.update(model_tag=built.model_tag, bento_tag=built.bento_tag)
     return "accepted"

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.errors import NbprodError, PackagingError, RunStoreError
+from flows.faults import checkpoint
+from flows.run_records import new_version_id, utc_now
 from flows.settings import NbprodSettings, load_settings
-from flows.store import RunStore, new_version_id, utc_now
+from flows.store import ChampionMove, RunStore
 
 # triggered_by of a retraining run started by a monitoring run's drift event (prefect.yaml).
 DRIFT_TRIGGER_PREFIX = "drift:"
@@ -46,10 +48,19 @@ class Run:
     calls: list[Any] = field(default_factory=list)
     # Publishes the finished record and links as Prefect artifacts (a flow may bring its own).
     publish: Publisher | None = None
+    # The bento built for this run (flows.release.Package) until the run is listed accepted.
+    package: Any = None
+    # The champion move an accepted run makes together with its run record.
+    crown: ChampionMove | None = None
 
     def at(self, step: str) -> None:
         """Name the step in progress: a failure is recorded against it."""
         self.step = step
+        checkpoint(f"step:{step}")
+
+    def checkpoint(self, point: str) -> None:
+        """A named point inside a step (fault-matrix tests, flows.faults)."""
+        checkpoint(point)
 
     def put_json(self, rel: str, obj: Any) -> None:
         self.store.put_json(self.version, rel, obj)
@@ -141,7 +152,7 @@ def record_failure(run: Run, exc: BaseException) -> None:
         final = run.store.finalize(
             run.version,
             {
-                **run.record,
+                **{k: v for k, v in run.record.items() if k not in ("model_tag", "bento_tag")},
                 "status": "failed",
                 "decision": None,
                 "failed_step": run.step,
@@ -152,13 +163,30 @@ def record_failure(run: Run, exc: BaseException) -> None:
         _link_and_publish(run, final)
     except (OSError, RunStoreError, PackagingError) as store_exc:  # pragma: no cover
         _logger().error("could not record failure of run %s: %s", run.version, store_exc)
-    shutil.rmtree(run.workdir, ignore_errors=True)  # what is worth keeping is in the version
+    finally:
+        discard_package(run)
+        shutil.rmtree(run.workdir, ignore_errors=True)  # what is worth keeping is in the version
+
+
+def discard_package(run: Run) -> None:
+    """Delete the bento and model of a run that did not become champion (idempotent)."""
+    if run.package is None:
+        return
+    from flows.packaging import delete_package
+
+    try:
+        delete_package(run.package.model_tag, run.package.bento_tag)
+        run.package = None
+    except Exception as exc:  # nbprod gc removes it later
+        _logger().warning("could not delete the bento of failed run %s: %s", run.version, exc)
 
 
 def conclude(run: Run, status: str) -> dict[str, Any]:
     """Store the notebooks, write run.json last, link and publish; the scratch space goes."""
     store_notebooks(run)
-    final = run.store.finalize(run.version, {**run.record, "status": status})
+    crown = run.crown if status == "accepted" else None
+    final = run.store.finalize(run.version, {**run.record, "status": status}, crown=crown)
+    run.package = None  # listed accepted: the bento is the champion's now
     _link_and_publish(run, final)
     shutil.rmtree(run.workdir, ignore_errors=True)
     return final

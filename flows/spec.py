@@ -49,7 +49,7 @@ Task = Literal["classification", "regression"]
 
 def spec_path(name: str, root: Path | None = None) -> Path:
     """Where the spec of pipeline ``name`` lives: ``<project>/deployments/<name>.yaml``."""
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise ConfigError(
             f"pipeline name {name!r} is not a slug: use lowercase letters, digits and dashes "
             "(e.g. churn-model)"

@@ -23,19 +23,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from flows.errors import RunStoreError
+from flows.faults import checkpoint
+from flows.run_records import (
+    LEGACY_PIPELINE,
+    PIPELINE_NAME_PATTERN,
+    check_pipeline_name,
+    check_version,
+    new_version_id,
+    pipeline_of,
+    utc_now,
+)
 
-# accepted/rejected: a training run's gate decision; completed: a plain notebook pipeline run.
-RunStatus = Literal["accepted", "rejected", "completed", "failed"]
 RUN_RECORD = "run.json"
 CHAMPION = "champion.json"
 HISTORY_DIR = "champion_history"
@@ -46,69 +53,18 @@ LOCK_FILE = ".lock"
 FOLLOWUPS_DIR = "followups"
 # Unchanged re-runs answered by an existing version (flows.uptodate): append-only, like follow-ups.
 RERUNS_DIR = "reruns"
-# What older records hold in "pipeline" (the flow's name), and the pipeline they belong to
-# when they name no spec: the one pipeline there was.
-FLOW_NAMES = ("training_pipeline", "notebook_pipeline", "monitoring_pipeline")
-LEGACY_PIPELINE = "training"
-# A pipeline name, as flows.spec.NAME_PATTERN (tests/test_store.py keeps the two equal; the
-# store does not import the spec module, which needs pydantic and YAML).
-PIPELINE_NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
-# A run version: one path segment, no dots (new_version_id's ids, and older shorter ones).
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+@dataclass(frozen=True)
+class ChampionMove:
+    """A move of ``pipeline``'s champion to ``record`` (version, model and bento tags, ...)."""
 
-
-def new_version_id() -> str:
-    """Sortable by time (UTC, to the millisecond), unique across concurrent runs, and a valid
-    BentoML tag version. Milliseconds: two runs that fail at once within a second (a bad
-    parameter, then bad data) must still list in the order they ran."""
-    now = datetime.now(UTC)
-    return f"v{now:%Y%m%d-%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
-
-
-def check_version(version: str) -> str:
-    """``version`` if it is a plain run version id, else a RunStoreError (no path can escape)."""
-    if not isinstance(version, str) or not re.match(VERSION_PATTERN, version):
-        raise RunStoreError(
-            f"{version!r} is not a run version: give a version id as `nbprod runs` lists it "
-            "(letters, digits, dashes; no '/' or '..')"
-        )
-    return version
-
-
-def check_pipeline_name(name: str) -> str:
-    """``name`` if it is a valid pipeline name, else a RunStoreError naming the rule."""
-    if not isinstance(name, str) or not re.match(PIPELINE_NAME_PATTERN, name):
-        raise RunStoreError(
-            f"{name!r} is not a pipeline name: lowercase letters, digits and dashes, as in "
-            "deployments/NAME.yaml (see `nbprod runs`)"
-        )
-    return name
-
-
-def pipeline_of(record: dict[str, Any]) -> str:
-    """The pipeline a run record belongs to.
-
-    Records name it in ``pipeline``; older ones held the flow's name there and the pipeline in
-    ``spec`` (a run started with ``--spec``), or nothing (the one ``training`` pipeline).
-    """
-    name = record.get("pipeline")
-    if name and name not in FLOW_NAMES:
-        return str(name)
-    return str(record.get("spec") or LEGACY_PIPELINE)
-
-
-def flow_of(record: dict[str, Any]) -> str | None:
-    """The flow that wrote a run record (``training_pipeline``, ...), also for older records."""
-    flow = record.get("flow") or (
-        record.get("pipeline") if record.get("pipeline") in FLOW_NAMES else None
-    )
-    if flow is None and record.get("kind") == "monitoring":
-        flow = "monitoring_pipeline"
-    return str(flow) if flow else None
+    pipeline: str
+    record: dict[str, Any]
+    expected: str | None
+    reason: str
+    triggered_by: str
+    note: str | None = None
 
 
 def plain_local_root(url: str) -> str | None:
@@ -214,6 +170,7 @@ class RunStore:
     def _atomic_write(self, path: str, data: bytes) -> None:
         """Temp file, fsync, rename: readers see the old file or the new one, never a part."""
         parent = path.rsplit("/", 1)[0]
+        checkpoint(f"write:{_name(path)}")
         if self.is_local:
             os.makedirs(parent, exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -252,6 +209,7 @@ class RunStore:
 
     def put_file(self, version: str, rel: str, local: Path) -> str:
         self._writable(version)
+        checkpoint(f"write:{_name(rel)}")
         dest = self.version_path(version, rel)
         self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
         self.fs.put_file(str(local), dest)
@@ -270,18 +228,43 @@ class RunStore:
         self._atomic_write(dest, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
         return dest
 
-    def finalize(self, version: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Write run.json last: from this moment the version is listed, and frozen."""
+    def finalize(
+        self, version: str, record: dict[str, Any], *, crown: ChampionMove | None = None
+    ) -> dict[str, Any]:
+        """Write run.json last: from this moment the version is listed, and frozen.
+
+        With ``crown``, the version also becomes its pipeline's champion, in this order under
+        the pipeline's lock: the history change, run.json (``champion_after``: the new
+        pointer), the pointer. So the pointer never names an unlisted version; if the pointer
+        cannot be written, run.json is removed again and the error raised (the caller records
+        the run as failed).
+        """
         if record.get("status") not in ("accepted", "rejected", "completed", "failed"):
             raise RunStoreError(
                 f"run {version}: status must be accepted, rejected, completed or failed"
             )
         self._writable(version)
-        full = {**record, "version": version, "finished_at": utc_now()}
-        self._atomic_write(
-            self.version_path(version, RUN_RECORD),
-            json.dumps(full, indent=2, sort_keys=True, default=str).encode(),
-        )
+        path = self.version_path(version, RUN_RECORD)
+        if crown is None:
+            return self._write_record(path, {**record, "version": version})
+        written: list[dict[str, Any]] = []
+
+        def listing(pointer: dict[str, Any]) -> None:
+            written.append(
+                self._write_record(path, {**record, "version": version, "champion_after": pointer})
+            )
+
+        try:
+            self._move_champion(crown, listing)
+        except BaseException:
+            if written:
+                self._remove(path)  # unlisted again: the run did not become champion
+            raise
+        return written[0]
+
+    def _write_record(self, path: str, record: dict[str, Any]) -> dict[str, Any]:
+        full = {**record, "finished_at": utc_now()}
+        self._atomic_write(path, json.dumps(full, indent=2, sort_keys=True, default=str).encode())
         return full
 
     # -- reading -----------------------------------------------------------------------------
@@ -336,28 +319,66 @@ class RunStore:
 
     # -- champion ----------------------------------------------------------------------------
     def champion(self, pipeline: str) -> dict[str, Any] | None:
-        """The pipeline's champion pointer (its version, model and bento tags), or None."""
+        """The pipeline's champion pointer (its version, model and bento tags), or None.
+
+        A move killed after its run record was written, before the pointer, is completed
+        first: the record says the run became champion, so it does.
+        """
         self.migrate_legacy_champion()
+        pointer = self._pointer(pipeline)
+        if self._interrupted_move(pipeline, pointer) is not None:
+            with self._champion_lock(pipeline):
+                pointer = self._complete_interrupted_move(pipeline)
+        return pointer
+
+    def _pointer(self, pipeline: str) -> dict[str, Any] | None:
         path = self.pipeline_path(pipeline, CHAMPION)
         return self.read_json(path) if self._exists(path) else None
+
+    def _interrupted_move(
+        self, pipeline: str, pointer: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The pointer that a run-record move cut short before the pointer write meant to set."""
+        files = self._history_files(pipeline)
+        if not files:
+            return None
+        event = self.read_json(files[-1])
+        to_version = event.get("to_version")
+        if not event.get("with_run_record") or (pointer or {}).get("version") == to_version:
+            return None
+        record = self.version_path(to_version, RUN_RECORD)
+        if not self._exists(record):
+            return None
+        after = self.read_json(record).get("champion_after") or {}
+        return after if after.get("version") == to_version else None
+
+    def _complete_interrupted_move(self, pipeline: str) -> dict[str, Any] | None:
+        """Under the lock: write the pointer an interrupted move left unwritten, if any."""
+        pointer = self._pointer(pipeline)
+        pending = self._interrupted_move(pipeline, pointer)
+        if pending is None:
+            return pointer
+        path = self.pipeline_path(pipeline, CHAMPION)
+        self._atomic_write(path, json.dumps(pending, indent=2).encode())
+        return pending
 
     def champion_history(self, pipeline: str) -> list[dict[str, Any]]:
         """The pipeline's champion changes, oldest first; the history ends at the champion.
 
         Skipped: temp files of failed writes, and a last change the pointer never reached (a
-        move cut short between its two writes; the next move replaces it).
+        move cut short before its run record or pointer; the next move replaces it).
         """
-        self.migrate_legacy_champion()
-        return [event for _, event in self._settled_history(pipeline)]
+        return [event for _, event in self._settled_history(pipeline, self.champion(pipeline))]
 
     def _history_files(self, pipeline: str) -> list[str]:
         entries = self._ls(self.pipeline_path(pipeline, HISTORY_DIR))
         return [p for p in entries if re.match(r"^\d{6}-.*\.json$", _name(p))]
 
-    def _settled_history(self, pipeline: str) -> list[tuple[str, dict[str, Any]]]:
-        """(file, change) pairs up to the one that made the current champion."""
+    def _settled_history(
+        self, pipeline: str, pointer: dict[str, Any] | None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(file, change) pairs up to the one that made ``pointer`` the champion."""
         events = [(path, self.read_json(path)) for path in self._history_files(pipeline)]
-        pointer = self.champion(pipeline)
         if events and events[-1][1].get("to_version") != (pointer["version"] if pointer else None):
             events.pop()
         return events
@@ -389,46 +410,66 @@ class RunStore:
         triggered_by: str,
         note: str | None = None,
     ) -> dict[str, Any]:
-        """Move the pipeline's pointer in one atomic write, after recording the change.
+        """Move the pipeline's pointer to a listed version (a rollback, a test's champion)."""
+        move = ChampionMove(pipeline, record, expected, reason, triggered_by, note)
+        return self._move_champion(move, listing=None)
+
+    def _move_champion(
+        self, move: ChampionMove, listing: Callable[[dict[str, Any]], None] | None
+    ) -> dict[str, Any]:
+        """Record the change, call ``listing`` with the new pointer, then move the pointer.
 
         ``expected`` is the champion version the caller saw when it started: if another run
         moved the pointer meanwhile, refuse rather than silently overwrite its decision. On a
-        local store the check and both writes hold the pipeline's lock file, so racing
+        local store the check and every write hold the pipeline's lock file, so racing
         processes move the champion once per expectation and number the history without gaps
-        or repeats. Object stores are not locked: one writer per pipeline at a time.
+        or repeats. Object stores are not locked: one writer per pipeline at a time. A crash
+        before the pointer write leaves the champion as it was (an unsettled change is skipped
+        by readers and replaced by the next move).
         """
+        pipeline, record = move.pipeline, move.record
         self.migrate_legacy_champion()
         with self._champion_lock(pipeline):
-            current = self.champion(pipeline)
+            current = self._complete_interrupted_move(pipeline)
             current_version = current["version"] if current else None
-            if current_version != expected:
+            if current_version != move.expected:
                 raise RunStoreError(
-                    f"champion of pipeline {pipeline} moved from {expected} to {current_version} "
-                    "while this run was going: re-run the pipeline against the new champion"
+                    f"champion of pipeline {pipeline} moved from {move.expected} to "
+                    f"{current_version} while this run was going: re-run the pipeline against "
+                    "the new champion"
                 )
             event = {
                 "at": utc_now(),
                 "pipeline": pipeline,
                 "from_version": current_version,
                 "to_version": record["version"],
-                "reason": reason,
-                "note": note,
-                "triggered_by": triggered_by,
+                "reason": move.reason,
+                "note": move.note,
+                "triggered_by": move.triggered_by,
                 "model_tag": record.get("model_tag"),
                 "bento_tag": record.get("bento_tag"),
+                "with_run_record": listing is not None,
             }
             # A sequence number, not a timestamp, orders the history: two changes can share
             # a second. After the last settled change: a move cut short leaves no gap.
-            settled = self._settled_history(pipeline)
+            settled = self._settled_history(pipeline, current)
             for path in self._history_files(pipeline)[len(settled) :]:
                 self._remove(path)
             sequence = int(_name(settled[-1][0])[:6]) + 1 if settled else 1
             change = self.pipeline_path(
                 pipeline, HISTORY_DIR, f"{sequence:06d}-{new_version_id()}.json"
             )
-            pointer = {**record, "pipeline": pipeline, "since": event["at"], "reason": reason}
+            pointer = {
+                **record,
+                "pipeline": pipeline,
+                "since": event["at"],
+                "reason": move.reason,
+            }
             try:
                 self._atomic_write(change, json.dumps(event, indent=2).encode())
+                if listing is not None:
+                    listing(pointer)
+                checkpoint("champion-move")
                 self._atomic_write(
                     self.pipeline_path(pipeline, CHAMPION), json.dumps(pointer, indent=2).encode()
                 )

@@ -33,8 +33,9 @@ from flows.artifacts import SUMMARY_KEY, summary_markdown
 from flows.errors import NbprodError, RunStoreError
 from flows.manifest import file_sha256
 from flows.paths import home_dir, resolve_project_path, settings_environment, write_atomic
+from flows.run_records import utc_now
 from flows.runner import call_cache_key, environment_fingerprint, environment_stamp
-from flows.store import RunStore, utc_now
+from flows.store import RunStore
 
 TICKETS_DIRNAME = "uptodate"
 TICKET_SCHEMA = 1

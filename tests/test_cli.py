@@ -165,7 +165,8 @@ def test_runs_champion_and_show_per_pipeline(
     """`runs` lists every pipeline (with a PIPELINE column) or one; `champion` is per pipeline."""
     import json
 
-    from flows.store import RunStore, new_version_id
+    from flows.run_records import new_version_id
+    from flows.store import RunStore
 
     store = RunStore(nbprod_home / "runs")
     versions = {}
@@ -233,7 +234,8 @@ def test_pipeline_option_refuses_a_path(
 def test_runs_shows_a_failed_runs_error_not_a_check_that_passed(
     capsys: pytest.CaptureFixture[str], nbprod_home: Path
 ) -> None:
-    from flows.store import RunStore, new_version_id
+    from flows.run_records import new_version_id
+    from flows.store import RunStore
 
     store = RunStore(nbprod_home / "runs")
     version = new_version_id()

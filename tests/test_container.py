@@ -33,8 +33,9 @@ import yaml
 from flows import container
 from flows.bento_server import free_port
 from flows.errors import ContainerizeError
+from flows.run_records import new_version_id
 from flows.serving import post_json
-from flows.store import RunStore, new_version_id
+from flows.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINER_TESTS_ENV = "NBPROD_CONTAINER_TESTS"

@@ -20,7 +20,8 @@ import pytest
 from flows import cli
 from flows.errors import RollbackError
 from flows.history import history_rows, register_commands, rollback
-from flows.store import RunStore, new_version_id
+from flows.run_records import new_version_id
+from flows.store import RunStore
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

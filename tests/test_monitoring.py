@@ -22,8 +22,9 @@ import pytest
 
 from flows.drift import DriftPolicy, profile_reference
 from flows.errors import MonitoringError
+from flows.run_records import new_version_id
 from flows.spec import PipelineSpec, save_spec
-from flows.store import RunStore, new_version_id
+from flows.store import RunStore
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,6 +12,7 @@ import joblib
 import pytest
 from served_models import fit, make_frame
 
+from flows import runs
 from flows.errors import RunStoreError
 from flows.evaluation import evaluate_models
 from flows.inputs import data_sources, load_data_window
@@ -74,11 +75,15 @@ def test_a_failed_champion_move_deletes_the_built_bento_and_model(
         "champion_at_start": None,
     }
 
-    with pytest.raises(RunStoreError, match="moved from None to v-other"):
-        release_model(spec, window, scored, run, manifest)
+    run.publish = lambda record, links: None  # no Prefect run to publish artifacts to
+    with pytest.raises(RunStoreError, match="moved from None to v-other"), runs.recorded(run):
+        status = release_model(spec, window, scored, run, manifest)
+        assert status == "accepted"
+        runs.conclude(run, status)  # the champion moves with the run record, or neither
 
     assert run.step == "promote"  # the bento was built and passed its infra check first
+    assert store.get_run("v-mine")["status"] == "failed"
     assert [m for m in bentoml.models.list() if m.tag.name == PIPELINE] == []
     assert [b for b in bentoml.list() if b.tag.name == PIPELINE] == []
-    assert "bento_tag" not in run.record
+    assert "bento_tag" not in store.get_run("v-mine")
     assert store.champion(PIPELINE)["version"] == "v-other"  # type: ignore[index]

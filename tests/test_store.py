@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from flows.errors import RunStoreError
-from flows.store import RunStore, new_version_id
+from flows.faults import FAULT_ENV_VAR
+from flows.run_records import new_version_id
+from flows.store import ChampionMove, RunStore
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -104,7 +106,7 @@ def test_versions_made_within_one_second_sort_in_the_order_they_were_made(
     import secrets
     from datetime import UTC, datetime
 
-    import flows.store
+    import flows.run_records
 
     moments = iter(
         [datetime(2026, 1, 2, 3, 4, 5, 100_000, UTC), datetime(2026, 1, 2, 3, 4, 5, 900_000, UTC)]
@@ -116,7 +118,7 @@ def test_versions_made_within_one_second_sort_in_the_order_they_were_made(
         def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
             return next(moments)
 
-    monkeypatch.setattr(flows.store, "datetime", Clock)
+    monkeypatch.setattr(flows.run_records, "datetime", Clock)
     monkeypatch.setattr(secrets, "token_hex", lambda n: next(suffixes))
     first, second = new_version_id(), new_version_id()
     assert sorted([second, first]) == [first, second]
@@ -232,7 +234,7 @@ def test_a_failed_write_leaves_no_temp_file(
 ) -> None:
     import errno
 
-    import flows.store
+    import flows.run_records
 
     store = RunStore(tmp_path / "runs")
     promote(store, "churn", "v1", None)
@@ -252,7 +254,7 @@ def test_a_failed_write_leaves_no_temp_file(
 
 
 def test_records_name_their_pipeline_old_and_new() -> None:
-    from flows.store import flow_of, pipeline_of
+    from flows.run_records import flow_of, pipeline_of
 
     new = {"pipeline": "churn", "flow": "training_pipeline"}
     assert (pipeline_of(new), flow_of(new)) == ("churn", "training_pipeline")
@@ -288,8 +290,8 @@ def test_versions_cannot_leave_the_store(store: RunStore, version: str) -> None:
 
 
 def test_the_store_checks_pipeline_names_as_specs_do() -> None:
+    from flows.run_records import PIPELINE_NAME_PATTERN
     from flows.spec import NAME_PATTERN
-    from flows.store import PIPELINE_NAME_PATTERN
 
     assert PIPELINE_NAME_PATTERN == NAME_PATTERN
 
@@ -479,3 +481,81 @@ def test_a_move_cut_between_its_two_writes_leaves_the_history_at_the_champion(
     assert [e["to_version"] for e in store.champion_history("churn")] == ["v1", "v3"]
     names = sorted(p.rsplit("/", 1)[-1][:6] for p in store.fs.ls(folder, detail=False))
     assert names == ["000001", "000002"]
+
+
+def crown(version: str, expected: str | None) -> ChampionMove:
+    return ChampionMove(
+        "churn", {"version": version, "bento_tag": f"churn:{version}"}, expected, "gate", "test"
+    )
+
+
+def test_an_accepted_run_is_listed_and_crowned_in_one_step(store: RunStore) -> None:
+    """The run record names the pointer it set; the history ends at it."""
+    store.begin("v1")
+    final = store.finalize(
+        "v1", {"status": "accepted", "pipeline": "churn"}, crown=crown("v1", None)
+    )
+    assert final["champion_after"]["version"] == "v1"
+    assert store.get_run("v1")["champion_after"] == store.champion("churn")
+    assert [e["to_version"] for e in store.champion_history("churn")] == ["v1"]
+
+
+def test_a_refused_crown_lists_nothing(store: RunStore) -> None:
+    """A champion moved meanwhile: no run record is written, the caller records a failure."""
+    promote(store, "churn", "v1", None)
+    store.begin("v2")
+    with pytest.raises(RunStoreError, match="moved from None to v1"):
+        store.finalize("v2", {"status": "accepted", "pipeline": "churn"}, crown=crown("v2", None))
+    assert store.list_runs("churn") == []
+    store.finalize("v2", {"status": "failed", "pipeline": "churn"})  # still writable
+
+
+@pytest.mark.parametrize("point", ["write:run.json", "write:champion.json"])
+def test_a_full_disk_during_the_crown_leaves_the_run_unlisted_and_the_champion_unchanged(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    promote(store, "churn", "v1", None)
+    store.begin("v2")
+    monkeypatch.setenv(FAULT_ENV_VAR, f"enospc:{point}")
+    with pytest.raises(RunStoreError, match="it is unchanged"):
+        store.finalize("v2", {"status": "accepted", "pipeline": "churn"}, crown=crown("v2", "v1"))
+    monkeypatch.delenv(FAULT_ENV_VAR)
+    assert store.list_runs("churn") == []
+    assert store.champion("churn")["version"] == "v1"  # type: ignore[index]
+    assert [e["to_version"] for e in store.champion_history("churn")] == ["v1"]
+    promote(store, "churn", "v3", "v1")  # the next move works, numbered without a gap
+    assert [e["to_version"] for e in store.champion_history("churn")] == ["v1", "v3"]
+
+
+def crown_then_die(url: str) -> None:
+    store = RunStore(url)
+    store.begin("v2")
+    store.finalize("v2", {"status": "accepted", "pipeline": "churn"}, crown=crown("v2", "v1"))
+
+
+def test_a_run_killed_between_its_record_and_the_pointer_becomes_champion(tmp_path: Path) -> None:
+    """The record says the run became champion: the next reader completes the move."""
+    import multiprocessing
+    import os
+    import signal
+
+    store = RunStore(tmp_path / "runs")
+    promote(store, "churn", "v1", None)
+    os.environ[FAULT_ENV_VAR] = "kill:champion-move"
+    try:
+        proc = multiprocessing.get_context("spawn").Process(
+            target=crown_then_die, args=(store.url,)
+        )
+        proc.start()
+        proc.join(timeout=120)
+    finally:
+        del os.environ[FAULT_ENV_VAR]
+    assert proc.exitcode == -signal.SIGKILL
+    pointer = json.loads((tmp_path / "runs/pipelines/churn/champion.json").read_text())
+    assert pointer["version"] == "v1"  # the pointer write never happened
+    assert store.get_run("v2")["status"] == "accepted"
+
+    assert store.champion("churn")["version"] == "v2"  # type: ignore[index]
+    assert [e["to_version"] for e in store.champion_history("churn")] == ["v1", "v2"]
+    promote(store, "churn", "v3", "v2")
+    assert [e["to_version"] for e in store.champion_history("churn")] == ["v1", "v2", "v3"]

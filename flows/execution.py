@@ -3,14 +3,15 @@
 A call's outputs are every file the notebook wrote into its ``output_dir`` (plus the optional
 ``outputs.json``'s metrics and values). A later notebook receives ``<file stem>_path`` for each
 file an earlier one wrote, when it declares that parameter. Cached calls write under a
-content-addressed folder that outlives the run; a marker written after the notebook finished
-says the folder is complete.
+content-addressed folder that outlives the run, under a lock; a marker written after the
+notebook finished says the folder is complete. A ``--no-cache`` run executes in its own folder.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -71,10 +72,52 @@ def run_notebook(
     warm_kernel: bool = True,
 ) -> NotebookOutputs:
     out_dir = Path(parameters["output_dir"])
-    marker = out_dir.parent / COMPLETE_MARKER
-    marker.unlink(missing_ok=True)
-    shutil.rmtree(out_dir, ignore_errors=True)  # a re-execution never mixes with stale files
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Runs with the same content key share the folder: one executes, the others then reuse it.
+    with folder_lock(out_dir.parent):
+        marker = out_dir.parent / COMPLETE_MARKER
+        if cache_key is not None and is_complete(marker, executed, cache_key):
+            return replace(read_outputs(notebook.name, out_dir), executed=executed)
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(out_dir, ignore_errors=True)  # a re-execution never mixes with stale files
+        out_dir.mkdir(parents=True, exist_ok=True)
+        execute_scrubbed(
+            notebook, executed, parameters, kernel_name, timeout_s, secrets, warm_kernel
+        )
+        outputs = read_outputs(notebook.name, out_dir)
+        if cache_key is not None:
+            marker.write_text(cache_key, encoding="utf-8")
+    return replace(outputs, executed=executed)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``<folder>.lock`` for the block (released if the process dies)."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def is_complete(marker: Path, executed: Path, cache_key: str) -> bool:
+    try:
+        return marker.read_text(encoding="utf-8") == cache_key and executed.exists()
+    except OSError:
+        return False
+
+
+def execute_scrubbed(
+    notebook: Path,
+    executed: Path,
+    parameters: dict[str, Any],
+    kernel_name: str,
+    timeout_s: int,
+    secrets: dict[str, dict[str, str]] | None,
+    warm_kernel: bool,
+) -> None:
+    """Execute with the secrets' values; no file or error message it leaves holds one."""
+    out_dir = Path(parameters["output_dir"])
     values = {k: resolve_secret(k, ref) for k, ref in (secrets or {}).items()}
     leaked: NotebookExecutionError | None = None
     try:
@@ -105,10 +148,6 @@ def run_notebook(
         )
     if leaked is not None:
         raise leaked  # outside the except block: no __context__ holding the secret
-    outputs = read_outputs(notebook.name, out_dir)
-    if cache_key is not None:
-        marker.write_text(cache_key, encoding="utf-8")
-    return replace(outputs, executed=executed)
 
 
 @dataclass(frozen=True)
@@ -171,9 +210,16 @@ def plan_notebook(
     )
 
 
-def notebook_planner(settings: NbprodSettings) -> partial[NotebookCall]:
-    """``plan_notebook`` bound to these settings' cache and kernel."""
-    return partial(plan_notebook, home=settings.home, kernel_name=settings.kernel_name)
+def notebook_planner(
+    settings: NbprodSettings, private_dir: Path | None = None
+) -> partial[NotebookCall]:
+    """``plan_notebook`` bound to these settings' cache and kernel.
+
+    ``private_dir``: a ``--no-cache`` run executes there, never in the shared cache folder that
+    another run with the same inputs may be reading.
+    """
+    home = private_dir or settings.home
+    return partial(plan_notebook, home=home, kernel_name=settings.kernel_name)
 
 
 def must_refresh(call: NotebookCall, forced: bool) -> bool:
@@ -298,7 +344,7 @@ def run_chain(
     """
     from flows.notebook import declared_parameters
 
-    plan_call = notebook_planner(run.settings)
+    plan_call = notebook_planner(run.settings, run.workdir if no_cache else None)
     produced: dict[str, Path] = {}
     outputs: dict[str, NotebookOutputs] = {}
     cache: dict[str, str] = {}

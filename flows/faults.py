@@ -3,8 +3,9 @@
 ``NBPROD_FAULT=kill:<point>`` ends the process with SIGKILL when it reaches ``<point>``;
 ``NBPROD_FAULT=enospc:<point>`` raises ``OSError(ENOSPC)`` there, as a full disk would.
 Points: ``step:<run step>`` (flows.runs.Run.at), ``write:<file name>`` (every store write, named
-by the file's name, e.g. ``write:run.json``), ``champion-move`` (after the run record, before the
-champion pointer). Unset, a checkpoint is one environment lookup.
+by the file's name, e.g. ``write:run.json``), ``bento-build`` (model saved, bento not yet built),
+``infra-check-serving`` (the bento is being served), ``champion-move`` (after the run record,
+before the champion pointer). Unset, a checkpoint is one environment lookup.
 """
 
 from __future__ import annotations

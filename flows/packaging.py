@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from flows.errors import PackagingError
+from flows.faults import checkpoint
 
 # The notebook's model file is stored under this one name in every BentoML model (joblib reads
 # plain pickles too); the service loads it from there (bentos/pinning.py MODEL_FILE).
@@ -74,6 +75,7 @@ def package_model(
         feature_schema=feature_schema,
     )
     try:
+        checkpoint("bento-build")
         bento_tag = build_bento(
             model_tag, pipeline=pipeline, bentos_dir=bentos_dir, version=version, labels=labels
         )

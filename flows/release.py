@@ -121,7 +121,6 @@ def release_model(
     makes together with the run record. Until then ``run.package`` names the bento, which a
     failing run deletes (flows.runs.record_failure): no unapproved bento is left behind.
     """
-    run.checkpoint("bento-build")
     run.package = package(
         spec,
         run.version,

@@ -7,6 +7,7 @@ then (executed notebooks above all) is stored either way.
 
 from __future__ import annotations
 
+import json
 import shutil
 import traceback
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 from flows.errors import NbprodError, PackagingError, RunStoreError
 from flows.faults import checkpoint
+from flows.gc import PROCESS_FILE, process_record
 from flows.run_records import new_version_id, utc_now
 from flows.settings import NbprodSettings, load_settings
 from flows.store import ChampionMove, RunStore
@@ -58,10 +60,6 @@ class Run:
         self.step = step
         checkpoint(f"step:{step}")
 
-    def checkpoint(self, point: str) -> None:
-        """A named point inside a step (fault-matrix tests, flows.faults)."""
-        checkpoint(point)
-
     def put_json(self, rel: str, obj: Any) -> None:
         self.store.put_json(self.version, rel, obj)
 
@@ -97,7 +95,12 @@ def begin(
         "trigger": parse_trigger(triggered_by),
     }
     store.begin(version)
-    return Run(settings, store, version, settings.scratch_dir / version, record, publish=publish)
+    owner = process_record(record["flow_run_id"])  # nbprod gc: is this version still running?
+    store.put_json(version, PROCESS_FILE, owner)
+    workdir = settings.scratch_dir / version
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / PROCESS_FILE).write_text(json.dumps(owner), encoding="utf-8")
+    return Run(settings, store, version, workdir, record, publish=publish)
 
 
 def parse_trigger(triggered_by: str) -> dict[str, str] | None:

@@ -32,6 +32,7 @@ from flows.bento_server import HOST, running_bento, serve_command, use_bentoml_h
 from flows.bento_server import free_port as free_port  # re-exported: localstack, the demo, tests
 from flows.bento_server import stop_server as stop_server  # re-exported, as free_port
 from flows.errors import InferenceLogError, ServingError
+from flows.faults import checkpoint
 from flows.inference_log import (
     PREDICTION_COLUMN,
     PROBABILITY_PREFIX,
@@ -385,6 +386,7 @@ def check_served_answers(
                 bento_tag, log_dir=log_dir, workdir=Path(tmp), timeout_s=timeout_s
             ) as (base, startup_s):
                 checks.append(_check("startup", True, f"ready in {startup_s:.1f} s"))
+                checkpoint("infra-check-serving")
                 checks += _serving_checks(base, model, sample, model_tag, task, log_dir)
         except ServingError as exc:  # never became ready
             checks.append(_check("startup", False, str(exc)))

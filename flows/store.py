@@ -287,6 +287,10 @@ class RunStore:
                     runs.append(run)
         return sorted(runs, key=lambda r: r["version"])
 
+    def version_folders(self) -> list[str]:
+        """Every version folder, listed or not (in progress, crashed), sorted."""
+        return [_name(p) for p in self._ls(self._join("versions"))]
+
     def pipelines(self) -> list[str]:
         """Every pipeline with a listed run or a champion, sorted by name."""
         self.migrate_legacy_champion()

@@ -1,7 +1,8 @@
 """Running a bento with ``bentoml serve`` on the loopback interface, and finding the BentoML store.
 
 Used by ``nbprod serve``, the infra check (``flows.serving.check_served_answers``) and the demo.
-Standard library only at module level.
+A server started by ``running_bento`` runs under ``flows.process_guard``: it dies with the process
+that started it, even one killed with SIGKILL. Standard library only at module level.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flows.errors import ServingError
+from flows.process_guard import guard_command
 
 if TYPE_CHECKING:
     import subprocess
@@ -25,6 +27,10 @@ LOG_DIR_ENV_VAR = "NBPROD_INFERENCE_LOG_DIR"
 # A worker that cannot start makes BentoML log this and respawn it forever instead of exiting.
 STARTUP_FAILED = "Application startup failed"
 EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)): .+")
+# The guard escalates to SIGKILL before stop_server would kill the guard itself (and so could no
+# longer kill the server's group).
+GUARD_GRACE_S = 10.0
+STOP_GRACE_S = GUARD_GRACE_S + 5
 
 
 def bentoml_home() -> Path:
@@ -66,8 +72,10 @@ def running_bento(
     """``bentoml serve`` on a free 127.0.0.1 port for the block: yields (base URL, start-up s).
 
     Own process group, stopped on exit (gracefully, so the inference log in ``log_dir`` is
-    complete); the server inherits this process's environment (``BENTOML_HOME``). Raises
-    ServingError with the server's reason when it does not become ready.
+    complete) and when this process dies, by any signal (``flows.process_guard``: the guard
+    holds the read end of a pipe whose write end only this process has). The server inherits
+    this process's environment (``BENTOML_HOME``). Raises ServingError with the server's reason
+    when it does not become ready.
     """
     import subprocess
 
@@ -81,7 +89,8 @@ def running_bento(
     try:
         with server_log.open("wb") as out:
             server = subprocess.Popen(
-                serve_command(bento_tag, port),
+                guard_command(serve_command(bento_tag, port), grace_s=GUARD_GRACE_S),
+                stdin=subprocess.PIPE,  # kept open: its EOF is this process's death
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -94,7 +103,9 @@ def running_bento(
         yield base, time.monotonic() - started
     finally:
         if server is not None:
-            stop_server(server)
+            stop_server(server, grace_s=STOP_GRACE_S)
+            if server.stdin is not None:
+                server.stdin.close()
 
 
 def free_port() -> int:

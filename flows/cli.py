@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from flows import console
 from flows.options import (
     UsageError,
     add_pipeline_option,
@@ -23,10 +24,6 @@ from flows.options import (
     resolve_pipeline,
 )
 from flows.paths import prepare_environment
-
-# `nbprod run`'s exit status when the gate or the infra check rejected the model (0: accepted or
-# completed, 1: an error, 2: a usage error), so a script can tell a rejection from a success.
-EXIT_REJECTED = 3
 
 
 def _is_number(value: Any) -> bool:
@@ -120,15 +117,16 @@ def run_flow_from_cli(args: argparse.Namespace, flow_name: str, **arguments: Any
     flow_fn = getattr(pipeline, flow_name)
     if args.dask is not None:
         flow_fn = flow_fn.with_options(task_runner=dask_task_runner(args.dask))
-    record = flow_fn(
-        spec=args.spec,
-        no_cache=args.no_cache,
-        run_store_url=args.store,
-        triggered_by="cli",
-        **arguments,
-    )
+    with console.run_errors_on_console(getattr(args, "verbose", False)):
+        record = flow_fn(
+            spec=args.spec,
+            no_cache=args.no_cache,
+            run_store_url=args.store,
+            triggered_by="cli",
+            **arguments,
+        )
     print(render_run(record, open_store(args.store)))
-    return EXIT_REJECTED if record.get("status") == "rejected" else 0
+    return console.EXIT_REJECTED if record.get("status") == "rejected" else 0
 
 
 def run_notebook_spec(args: argparse.Namespace, spec: Any) -> int:
@@ -399,17 +397,21 @@ def cmd_champion(args: argparse.Namespace) -> int:
 OWN_COMMANDS = ("run", "runs", "show", "champion")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, json_errors: bool = False) -> argparse.ArgumentParser:
     """The full parser; for one of :data:`OWN_COMMANDS`, that command's part only.
 
     Why: registering the other modules' commands imports them (~0.1 s), which ``nbprod run``
     answering an unchanged re-run in a fraction of a second (flows.uptodate) cannot afford.
-    ``nbprod --help`` and every other command get the full parser.
+    ``nbprod --help`` and every other command get the full parser. With ``json_errors``, a
+    usage error is JSON on stdout.
     """
-    parser = argparse.ArgumentParser(
+    parser = console.CommandLineParser(
         prog="nbprod",
         description="Run notebooks as a versioned, gated Prefect pipeline and package the "
         "accepted model as a BentoML bento.",
+        epilog=console.EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        json_errors=json_errors,
     )
     from flows import __version__
 
@@ -494,9 +496,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     champ.add_argument("--json", action="store_true", help="machine-readable output")
     champ.set_defaults(func=cmd_champion)
-    if command in OWN_COMMANDS:
-        return parser
+    if command not in OWN_COMMANDS:
+        register_other_commands(sub)
+    console.add_verbose_option(parser, sub)
+    return parser
 
+
+def register_other_commands(sub: Any) -> None:
+    """The commands every other module registers (each imports its module)."""
     from flows.serving import register_commands as register_serving
 
     register_serving(sub)
@@ -519,38 +526,29 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from flows.gc import register_commands as register_gc_command
 
     register_gc_command(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv[0] if argv else None).parse_args(join_durations(argv))
+    parser = build_parser(argv[0] if argv else None, json_errors="--json" in argv)
+    args = parser.parse_args(join_durations(argv))
     from flows.errors import NbprodError
-
-    def fail(exc: BaseException, kind: str, message: str, code: int) -> int:
-        """``nbprod: KIND: MESSAGE`` on stderr; with ``--json``, ``{"error", "type"}`` on stdout
-        instead (same exit code), so a script reading stdout always gets JSON."""
-        if getattr(args, "json", False):
-            print(json.dumps({"error": message, "type": type(exc).__name__}))
-        else:
-            print(f"nbprod: {kind}: {message}", file=sys.stderr)
-        return code
 
     try:
         return int(args.func(args) or 0)
     except (NbprodError, UsageError) as exc:
-        return fail(exc, "error", str(exc), 2 if isinstance(exc, UsageError) else 1)
+        console.report_failure(args, exc, "error", str(exc))
+        return console.EXIT_USAGE if isinstance(exc, UsageError) else console.EXIT_ERROR
     except KeyboardInterrupt:
         print("nbprod: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `nbprod runs | head`: the reader left, nothing went wrong here
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        return fail(exc, "unexpected error", f"{type(exc).__name__}: {exc}", 1)
+        console.report_failure(args, exc, "unexpected error", f"{type(exc).__name__}: {exc}")
+        return console.EXIT_ERROR
 
 
 def run_without_teardown(command: Callable[[], int]) -> NoReturn:

@@ -22,21 +22,23 @@ from flows.options import (
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
+    from flows.console import run_errors_on_console
     from flows.monitoring import monitoring_pipeline
     from flows.prefect_fixes import apply_prefect_fixes
     from flows.spec import spec_path
 
     apply_prefect_fixes()
     pipeline = resolve_pipeline(args)
-    record = monitoring_pipeline(
-        str(spec_path(pipeline)),
-        args.start,
-        args.end,
-        source=args.source,
-        triggered_by="cli",
-        run_store_url=args.store,
-        policy={"min_rows": args.min_rows} if args.min_rows is not None else None,
-    )
+    with run_errors_on_console(getattr(args, "verbose", False)):
+        record = monitoring_pipeline(
+            str(spec_path(pipeline)),
+            args.start,
+            args.end,
+            source=args.source,
+            triggered_by="cli",
+            run_store_url=args.store,
+            policy={"min_rows": args.min_rows} if args.min_rows is not None else None,
+        )
     drift = record.get("drift") or {}
     print(f"monitoring {record['version']} ({pipeline}): {str(drift.get('verdict')).upper()}")
     print(f"  {drift.get('reason')}")

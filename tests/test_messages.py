@@ -192,3 +192,101 @@ def test_the_executed_copy_of_a_killed_kernel_is_readable(tmp_path: Path) -> Non
         execute_notebook(nb, executed, {"output_dir": str(tmp_path / "out")})
     kept = nbformat.read(executed, as_version=4)
     assert "injected-parameters" in kept.cells[1].metadata.get("tags", [])
+
+
+@pytest.fixture
+def failing_run(tmp_path: Path, prefect_server: None) -> tuple[list[str], dict[str, str], Path]:
+    """``nbprod run --spec`` of a one-notebook spec whose second cell raises, against the test
+    session's Prefect server: the command line, its environment, and the run store."""
+    from prefect.settings import PREFECT_API_URL
+
+    project = tmp_path / "project"
+    parameterized_notebook(
+        project / "boom.ipynb", 'output_dir = "out"', 'raise ValueError("bad value in cell")'
+    )
+    spec = project / "deployments" / "boom.yaml"
+    spec.parent.mkdir()
+    spec.write_text("name: boom\nflow: notebook\nnotebooks: [boom.ipynb]\n")
+    env = {
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "NBPROD_HOME": str(tmp_path / "home"),
+        "NBPROD_PROJECT_DIR": str(project),
+    }
+    store = tmp_path / "store"
+    return ["run", "--spec", str(spec), "--store", str(store)], env, store
+
+
+def run_log(flow_run_id: str) -> str:
+    """The flow run's log as the Prefect server holds it (what the UI shows)."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> str:
+        only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=only_this_run)
+        return "\n".join(log.message for log in logs)
+
+    return asyncio.run(read())
+
+
+def test_a_failed_run_is_one_line_and_its_traceback_goes_to_the_run_log(
+    failing_run: tuple[list[str], dict[str, str], Path],
+) -> None:
+    args, env, store = failing_run
+    out = nbprod(*args, env=env)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "Encountered exception" not in out.stderr
+    [line] = nbprod_lines(out.stderr)
+    assert line.startswith("nbprod: error: notebook boom.ipynb failed in cell In [")
+    assert "(cell #2: raise ValueError" in line and "bad value in cell" in line
+    assert out.stderr.rstrip().splitlines()[-1] == line
+
+    [record] = json.loads(nbprod("runs", "--json", "--store", str(store), env=env).stdout)
+    assert record["status"] == "failed" and record["flow_run_id"]
+    log = run_log(record["flow_run_id"])
+    assert "Encountered exception during execution" in log
+    assert "Traceback (most recent call last)" in log and "NotebookExecutionError" in log
+
+    verbose = nbprod("-v", *args, env=env)
+    assert verbose.returncode == 1
+    assert "Traceback (most recent call last)" in verbose.stderr
+    assert "Encountered exception during execution" in verbose.stderr
+    assert nbprod_lines(verbose.stderr) == [line]
+    after_command = nbprod(*args, "--verbose", env=env)
+    assert after_command.returncode == 1 and "Traceback" in after_command.stderr
+
+
+def test_usage_errors_exit_2_and_are_json_with_json(tmp_path: Path) -> None:
+    env = {"NBPROD_HOME": str(tmp_path / "home")}
+    as_json = nbprod("runs", "--bogus", "--json", env=env)
+    assert as_json.returncode == 2 and as_json.stderr == ""
+    assert json.loads(as_json.stdout) == {
+        "error": "unrecognized arguments: --bogus",
+        "type": "UsageError",
+    }
+    missing = nbprod("show", "--json", env=env)
+    assert missing.returncode == 2 and json.loads(missing.stdout)["type"] == "UsageError"
+    assert "version" in json.loads(missing.stdout)["error"]
+
+    plain = nbprod("runs", "--bogus", env=env)
+    assert plain.returncode == 2 and plain.stdout == ""
+    assert plain.stderr.startswith("usage: nbprod")
+    assert plain.stderr.rstrip().endswith("nbprod: error: unrecognized arguments: --bogus")
+
+
+def test_help_documents_the_exit_codes() -> None:
+    out = nbprod("--help")
+    assert out.returncode == 0
+    epilog = out.stdout[out.stdout.index("exit status:") :]
+    for code, meaning in [
+        ("0", "accepted or completed"),
+        ("1", "error"),
+        ("2", "usage error"),
+        ("3", "rejected by the gate or the infra check"),
+    ]:
+        assert f"  {code}  {meaning}" in epilog
+    assert "-v, --verbose" in out.stdout

@@ -118,14 +118,13 @@ def free_port() -> int:
 
 
 def _ready(base: str) -> bool:
-    import urllib.error
-    import urllib.request
+    """Does the server answer /readyz with 200? OSError while it is not listening yet."""
+    import httpx
 
     try:
-        with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except urllib.error.HTTPError:
-        return False
+        return httpx.get(base + "/readyz", timeout=2).status_code == 200
+    except httpx.TransportError as exc:
+        raise OSError(str(exc)) from exc
 
 
 def wait_ready(

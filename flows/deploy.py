@@ -37,19 +37,15 @@ def _api_url() -> str:
 
 def check_server(url: str) -> None:
     """One GET of ``/health``: a clear one-line error instead of Prefect's retry traceback."""
-    import urllib.error
-    import urllib.request
+    from prefect.client.orchestration import SyncPrefectClient
 
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=HEALTH_TIMEOUT_S) as response:
-            if response.status != 200:
-                raise DeployError(f"Prefect server at {url} is unhealthy (HTTP {response.status})")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    with SyncPrefectClient(url) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
         raise DeployError(
-            f"no Prefect server reachable at {url} ({reason}): start it "
+            f"no healthy Prefect server at {url} ({problem}): start it "
             "(prefect server start --host 127.0.0.1) or fix PREFECT_API_URL"
-        ) from exc
+        )
 
 
 def _prefect(
@@ -130,7 +126,7 @@ def deploy(
     unknown = [n for n in wanted if n not in entries]
     if unknown:
         raise DeployError(
-            f"no deployment named {', '.join(unknown)} in {prefect_file} "
+            f"no deployment named {', '.join(repr(n) for n in unknown)} in {prefect_file} "
             f"(there are: {', '.join(entries)})"
         )
     url = _api_url()

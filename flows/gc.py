@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows.atomic import TEMP_MARKER
 from flows.options import add_store_option, open_store
 
 # Written into every version folder when its run begins: who runs it (flows.runs.begin).
 PROCESS_FILE = "process.json"
-TEMP_MARKER = ".tmp-"
+
 # A store write's temp file lives for a moment; one this old was left by a killed process.
 TEMP_FILE_MIN_AGE_S = 60.0
 

@@ -7,9 +7,9 @@ store, Prefect home, BentoML store — defaults under ``<project>/.nbprod/`` wha
 point: ``make`` exports the same values that :func:`apply_state_defaults` sets for a plain
 ``nbprod`` command.
 
-Why a module of its own: ``nbprod run`` answers an unchanged re-run (flows.uptodate) before it
-imports pydantic, YAML or Prefect, and must find the project and the state folder exactly as the
-typed settings (flows.settings) and the spec loader (flows.spec) do; both take these from here.
+Why a module of its own: commands find the project and the state folder before they import
+pydantic, YAML or Prefect, exactly as the typed settings (flows.settings) and the spec loader
+(flows.spec) do; both take these from here.
 """
 
 from __future__ import annotations
@@ -27,16 +27,6 @@ SETTINGS_ENV_PREFIX = "NBPROD_"
 HOME_ENV = f"{SETTINGS_ENV_PREFIX}HOME"
 # Homes of the libraries that keep state, under nbprod's home; read when they are first imported.
 STATE_HOMES = {"PREFECT_HOME": "prefect", "BENTOML_HOME": "bentoml"}
-# The fields of flows.settings.NbprodSettings (tests/test_uptodate.py keeps the two in step).
-SETTINGS_FIELDS = (
-    "home",
-    "run_store_url",
-    "bentos_dir",
-    "policy_path",
-    "kernel_name",
-    "execution_timeout_s",
-    "warm_kernels",
-)
 
 
 def find_project(start: Path | None = None) -> Path | None:
@@ -98,37 +88,6 @@ def resolve_project_path(path: str | Path, root: Path | None = None) -> Path:
     """A spec's project-relative path as an absolute path (absolute paths pass through)."""
     candidate = Path(path).expanduser()
     return candidate if candidate.is_absolute() else (root or project_root()) / candidate
-
-
-def settings_environment() -> dict[str, str]:
-    """The variables the typed settings are read from (no .env file), by their upper-case name.
-
-    Only the settings' own: other ``NBPROD_*`` variables may hold secrets (a notebook's token
-    given as ``{env: NBPROD_TOKEN}``), and what this returns is written to disk.
-    """
-    names = {f"{SETTINGS_ENV_PREFIX}{name}".upper() for name in SETTINGS_FIELDS}
-    return {k.upper(): v for k, v in sorted(os.environ.items()) if k.upper() in names}
-
-
-def write_atomic(file: Path, text: str) -> None:
-    """Replace ``file`` with ``text`` in one rename, keeping no partial file on failure."""
-    import tempfile
-
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if file.exists():
-            os.chmod(tmp, file.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def __getattr__(name: str) -> Path:

@@ -246,7 +246,7 @@ def upsert_pipeline(path: Path, spec: Any, *, new_schedule: bool) -> list[str]:
     """
     from ruamel.yaml.comments import CommentedMap
 
-    from flows.paths import write_atomic
+    from flows.atomic import write_atomic
 
     check_not_claimed(path, spec.name, training=spec.flow == "training")
     doc = read_prefect_file(path)

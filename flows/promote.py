@@ -298,9 +298,9 @@ def promote(
     policy, model name and files, drift, description) are kept, and so is the schedule unless
     a new one is given.
     """
+    from flows.atomic import write_atomic
     from flows.manifest import notebook_content_hash
     from flows.paths import project_root as default_root
-    from flows.paths import write_atomic
     from flows.spec import PipelineSpec, Schedule, load_spec, save_spec, spec_path
 
     if cron is not None and interval_seconds is not None:

@@ -126,12 +126,34 @@ def read_table(
         raise DataValidationError(
             f"{dataset} data {path} cannot be parsed: {exc}", dataset=dataset
         ) from exc
+    if path.suffix != ".parquet":
+        check_not_truncated(path, len(frame.columns), dataset)
     if datetime_column and datetime_column in frame.columns:
         parsed = pd.to_datetime(frame[datetime_column], errors="coerce")
         # Keep the raw column when it does not parse so validation can name it.
         if parsed.notna().sum() >= frame[datetime_column].notna().sum():
             frame[datetime_column] = parsed
     return frame
+
+
+def check_not_truncated(path: Path, columns: int, dataset: str) -> None:
+    """A CSV whose last line is cut short (no final newline, fewer fields than the header) was
+    copied or exported only in part: refuse it rather than read the cut row as missing values."""
+    import csv
+
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 65536))
+        tail = handle.read()
+    if not tail or tail.endswith((b"\n", b"\r")):
+        return
+    last_line = tail.splitlines()[-1].decode("utf-8", errors="replace")
+    fields = len(next(csv.reader([last_line]), []))
+    if fields < columns:
+        raise DataValidationError(
+            f"{dataset} data {path} ends mid-row (its last line has {fields} of {columns} "
+            "fields and no line end): the file looks truncated; copy or export it again",
+            dataset=dataset,
+        )
 
 
 def _dtype_of(series: pd.Series) -> Literal["int", "float", "str", "datetime"]:

@@ -230,18 +230,18 @@ def frame_to_records(frame: pd.DataFrame, drop: list[str] | tuple[str, ...] = ()
 def post_json(url: str, payload: Any, timeout: float = HTTP_TIMEOUT_S) -> tuple[int, Any, Any]:
     """POST JSON (GET when payload is None); return (status, decoded body, headers), 4xx/5xx too.
 
-    Connection failures raise OSError (urllib.error.URLError is one).
+    Connection failures raise OSError.
     """
-    import urllib.error
-    import urllib.request
+    import httpx
 
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw, headers = response.status, response.read(), response.headers
-    except urllib.error.HTTPError as exc:
-        status, raw, headers = exc.code, exc.read(), exc.headers
+        if payload is None:
+            response = httpx.get(url, timeout=timeout)
+        else:
+            response = httpx.post(url, json=payload, timeout=timeout)
+    except httpx.TransportError as exc:
+        raise OSError(f"{type(exc).__name__}: {exc}") from exc
+    status, raw, headers = response.status_code, response.content, response.headers
     try:
         body = json.loads(raw) if raw.strip() else None
     except ValueError:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flows.atomic import write_atomic
 from flows.drift_policy import DriftPolicy
 from flows.errors import ConfigError
 from flows.paths import (
@@ -30,7 +31,6 @@ from flows.paths import (
     PROJECT_ROOT,
     project_root,
     resolve_project_path,
-    write_atomic,
 )
 
 __all__ = [

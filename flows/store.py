@@ -24,13 +24,13 @@ import json
 import os
 import re
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.atomic import write_atomic
 from flows.errors import RunStoreError
 from flows.faults import checkpoint
 from flows.run_records import (
@@ -51,8 +51,6 @@ LOCK_FILE = ".lock"
 # Runs started because of an earlier run (a retraining caused by a monitoring run's drift):
 # kept outside the immutable version folders, append-only, one file per follow-up.
 FOLLOWUPS_DIR = "followups"
-# Unchanged re-runs answered by an existing version (flows.uptodate): append-only, like follow-ups.
-RERUNS_DIR = "reruns"
 
 
 @dataclass(frozen=True)
@@ -172,20 +170,7 @@ class RunStore:
         parent = path.rsplit("/", 1)[0]
         checkpoint(f"write:{_name(path)}")
         if self.is_local:
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.remove(tmp)  # a full disk must not leave a stray temp file behind
-                except OSError:
-                    pass
-                raise
+            write_atomic(path, data)
         else:
             self.fs.makedirs(parent, exist_ok=True)
             # One object PUT is atomic on object stores and in-memory filesystems.
@@ -564,25 +549,3 @@ class RunStore:
         """Runs recorded as caused by ``version``, oldest first."""
         folder = self._join(FOLLOWUPS_DIR, check_version(version))
         return [self.read_json(p) for p in self._ls(folder) if p.endswith(".json")]
-
-    # -- re-runs -----------------------------------------------------------------------------
-    def add_rerun(self, version: str, rerun: dict[str, Any]) -> str:
-        """Record that ``version`` answered a re-run whose inputs had not changed since it ran.
-
-        Why not a new version: nothing was executed, so the outputs are this version's own; the
-        re-run itself (when, by whom, its Prefect flow run) is what there is to keep.
-        """
-        self.get_run(version)  # only a listed run can answer a re-run
-        # A sequence number orders them, as in the champion history: two can share a millisecond.
-        sequence = len(self._rerun_files(version)) + 1
-        path = self._join(RERUNS_DIR, version, f"{sequence:06d}-{new_version_id()}.json")
-        self._atomic_write(path, json.dumps(rerun, indent=2, default=str).encode())
-        return path
-
-    def _rerun_files(self, version: str) -> list[str]:
-        folder = self._join(RERUNS_DIR, check_version(version))
-        return [p for p in self._ls(folder) if p.endswith(".json")]
-
-    def reruns(self, version: str) -> list[dict[str, Any]]:
-        """Re-runs ``version`` answered, oldest first."""
-        return [self.read_json(p) for p in self._rerun_files(version)]

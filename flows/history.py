@@ -156,17 +156,15 @@ def cmd_history(args: argparse.Namespace) -> int:
             "becomes the champion"
         )
         return 0
-    # Columns as wide as the longest version plus one, so a version never runs into the next
-    # column whatever the version format (ids grew milliseconds once).
-    width = 1 + max(len(v) for row in rows for v in (row["from_version"] or "", row["to_version"]))
-    print(f"{'WHEN':<26} {'FROM':<{width}} {'TO':<{width}} {'WHY':<9} TRIGGERED BY")
-    for row in rows:
-        print(
-            f"{row['at'] or '':<26} {row['from_version'] or '—':<{width}} "
-            f"{row['to_version']:<{width}} "
-            f"{row['why']:<9} {row['triggered_by'] or ''}"
-            + (f"  ({row['note']})" if row.get("note") else "")
-        )
+    from flows.tables import print_table
+
+    print_table(
+        ["when", "from", "to", "why", "triggered by", "note"],
+        [
+            [r["at"], r["from_version"], r["to_version"], r["why"], r["triggered_by"], r["note"]]
+            for r in rows
+        ],
+    )
     return 0
 
 

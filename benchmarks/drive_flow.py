@@ -1,13 +1,12 @@
 """Run ``flows.pipeline.notebook_pipeline`` once, as a user's process would; print its record.
 
-Usage: ``python benchmarks/drive_flow.py SPEC [--no-cache] [--again]``, with NBPROD_PROJECT_DIR,
+Usage: ``python benchmarks/drive_flow.py SPEC [--no-cache]``, with NBPROD_PROJECT_DIR,
 NBPROD_HOME and PREFECT_API_URL set by benchmarks/run.py. Like ``nbprod run``, it starts the
-warm kernel server (flows.kernels) before importing Prefect. The last stdout line is JSON with the
-run's status and cache outcome, and where the time went: ``import_s`` (importing the flow, i.e.
-Prefect and nbprod) and ``flow_s`` (the flow call itself); the rest of the process's wall time
-is interpreter start-up and exit. ``--again`` calls the flow a second time in the same process
-(with the cache), after the same untimed pause as benchmarks/empty_flow.py, and adds ``again_s``
-and ``again_cache``: a re-run in a process that imported Prefect earlier.
+warm kernel server (flows.kernels) before importing Prefect and runs the flow with the same
+Prefect settings (flows.prefect_settings). The last stdout line is JSON with the run's status
+and cache outcome, and where the time went: ``import_s`` (importing the flow, i.e. Prefect and
+nbprod) and ``flow_s`` (the flow call itself); the rest of the process's wall time is
+interpreter start-up and exit.
 """
 
 from __future__ import annotations
@@ -26,12 +25,13 @@ def main() -> None:
 
     prestart_kernels(spec)  # as `nbprod run` does: warm kernels start while Prefect loads
     from flows.pipeline import notebook_pipeline
-    from flows.prefect_fixes import apply_prefect_fixes
-
-    apply_prefect_fixes()  # as `nbprod run` does
+    from flows.prefect_settings import command_flow_settings
 
     imported = time.perf_counter()
-    record = notebook_pipeline(spec=spec, no_cache="--no-cache" in sys.argv, triggered_by="bench")
+    with command_flow_settings():  # as `nbprod run` does
+        record = notebook_pipeline(
+            spec=spec, no_cache="--no-cache" in sys.argv, triggered_by="bench"
+        )
     finished = time.perf_counter()
     result = {
         "status": record["status"],
@@ -39,13 +39,6 @@ def main() -> None:
         "import_s": imported - STARTED,
         "flow_s": finished - imported,
     }
-    if "--again" in sys.argv:
-        from empty_flow import SETTLE_S
-
-        time.sleep(SETTLE_S)  # untimed, as in empty_flow.py: see SETTLE_S there
-        started_again = time.perf_counter()
-        again = notebook_pipeline(spec=spec, triggered_by="bench")
-        result.update(again_s=time.perf_counter() - started_again, again_cache=again.get("cache"))
     print(json.dumps(result))
 
 

@@ -62,10 +62,8 @@ def data_fingerprint(path: str | Path) -> dict[str, Any]:
 
     Only ``.csv``, ``.tsv`` and ``.parquet`` files are read as tables: a notebook's other outputs
     (a pickled model, a plot, a text note) have no rows, and parsing them as CSV would invent
-    some.
+    some. pandas (~1 s to import) is imported for tables only.
     """
-    import pandas as pd
-
     path = Path(path)
     info: dict[str, Any] = {
         "path": str(path),
@@ -77,6 +75,8 @@ def data_fingerprint(path: str | Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         return info
+    import pandas as pd
+
     try:
         if suffix == ".parquet":
             frame = pd.read_parquet(path)
@@ -89,8 +89,8 @@ def data_fingerprint(path: str | Path) -> dict[str, Any]:
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
-    # Imported here: importlib.metadata costs ~40 ms, which an up-to-date re-run (flows.uptodate,
-    # through flows.runner) spares when the environment's stamp is unchanged.
+    # Imported here: importlib.metadata costs ~40 ms, which commands that never compute a
+    # cache key or a manifest need not pay.
     from importlib import metadata
 
     versions: dict[str, str | None] = {}

@@ -24,12 +24,12 @@ from flows.options import (
 def cmd_monitor(args: argparse.Namespace) -> int:
     from flows.console import run_errors_on_console
     from flows.monitoring import monitoring_pipeline
-    from flows.prefect_fixes import apply_prefect_fixes
+    from flows.prefect_settings import command_flow_settings
     from flows.spec import spec_path
 
-    apply_prefect_fixes()
     pipeline = resolve_pipeline(args)
-    with run_errors_on_console(getattr(args, "verbose", False)):
+    verbose = getattr(args, "verbose", False)
+    with run_errors_on_console(verbose), command_flow_settings():
         record = monitoring_pipeline(
             str(spec_path(pipeline)),
             args.start,

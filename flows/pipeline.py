@@ -17,7 +17,7 @@ from flows import gate as gate_mod
 from flows import runs
 from flows.errors import ConfigError
 from flows.evaluation import Evaluation, evaluate_models, grid_point_scorer
-from flows.execution import COMPLETE_MARKER, reported_metric, run_chain
+from flows.execution import reported_metric, run_chain
 from flows.inputs import DataSources, DataWindow, data_sources, load_data_window
 from flows.lineage import store_lineage, store_reports
 from flows.manifest import data_fingerprint
@@ -74,7 +74,10 @@ def gate(policy: gate_mod.GatePolicy, scored: Evaluation, run: runs.Run) -> Any:
     """The policy's decision on the candidate against the champion, recorded with its reasons."""
     decision = gate_mod.evaluate_gate(scored.candidate_metrics, scored.champion_metrics, policy)
     run.put_json("gate.json", {**decision.to_dict(), "policy": policy.model_dump()})
-    run.record.update(decision=decision.to_dict()["decision"], reasons=decision.reasons)
+    verdict = decision.to_dict()
+    run.record.update(
+        decision=verdict["decision"], reasons=decision.reasons, checks=verdict["checks"]
+    )
     print(f"gate: {run.record['decision']} — {'; '.join(decision.reasons)}")
     return decision
 
@@ -97,7 +100,7 @@ def write_reports(spec: PipelineSpec, data: DataWindow, scored: Evaluation, run:
         out_dir=run.workdir / "reports",
         time_column=spec.time_column,
     )
-    return store_reports(run, written)
+    return store_reports(run, written, scored, data)
 
 
 @task(name="package-and-check", cache_policy=NO_CACHE)
@@ -236,61 +239,4 @@ def notebook_pipeline(
         run.put_json("metrics.json", metrics)
         store_lineage(run, outputs, None, None)
         run.record["metrics"] = {"candidate": metrics[plans[-1].stem], "champion": None}
-        final = runs.conclude(run, "completed")
-        _write_uptodate_ticket(run, spec, parameters, run_store_url, policy_file)
-        return final
-
-
-def _write_uptodate_ticket(
-    run: runs.Run,
-    spec: str,
-    parameters: dict[str, Any] | None,
-    run_store_url: str | None,
-    policy_file: Path,
-) -> None:
-    """What this completed run planned, so an unchanged re-run can be answered by it.
-
-    Best effort: the run is stored whatever happens here; without a ticket the next re-run
-    simply goes through the flow (flows.uptodate).
-    """
-    from flows.uptodate import write_ticket
-
-    calls = run.calls
-    if not calls:
-        return
-    try:
-        write_ticket(
-            home=run.settings.home,
-            spec_file=spec_file(spec),
-            parameters=parameters,
-            run_store_url=run_store_url,
-            store_url=run.store.url,
-            version=run.version,
-            kernel_name=run.settings.kernel_name,
-            calls=[
-                {
-                    "name": call.name,
-                    "notebook": str(call.notebook),
-                    "parameters": call.parameters,
-                    "secrets": call.secrets,
-                    "cache_key": call.cache_key,
-                    "cached": [str(call.executed), str(call.output_dir.parent / COMPLETE_MARKER)],
-                }
-                for call in calls
-            ],
-            inputs=[policy_file],
-            prefect=_prefect_flow_identity(),
-        )
-    except (OSError, TypeError, ValueError) as exc:
-        print(f"could not record run {run.version} for up-to-date re-runs: {exc}")
-
-
-def _prefect_flow_identity() -> dict[str, str] | None:
-    """The server this flow run is recorded on and the flow's id there."""
-    from prefect.context import FlowRunContext
-    from prefect.settings import PREFECT_API_URL
-
-    flow_ctx = FlowRunContext.get()
-    if not (flow_ctx and flow_ctx.flow_run and PREFECT_API_URL.value()):
-        return None
-    return {"api_url": str(PREFECT_API_URL.value()), "flow_id": str(flow_ctx.flow_run.flow_id)}
+        return runs.conclude(run, "completed")

@@ -40,24 +40,6 @@ def environment_fingerprint(kernel_name: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def environment_stamp() -> dict[str, Any]:
-    """What changes whenever the installed packages can: the import path and its folders' mtimes.
-
-    Installing, upgrading or removing a distribution adds or removes its ``.dist-info`` folder,
-    which changes the mtime of the folder holding it. So while this stamp is unchanged,
-    :func:`environment_fingerprint` is too, and an up-to-date re-run (flows.uptodate) can reuse
-    the fingerprint recorded with the stamp instead of reading every package's metadata (~60 ms
-    with importlib.metadata's import). ``sys.path[0]`` is the running script's folder: left out.
-    """
-    folders = {}
-    for entry in sys.path[1:]:
-        try:
-            folders[entry] = os.stat(entry or ".").st_mtime_ns
-        except OSError:
-            folders[entry] = None
-    return {"python": sys.version, "executable": sys.executable, "path": folders}
-
-
 def _value_identity(value: Any) -> Any:
     """Paths to existing files stand for their content, so moving a file keeps the cache warm."""
     if isinstance(value, str) and len(value) < 4096:
@@ -75,12 +57,8 @@ def notebook_cache_key(
     parameters: Mapping[str, Any],
     kernel_name: str,
     secret_names: Iterable[str] = (),
-    environment: str | None = None,
 ) -> str:
-    """Content-addressed identity of one notebook execution.
-
-    ``environment``: :func:`environment_fingerprint`'s value when the caller knows it already.
-    """
+    """Content-addressed identity of one notebook execution."""
     secrets = set(secret_names)
     identity = {
         "notebook": notebook_content_hash(notebook),
@@ -90,7 +68,7 @@ def notebook_cache_key(
             for k, v in sorted(parameters.items())
             if k not in LOCATION_PARAMETERS
         },
-        "environment": environment or environment_fingerprint(kernel_name),
+        "environment": environment_fingerprint(kernel_name),
     }
     blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -101,17 +79,13 @@ def call_cache_key(
     parameters: Mapping[str, Any],
     secrets: Mapping[str, Mapping[str, str]],
     kernel_name: str,
-    environment: str | None = None,
 ) -> str:
     """The key of one planned notebook call: its parameters, secrets by reference only.
 
-    One function for the flow's plan (flows.pipeline.plan_notebook) and for the check that an
-    unchanged re-run can be answered without it (flows.uptodate): both must mean the same.
+    The ``run_notebook`` task's Prefect cache key (flows.execution), whoever starts the flow.
     """
     params = {**parameters, **{k: secret_reference(ref) for k, ref in secrets.items()}}
-    return notebook_cache_key(
-        notebook, params, kernel_name, secret_names=secrets, environment=environment
-    )
+    return notebook_cache_key(notebook, params, kernel_name, secret_names=secrets)
 
 
 def cache_dir(home: Path, notebook: Path, key: str) -> Path:

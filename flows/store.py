@@ -10,7 +10,7 @@ Layout::
     pipelines/<name>/champion.json               the pipeline's champion pointer
     pipelines/<name>/champion_history/NNNNNN-<id>.json   its changes, numbered from 000001
     pipelines/<name>/.lock                       local stores: held while the champion moves
-    followups/<version>/, reruns/<version>/      append-only notes about finalised runs
+    followups/<version>/                         append-only notes about finalised runs
 
 Stores written before pipelines had their own champion (``champion.json`` and
 ``champion_history/`` at the root) are moved to this layout the first time a champion is read
@@ -68,9 +68,8 @@ class ChampionMove:
 def plain_local_root(url: str) -> str | None:
     """The folder a plain POSIX path names, as fsspec's local filesystem spells it, else None.
 
-    Why not ask fsspec: importing it takes 0.1-0.17 s, more than an unchanged re-run answered
-    by flows.uptodate costs in all; a plain path needs none of it until files are listed or
-    copied. Same result as ``fsspec.core.url_to_fs(url)[1]`` (tests/test_store.py compares).
+    Why not ask fsspec: importing it takes 0.1-0.17 s, which ``nbprod runs`` or ``champion``
+    on a plain path need not pay until files are listed or copied. Same result as ``fsspec.core.url_to_fs(url)[1]`` (tests/test_store.py compares).
     """
     if os.sep != "/" or "://" in url or "::" in url or url.startswith(("file:", "local:")):
         return None

@@ -269,6 +269,33 @@ def test_worker_runs_the_deployment_with_artifacts(stack: dict[str, Any], api: s
     assert record["metrics"]["candidate"] == {"total": 15.0}
 
 
+def test_an_unchanged_deployment_rerun_is_a_prefect_cache_hit(
+    stack: dict[str, Any], api: str
+) -> None:
+    """The same parameters twice: the second run's notebook task is Cached, as from the CLI."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.store import RunStore
+
+    states = []
+    for _ in range(2):
+        flow_run = _run_to_completion(
+            "notebook_pipeline/tiny-nb", {"parameters": {"n": 2}}, stack["worker_log"]
+        )
+        assert flow_run.state.type.value == "COMPLETED", _log_tail(stack["worker_log"])
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            )
+        states.append({t.name: t.state.name for t in task_runs if t.state})
+    assert states[0]["run-notebook-tiny"] == "Completed"
+    assert states[1]["run-notebook-tiny"] == "Cached"
+    store = RunStore(str(stack["nbprod_home"] / "runs"))
+    (again,) = [r for r in store.list_runs() if r.get("flow_run_id") == str(flow_run.id)]
+    assert again["status"] == "completed" and again["cache"] == {"tiny": "hit"}
+
+
 def test_wrong_parameter_type_fails_before_a_kernel_starts(stack: dict[str, Any], api: str) -> None:
     flow_run = _run_to_completion(
         "notebook_pipeline/tiny-nb", {"parameters": {"n": "many"}}, stack["worker_log"]

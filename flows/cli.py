@@ -106,18 +106,20 @@ def run_flow_from_cli(args: argparse.Namespace, flow_name: str, **arguments: Any
     """Start one of flows.pipeline's flows as ``nbprod run`` does, then print its record.
 
     Warm kernels start before Prefect is imported (not under Dask, which runs the kernels in
-    its own worker processes), and nbprod's Prefect fixes are applied.
+    its own worker processes); heartbeats as flows.prefect_settings says. An unchanged re-run
+    is a run like any other: Prefect's cache answers its notebook tasks (``Cached`` task runs)
+    and it is stored as a new version.
     """
     if args.dask is None:
         prestart_kernels(args.spec)
     from flows import pipeline
-    from flows.prefect_fixes import apply_prefect_fixes
+    from flows.prefect_settings import command_flow_settings
 
-    apply_prefect_fixes()
     flow_fn = getattr(pipeline, flow_name)
     if args.dask is not None:
         flow_fn = flow_fn.with_options(task_runner=dask_task_runner(args.dask))
-    with console.run_errors_on_console(getattr(args, "verbose", False)):
+    verbose = getattr(args, "verbose", False)
+    with console.run_errors_on_console(verbose), command_flow_settings():
         record = flow_fn(
             spec=args.spec,
             no_cache=args.no_cache,
@@ -143,7 +145,7 @@ def run_notebook_spec(args: argparse.Namespace, spec: Any) -> int:
         )
     params = notebook_parameters(args.param, spec.stems)
     precheck_parameters(spec, params)
-    # The last notebook's alone stay a flat dict: the form an up-to-date re-run is keyed by.
+    # The last notebook's alone stay a flat dict, as a deployment run's parameters are given.
     flat = set(params) <= {spec.stems[-1]}
     given = params.get(spec.stems[-1]) if flat else params
     return run_flow_from_cli(args, "notebook_pipeline", parameters=given or None)
@@ -173,56 +175,40 @@ def dask_task_runner(address: str) -> Any:
 
 
 def prestart_kernels(spec: str) -> None:
-    """Start the warm kernel server (flows.kernels) before Prefect is imported.
+    """Start the spec's notebook kernels ahead of need (flows.kernels), before Prefect is imported.
 
     Why here: importing Prefect and starting a flow run take seconds of this process's time;
-    meanwhile the server imports ipykernel and the notebooks' libraries on the other core, so
-    the first kernel starts with them already loaded. A spec that does not load is the flow's
-    to report.
+    meanwhile the first kernel starts and imports its notebook's libraries on the other core, so
+    the notebook starts with them loaded. The pool expects one run per notebook (one per point
+    of its grid). A spec that does not load is the flow's to report.
     """
-    from flows.kernels import start_kernel_server, stop_kernel_server
+    from flows.kernels import start_kernel_pool, stop_kernel_pool
 
-    start_kernel_server([])  # ipykernel's imports start now; the notebooks' follow below
+    start_kernel_pool([None])  # a kernel starts now; the notebook it serves is named below
 
     from flows.errors import NbprodError
+    from flows.runner import expand_grid
     from flows.settings import load_settings
+    from flows.spec import load_spec, resolve_project_path
 
     settings = load_settings()
     if not settings.warm_kernels:
-        stop_kernel_server()
+        stop_kernel_pool()
         return
-    from flows.spec import load_spec, resolve_project_path
-
     try:
-        notebooks = load_spec(resolve_project_path(spec)).notebook_paths()
+        loaded = load_spec(resolve_project_path(spec))
+        runs = [
+            notebook
+            for stem, notebook in zip(loaded.stems, loaded.notebook_paths(), strict=True)
+            for _ in expand_grid(loaded.grid.get(stem))
+        ]
     except (NbprodError, OSError, ValueError):
+        stop_kernel_pool()
         return
-    start_kernel_server(notebooks)
-
-
-def answer_unchanged_rerun(args: argparse.Namespace) -> bool:
-    """Answer ``--spec`` from the run that already holds its outputs, if nothing changed.
-
-    Before the spec is even parsed: the check (flows.uptodate) needs no pydantic, YAML or
-    Prefect, which is the point. Only a notebook spec's completed runs leave what it checks.
-    """
-    if not args.spec or args.no_cache or training_options_given(args):
-        return False
-    from flows.uptodate import answer_rerun
-
-    params = dict(parse_assignment(p) for p in args.param)
-    if any("." in name for name in params):  # another notebook's: the flow sorts it out
-        return False
-    answered = answer_rerun(args.spec, params or None, args.store, "cli")
-    if answered is None:
-        return False
-    print(render_run(*answered))
-    return True
+    start_kernel_pool(runs, settings.kernel_name)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if answer_unchanged_rerun(args):
-        return 0
     args.spec = run_spec_path(args)
     spec = load_run_spec(args.spec)
     if spec.flow == "notebook":
@@ -253,13 +239,6 @@ def render_run(record: dict[str, Any], store: Any) -> str:
         "notebook" if flow_of(record) == "notebook_pipeline" else "training"
     )
     lines = [f"run {record['version']} ({kind}): {record['status'].upper()}"]
-    rerun = record.get("rerun")
-    if rerun:
-        lines[0] += " (up to date: nothing changed since this run, nothing executed)"
-        lines.append(
-            f"  re-run by {rerun.get('triggered_by')} at {rerun.get('at')}: Prefect flow run "
-            f"{rerun.get('flow_run_id')} (Cached)"
-        )
     lines.append(f"  triggered by {record.get('triggered_by')}")
     for reason in record.get("reasons") or []:
         lines.append(f"  - {reason}")
@@ -336,14 +315,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         }
         for r in runs
     ]
-    columns = ["version", "status", "started", "metrics"]
+    columns = ["version", "status", "started", "metrics", "reason"]
     if len({row["pipeline"] for row in rows}) > 1:
         columns.insert(0, "pipeline")
-    # Each column as wide as its longest value plus one: nothing runs into the next column.
-    widths = {c: 1 + max(len(c), *(len(row[c]) for row in rows)) for c in columns}
-    print("".join(f"{c.upper():<{widths[c]}}" for c in columns) + "REASON")
-    for row in rows:
-        print(("".join(f"{row[c]:<{widths[c]}}" for c in columns) + row["reason"]).rstrip())
+    from flows.tables import print_table
+
+    print_table(columns, [[row[c] for c in columns] for row in rows])
     return 0
 
 
@@ -357,16 +334,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     print(render_run(record, store))
     print(f"  pipeline {pipeline_of(record)}")
-    reruns = store.reruns(args.version)
-    if reruns:
-        last = reruns[-1]
-        print(
-            f"  answered {len(reruns)} unchanged re-run(s), the last at {last.get('at')} by "
-            f"{last.get('triggered_by')} (Prefect flow run {last.get('flow_run_id')})"
-        )
-    print("  files:")
-    for rel in store.files(args.version):
-        print(f"    {rel}")
+    from flows.tables import print_table
+
+    print_table(["file"], [[rel] for rel in store.files(args.version)])
     return 0
 
 
@@ -400,10 +370,9 @@ OWN_COMMANDS = ("run", "runs", "show", "champion")
 def build_parser(command: str | None = None, json_errors: bool = False) -> argparse.ArgumentParser:
     """The full parser; for one of :data:`OWN_COMMANDS`, that command's part only.
 
-    Why: registering the other modules' commands imports them (~0.1 s), which ``nbprod run``
-    answering an unchanged re-run in a fraction of a second (flows.uptodate) cannot afford.
-    ``nbprod --help`` and every other command get the full parser. With ``json_errors``, a
-    usage error is JSON on stdout.
+    Why: registering the other modules' commands imports them (~0.1 s), which the commands
+    defined here do not need. ``nbprod --help`` and every other command get the full parser.
+    With ``json_errors``, a usage error is JSON on stdout.
     """
     parser = console.CommandLineParser(
         prog="nbprod",

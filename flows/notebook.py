@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import functools
 import json
 import math
 import os
-import re
-import socket
-import tempfile
 import threading
-import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +28,7 @@ from flows.errors import (
     OutputContractError,
     ParameterError,
 )
-from flows.kernel_server import THREAD_VARIABLES
-from flows.kernels import KernelServer, forking_provisioner, start_kernel_server
+from flows.kernels import kernel_environment, kernel_for, stop_kernel
 from flows.pysource import parse_source
 from flows.warmup import warm_up
 
@@ -175,49 +168,17 @@ def warm_up_html_rendering() -> None:
 _HTML_RENDERING = threading.Lock()
 
 
-# What nbconvert's HTMLExporter adds after rendering, for keyboard and screen-reader users.
-_FOCUSABLE = re.compile(
-    r'(<div (?:id="[^"]*" )?class="(?:jp-Cell-inputWrapper|[^"]*\bjp-OutputArea-output\b[^"]*)")'
-)
-_IMG_WITHOUT_ALT = re.compile(r"<img(?![^>]*\balt=)")
-IMG_ALT = 'alt="No description has been provided for this image"'
-
-
 @functools.cache
 def _html_exporter() -> Any:
-    """nbconvert's HTMLExporter without its BeautifulSoup pass.
+    """nbconvert's HTMLExporter; its warnings about the page (an image without alt text: every
+    plot) are not the run's, so only its errors are logged."""
+    import logging
 
-    Why: after rendering, HTMLExporter parses the whole page with BeautifulSoup only to add
-    ``tabindex`` to cells and ``alt`` to images, and serializes it again: ~0.45 s of a ~0.7 s
-    render for the train notebook, on every run's critical path. The same attributes are added
-    here to the tags the lab template writes.
-    """
     from nbconvert import HTMLExporter
-    from nbconvert.exporters.templateexporter import TemplateExporter
-    from nbconvert.filters.highlight import Highlight2HTML
-    from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
 
-    class NotebookHTMLExporter(HTMLExporter):  # type: ignore[misc]
-        def from_notebook_node(  # type: ignore[override]
-            self, nb: Any, resources: dict[str, Any] | None = None, **kw: Any
-        ) -> tuple[str, dict[str, Any]]:
-            # HTMLExporter.from_notebook_node up to its BeautifulSoup step (nbconvert 7.16+).
-            langinfo = nb.metadata.get("language_info", {})
-            lexer = langinfo.get("pygments_lexer", langinfo.get("name", None))
-            highlight_code = self.filters.get(
-                "highlight_code", Highlight2HTML(pygments_lexer=lexer, parent=self)
-            )
-            resources = self._init_resources(resources)
-            filter_data_type = WidgetsDataTypeFilter(
-                notebook_metadata=self._nb_metadata, parent=self, resources=resources
-            )
-            self.register_filter("highlight_code", highlight_code)
-            self.register_filter("filter_data_type", filter_data_type)
-            html, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
-            html = _FOCUSABLE.sub(r'\1 tabindex="0"', html)
-            return _IMG_WITHOUT_ALT.sub(f"<img {IMG_ALT}", html), resources
-
-    return NotebookHTMLExporter()
+    quiet = logging.getLogger(f"{__name__}.html")
+    quiet.setLevel(logging.ERROR)
+    return HTMLExporter(log=quiet)
 
 
 def render_html(ipynb: Path) -> Path:
@@ -232,55 +193,6 @@ def render_html(ipynb: Path) -> Path:
     return html
 
 
-KERNEL_PORT_LOCK = Path(tempfile.gettempdir()) / "nbprod-kernel-ports.lock"
-KERNEL_PORT_REGISTRY = Path(tempfile.gettempdir()) / "nbprod-kernel-ports.json"
-# Long enough for any kernel to bind its ports; short enough that ports are not hoarded.
-PORT_RESERVATION_S = 120.0
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((ip, 0))
-        return int(probe.getsockname()[1])
-
-
-def reserve_kernel_ports(ip: str, count: int = 5) -> list[int]:
-    """Pick free ports no other nbprod kernel on this machine has been given recently.
-
-    jupyter_client picks free TCP ports and the kernel binds them a moment later; its port cache
-    is per process, so kernels started in parallel by threads of different processes (Dask
-    workers, two flows) can pick the same ports in that window: papermill's known race
-    ("Address already in use", a kernel that never answers). A registry shared through a file
-    lock closes the window; the lock is held for milliseconds, so startups stay parallel.
-    """
-    with open(KERNEL_PORT_LOCK, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            now = time.time()
-            try:
-                taken = {
-                    int(p): t
-                    for p, t in json.loads(KERNEL_PORT_REGISTRY.read_text()).items()
-                    if t > now
-                }
-            except (OSError, ValueError):
-                taken = {}
-            ports: list[int] = []
-            while len(ports) < count:
-                port = _free_port(ip)
-                if port not in taken and port not in ports:
-                    ports.append(port)
-            taken.update(dict.fromkeys(ports, now + PORT_RESERVATION_S))
-            tmp = KERNEL_PORT_REGISTRY.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(taken))
-            os.replace(tmp, KERNEL_PORT_REGISTRY)
-            return ports
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-# THREAD_VARIABLES: the thread pools a kernel's numeric libraries size from; left alone when the
-# user set them. (The kernel server applies them to libraries it loaded before they were set.)
 _running_lock = threading.Lock()
 _running_kernels = 0
 
@@ -310,86 +222,55 @@ def kernel_threads(cores: int | None = None, running: int | None = None) -> int:
     return max(1, cores // max(1, running))
 
 
+PRESTARTED_ENGINE = "nbprod-prestarted"
+
+
 @functools.cache
-def _ready_on_idle_client() -> type:
-    """jupyter_client's async kernel client, told apart from a ready kernel sooner.
+def prestarted_kernel_engine() -> str:
+    """Register, once, papermill's engine for a kernel started before the notebook; its name.
 
-    Its ``wait_for_ready`` flushes IOPub until 0.2 s pass without a message: a fixed 0.2 s at
-    every kernel start. IOPub is ordered, so the kernel's ``idle`` status for our last
-    ``kernel_info`` request marks the same point: everything before it has been read. Silence
-    (0.2 s, as before) still ends the wait if that status was lost to a slow subscription.
+    papermill's own nbclient engine, given ``km=``, runs the notebook in that kernel and leaves
+    the client nbclient opened on it running; this one closes the client. The kernel is the
+    caller's to stop (:func:`flows.kernels.stop_kernel`).
     """
-    from queue import Empty
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger
 
-    from jupyter_client.asynchronous.client import AsyncKernelClient
-
-    class ReadyOnIdleKernelClient(AsyncKernelClient):  # type: ignore[misc]
-        async def _iopub_flushed_through(self, request_id: str) -> bool:
-            """Read IOPub up to the kernel's idle for ``request_id``; False if IOPub is silent."""
-            received = False
-            while True:
-                try:
-                    msg = await self.iopub_channel.get_msg(timeout=0.2)
-                except Empty:
-                    return received
-                received = True
-                if (
-                    msg["msg_type"] == "status"
-                    and msg["content"].get("execution_state") == "idle"
-                    and msg["parent_header"].get("msg_id") == request_id
-                ):
-                    return True
-
-        async def wait_for_ready(self, timeout: float | None = None) -> None:  # type: ignore[override]
-            deadline = time.monotonic() + (math.inf if timeout is None else timeout)
-            while True:
-                request_id = self.kernel_info()
-                try:
-                    reply = await self.shell_channel.get_msg(timeout=1)
-                except Empty:
-                    pass
-                else:
-                    if reply["msg_type"] == "kernel_info_reply" and (
-                        await self._iopub_flushed_through(request_id)
-                    ):
-                        self._handle_kernel_info_reply(reply)
-                        return
-                if not await self.is_alive():
-                    raise RuntimeError("Kernel died before replying to kernel_info")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
-
-    return ReadyOnIdleKernelClient
-
-
-def reserved_port_kernel_manager(server: KernelServer | None = None) -> type:
-    """A kernel manager whose ports come from :func:`reserve_kernel_ports`, whose kernels get a
-    share of the cores (:func:`kernel_threads`) unless the environment says otherwise, and that
-    start as forks of ``server`` when one is given (:mod:`flows.kernels`)."""
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
-    class ReservedPortKernelManager(AsyncKernelManager):
-        @default("client_factory")
-        def _client_factory_default(self) -> type:
-            return _ready_on_idle_client()
-
-        async def start_kernel(self, **kwargs: Any) -> None:  # type: ignore[override]
-            if server is not None and server.alive and self.provisioner is None:
-                self.kernel_id = self.kernel_id or str(uuid.uuid4())
-                self.provisioner = forking_provisioner(self, server)
-            self.cache_ports = False  # use the reserved ports, not the per-process cache
-            (self.shell_port, self.iopub_port, self.stdin_port, self.hb_port, self.control_port) = (
-                reserve_kernel_ports(self.ip)
+    class PrestartedKernelEngine(NBClientEngine):  # type: ignore[misc]
+        @classmethod
+        def execute_managed_notebook(  # type: ignore[override]
+            cls,
+            nb_man: Any,
+            kernel_name: str,
+            *,
+            km: Any,
+            log_output: bool = False,
+            stdout_file: Any = None,
+            stderr_file: Any = None,
+            start_timeout: int = 60,
+            execution_timeout: int | None = None,
+            **kwargs: Any,
+        ) -> Any:
+            client = PapermillNotebookClient(
+                nb_man,
+                km=km,
+                kernel_name=kernel_name,
+                timeout=execution_timeout,
+                startup_timeout=start_timeout,
+                log=logger,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
             )
-            env = dict(kwargs.get("env") or os.environ)
-            if not any(name in os.environ for name in THREAD_VARIABLES):
-                threads = str(kernel_threads())
-                env.update(dict.fromkeys(THREAD_VARIABLES, threads))
-            kwargs["env"] = env
-            await super().start_kernel(**kwargs)
+            try:
+                return client.execute()
+            finally:
+                if client.kc is not None:
+                    client.kc.stop_channels()
 
-    return ReservedPortKernelManager
+    papermill_engines.register(PRESTARTED_ENGINE, PrestartedKernelEngine)
+    return PRESTARTED_ENGINE
 
 
 def in_own_event_loop(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -426,33 +307,56 @@ def execute_notebook(
 
     A cell error becomes NotebookExecutionError naming the cell; a dead kernel KernelDiedError
     (which the Prefect task retries) and a cell over ``timeout_s`` NotebookTimeoutError, both
-    naming the notebook and the cell that was running. ``warm_kernel``: start the kernel as a
-    fork of this process's kernel server (:mod:`flows.kernels`); checks of reproducibility leave
-    it off, so each run there gets a fresh interpreter.
+    naming the notebook and the cell that was running. ``warm_kernel``: take the kernel this
+    process's pool started ahead for the notebook, its imports done (:mod:`flows.kernels`);
+    checks of reproducibility leave it off, so each run there gets a cold kernel.
     """
     import papermill
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
 
     check_parameters(notebook, parameters)
     executed.parent.mkdir(parents=True, exist_ok=True)
     warm_up_html_rendering()
-    try:
-        with counted_kernel():
-            in_own_event_loop(
-                papermill.execute_notebook,
-                str(notebook),
-                str(executed),
-                parameters=dict(parameters),
+    workdir = cwd or notebook.parent
+    with contextlib.ExitStack() as after:
+        with _notebook_errors(notebook, executed, timeout_s), counted_kernel():
+            manager = kernel_for(
+                notebook,
                 kernel_name=kernel_name,
-                execution_timeout=timeout_s,
-                cwd=str(cwd or notebook.parent),
-                progress_bar=False,
-                log_output=False,
-                kernel_manager_class=reserved_port_kernel_manager(
-                    start_kernel_server([notebook]) if warm_kernel else None
-                ),
+                cwd=workdir,
+                env=kernel_environment(kernel_threads()),
+                warm=warm_kernel,
             )
+            try:
+                in_own_event_loop(
+                    papermill.execute_notebook,
+                    str(notebook),
+                    str(executed),
+                    parameters=dict(parameters),
+                    engine_name=prestarted_kernel_engine(),
+                    km=manager,
+                    kernel_name=kernel_name,
+                    execution_timeout=timeout_s,
+                    cwd=str(workdir),
+                    progress_bar=False,
+                    log_output=False,
+                )
+            finally:
+                # The kernel exits (gracefully: the notebook's open files are flushed) while this
+                # process renders the HTML copy; leaving the stack waits for its exit.
+                after.callback(stop_kernel(manager).result)
+        render_html(executed)
+    return executed
+
+
+@contextlib.contextmanager
+def _notebook_errors(notebook: Path, executed: Path, timeout_s: int) -> Iterator[None]:
+    """papermill's and nbclient's errors as nbprod's (see :func:`execute_notebook`), with the
+    executed notebook rendered to HTML."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        yield
     except PapermillExecutionError as exc:
         render_html(executed)
         first_line = (exc.source or "").strip().splitlines()[:1]
@@ -471,8 +375,6 @@ def execute_notebook(
         if executed.exists():
             render_html(executed)
         raise
-    render_html(executed)
-    return executed
 
 
 def _running_cell(executed: Path) -> tuple[int | None, str]:

@@ -12,7 +12,6 @@ same reason.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -21,7 +20,6 @@ _LOCK = threading.Lock()
 WarmUpQueue = queue.SimpleQueue[tuple[threading.Event, Callable[[], object]]]
 _started: dict[str, threading.Event] = {}
 _queue: WarmUpQueue | None = None
-_owner_pid: int | None = None
 
 
 def _run_warm_ups(work_queue: WarmUpQueue) -> None:
@@ -37,11 +35,10 @@ def _run_warm_ups(work_queue: WarmUpQueue) -> None:
 
 def warm_up(name: str, work: Callable[[], object]) -> None:
     """Queue ``work`` for the warm-up thread, once per process and name."""
-    global _queue, _owner_pid
+    global _queue
     with _LOCK:
-        if _queue is None or _owner_pid != os.getpid():  # first use, or a forked child:
-            _started.clear()  # it has the parent's queue but not its thread
-            _queue, _owner_pid = queue.SimpleQueue(), os.getpid()
+        if _queue is None:
+            _queue = queue.SimpleQueue()
             threading.Thread(
                 target=_run_warm_ups, args=(_queue,), name="nbprod-warm-up", daemon=True
             ).start()
@@ -54,7 +51,7 @@ def warm_up(name: str, work: Callable[[], object]) -> None:
 def wait_for_warm_up(name: str) -> None:
     """Return once ``name``'s warm-up has finished, or at once if it was never started here."""
     with _LOCK:
-        done = _started.get(name) if _owner_pid == os.getpid() else None
+        done = _started.get(name)
     if done is not None:
         done.wait()
 
@@ -66,6 +63,6 @@ def wait_for_all_warm_ups() -> None:
     this process imports next (see the module docstring).
     """
     with _LOCK:
-        events = list(_started.values()) if _owner_pid == os.getpid() else []
+        events = list(_started.values())
     for done in events:
         done.wait()

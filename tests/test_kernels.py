@@ -1,18 +1,23 @@
-"""Warm kernels (flows.kernels): forks of a server that did the imports, started and stopped
-through jupyter_client like any kernel, and indistinguishable from a fresh one to the notebook."""
+"""Warm kernels (flows.kernels): a pool of fresh kernels started ahead of need through
+jupyter_client, their notebook's imports done, indistinguishable from a cold kernel to the
+notebook; nothing in the driver forks, and no kernel outlives its driver."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 from nbclient.exceptions import CellTimeoutError
 from notebook_files import parameterized_notebook
@@ -20,6 +25,8 @@ from notebook_files import parameterized_notebook
 from flows import kernels
 from flows.errors import NotebookTimeoutError
 from flows.notebook import execute_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # What a notebook can observe of its interpreter; "preloaded" is the one intended difference.
 PROBE = """
@@ -37,10 +44,11 @@ info = {
     "sys_path": sys.path,
     "argv0": sys.argv[0],
     "executable": sys.executable,
-    "names": sorted(k for k in globals() if not k.startswith("_")),
+    "names": sorted(globals()),
+    "history": len(In),  # cells run so far (their sources differ by output_dir)
+    "directory_history": [str(d) for d in _dh],
     "env": os.environ.get("NBPROD_PROBE_VALUE"),
     "value": value,
-    "random": float(np.random.random()),
     "pools": sorted({(p["internal_api"], p["num_threads"])
                      for p in threadpoolctl.threadpool_info()}),
 }
@@ -62,11 +70,11 @@ def cell_notebook(folder: Path, *sources: str) -> Path:
 
 
 @pytest.fixture
-def fresh_server() -> Iterator[None]:
-    """Each test gets its own server (the server is per process otherwise)."""
-    kernels.stop_kernel_server()
+def fresh_pool() -> Iterator[None]:
+    """Each test gets its own pool (the pool is per process otherwise)."""
+    kernels.stop_kernel_pool()
     yield
-    kernels.stop_kernel_server()
+    kernels.stop_kernel_pool()
 
 
 def run_probe(folder: Path, notebook: Path, tag: str, *, warm: bool, value: int = 0) -> dict:
@@ -79,6 +87,26 @@ def run_probe(folder: Path, notebook: Path, tag: str, *, warm: bool, value: int 
         timeout_s=120,
     )
     return json.loads((out / "info.json").read_text())
+
+
+def kernel_pid(kernel: kernels.WarmKernel) -> int:
+    kernel.started.result(60)
+    return int(kernel.manager.provisioner.pid)
+
+
+def gone(pids: list[int], timeout: float = 30) -> bool:
+    """Whether every process in ``pids`` exits within ``timeout`` (psutil waits, and reaps a
+    child of this process)."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        proc.kill()
+    return not alive
 
 
 # --- which modules are preloaded ----------------------------------------------------------------
@@ -103,42 +131,170 @@ def test_notebook_imports_skips_unreadable_notebooks(tmp_path: Path) -> None:
     assert kernels.notebook_imports([broken, tmp_path / "missing.ipynb"]) == []
 
 
+def test_the_code_run_in_a_warm_kernel_binds_no_name() -> None:
+    namespace: dict[str, object] = {}
+    exec(kernels.import_code(["json", "no_such_module_here"]), namespace)
+    same = ("/here", {"A": "1"})
+    moved = ("/there", {"A": "2", "OMP_NUM_THREADS": "1"})
+    assert kernels.hand_over_code(same, same) is None
+    code = kernels.hand_over_code(same, moved)
+    assert code is not None and code.startswith("exec(") and "os.chdir('/there')" in code
+    assert set(namespace) == {"__builtins__"}
+
+
 # --- real kernels ---------------------------------------------------------------------------------
 
 
 @pytest.mark.integration
-def test_forked_kernel_looks_like_a_fresh_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
+def test_warm_kernel_looks_like_a_cold_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_pool: None
 ) -> None:
-    monkeypatch.setenv("NBPROD_PROBE_VALUE", "from-the-driver")
+    """The pool's kernel starts here, before its notebook is known (as ``nbprod run`` starts
+    it), then imports the notebook's modules and moves to its folder and environment."""
     nb = make_notebook(tmp_path, PROBE)
-    server = kernels.start_kernel_server([nb])
-    assert server is not None
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set after the server loaded OpenBLAS/OpenMP
+    pool = kernels.start_kernel_pool([None])
+    pool.expect([nb])
+    assert pool.started[0].cwd == os.getcwd() != str(tmp_path)
+    assert pool.started[0].modules.result(0) == [
+        "sys",
+        "json",
+        "os",
+        "pathlib",
+        "numpy",
+        "pandas",
+        "threadpoolctl",
+    ]
+    monkeypatch.setenv("NBPROD_PROBE_VALUE", "set-after-the-kernel-started")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # after the pool's kernel loaded OpenBLAS/OpenMP
     warm = run_probe(tmp_path, nb, "warm", warm=True, value=7)
     cold = run_probe(tmp_path, nb, "cold", warm=False, value=7)
 
-    assert warm["ppid"] == server.process.pid  # forked by the server...
-    assert cold["ppid"] == os.getpid()  # ...while a fresh kernel is this process's child
+    assert warm["pid"] == kernel_pid(pool.started[0]) != cold["pid"]
+    assert warm["ppid"] == cold["ppid"] == os.getpid()  # both this process's own children
     assert warm["preloaded"] and not cold["preloaded"]
-    assert "pandas" in server.imported
-    for key in ("cwd", "sys_path", "argv0", "executable", "names", "env", "value", "pools"):
+    for key in (
+        "cwd",
+        "sys_path",
+        "argv0",
+        "executable",
+        "names",  # the user namespace: nothing left by the imports or the move
+        "history",
+        "directory_history",
+        "env",
+        "value",
+        "pools",
+    ):
         assert warm[key] == cold[key], key
+    assert warm["cwd"] == str(tmp_path)
     assert warm["pools"] and all(threads == 1 for _, threads in warm["pools"])
 
 
 @pytest.mark.integration
-def test_forks_do_not_share_numpy_random_state(tmp_path: Path, fresh_server: None) -> None:
-    nb = make_notebook(tmp_path, PROBE)
-    kernels.start_kernel_server([nb])
-    first = run_probe(tmp_path, nb, "one", warm=True)
-    second = run_probe(tmp_path, nb, "two", warm=True)
-    assert first["ppid"] == second["ppid"] != os.getpid()
-    assert first["random"] != second["random"]
+def test_a_pool_kernel_runs_a_notebook_with_its_imports_and_nothing_forks(
+    tmp_path: Path,
+) -> None:
+    """A driver process (as ``nbprod run``) with an at-fork hook: it starts the pool, runs a
+    parameterized notebook in the pool's kernel via papermill, and never forks."""
+    nb = parameterized_notebook(
+        tmp_path / "fit.ipynb",
+        'rows = 3\noutput_dir = "out"',
+        textwrap.dedent("""
+            import sys
+            preloaded = sorted(m for m in ("pandas", "sklearn.linear_model") if m in sys.modules)
+            import json, os, pathlib
+            import pandas as pd
+            from sklearn.linear_model import LinearRegression
+            frame = pd.DataFrame({"x": range(rows), "y": [2 * x for x in range(rows)]})
+            slope = LinearRegression().fit(frame[["x"]], frame["y"]).coef_[0]
+            pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+            pathlib.Path(output_dir, "fit.json").write_text(json.dumps(
+                {"rows": len(frame), "slope": round(float(slope), 6), "ppid": os.getppid(),
+                 "preloaded": preloaded}))
+        """),
+    )
+    out = tmp_path / "out"
+    driver = textwrap.dedent(f"""
+        import json, os, sys
+        forks = []
+        os.register_at_fork(before=lambda: forks.append(os.getpid()))
+        from pathlib import Path
+        from flows import kernels
+        from flows.notebook import execute_notebook
+        kernels.start_kernel_pool([None]).expect([Path({str(nb)!r})])
+        execute_notebook(Path({str(nb)!r}), Path({str(tmp_path / "run.ipynb")!r}),
+                         {{"rows": 5, "output_dir": {str(out)!r}}}, warm_kernel=True)
+        kernels.stop_kernel_pool()
+        print(json.dumps({{"pid": os.getpid(), "forks": forks,
+                          "numpy": "numpy" in sys.modules}}))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    fit = json.loads((out / "fit.json").read_text())
+    assert report["forks"] == []
+    assert fit == {
+        "rows": 5,
+        "slope": 2.0,
+        "ppid": report["pid"],  # started by the driver with subprocess, not forked
+        "preloaded": ["pandas", "sklearn.linear_model"],
+    }
+
+
+KERNEL_PID_TO_TEST = """
+import os, socket
+with socket.create_connection(("127.0.0.1", port)) as connection:
+    connection.sendall(str(os.getpid()).encode())
+import time
+time.sleep(600)
+"""
+
+
+@pytest.mark.integration
+def test_killing_the_driver_leaves_no_kernel_running(tmp_path: Path) -> None:
+    """jupyter_client gives each kernel its parent's pid (JPY_PARENT_PID), and ipykernel's
+    parent poller exits the kernel once its parent is gone: the one running a notebook and the
+    one the pool started ahead alike."""
+    nb = parameterized_notebook(
+        tmp_path / "long.ipynb", 'port = 0\noutput_dir = "out"', KERNEL_PID_TO_TEST
+    )
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(120)
+    port = listener.getsockname()[1]
+    driver = textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        from flows import kernels
+        from flows.notebook import execute_notebook
+        nb = Path({str(nb)!r})
+        pool = kernels.start_kernel_pool([nb, nb])
+        pool.started[0].started.result(60)
+        print(json.dumps([pool.started[0].manager.provisioner.pid]), flush=True)
+        execute_notebook(nb, Path({str(tmp_path / "run.ipynb")!r}),
+                         {{"port": {port}, "output_dir": "out"}}, warm_kernel=True)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        started_first = json.loads(proc.stdout.readline())
+        connection, _ = listener.accept()
+        with connection:
+            running = int(connection.recv(64).decode())
+        pool_kernels = psutil.Process(proc.pid).children()
+        assert running in started_first + [c.pid for c in pool_kernels]
+        assert len(pool_kernels) == 2  # the notebook's kernel and the next run's, started ahead
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        listener.close()
+    assert gone([c.pid for c in pool_kernels] + [running])
 
 
 # Left for the interpreter's exit: an unclosed buffered file, an atexit handler, a cycle with a
-# finaliser. A fork exits without the interpreter's teardown; all three must still happen.
+# finaliser. The kernel is shut down gracefully: all three must happen.
 AT_EXIT = """
 import atexit, pathlib
 out = pathlib.Path(output_dir)
@@ -155,31 +311,12 @@ cycle = Finalised(out / "finalised.txt")
 """
 
 
-AT_EXIT_FILES = {
-    "atexit.txt": "ran",
-    "finalised.txt": "collected",
-    "unclosed.txt": "buffered, never closed",
-}
-
-# ipykernel's shutdown race, made certain: its control thread is still busy when the exit path
-# joins it (in the race: flushing stdout into the stopped IOPub thread, for up to 10 s).
-BUSY_CONTROL_THREAD_AT_EXIT = """
-import time
-control_thread = get_ipython().kernel.control_thread
-atexit.register(lambda: control_thread.io_loop.add_callback(time.sleep, 60))
-"""
-
-
-def files_written(folder: Path) -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
-
-
 @pytest.mark.integration
-def test_a_forked_kernel_finalises_the_notebook_at_exit_like_a_fresh_interpreter(
-    tmp_path: Path, fresh_server: None
+def test_a_warm_kernel_finalises_the_notebook_at_exit_like_a_fresh_interpreter(
+    tmp_path: Path, fresh_pool: None
 ) -> None:
     nb = make_notebook(tmp_path, AT_EXIT)
-    kernels.start_kernel_server([nb])
+    kernels.start_kernel_pool([nb])
     execute_notebook(
         nb, tmp_path / "warm.ipynb", {"output_dir": str(tmp_path / "warm")}, warm_kernel=True
     )
@@ -187,63 +324,23 @@ def test_a_forked_kernel_finalises_the_notebook_at_exit_like_a_fresh_interpreter
     subprocess.run(
         [sys.executable, "-c", f"output_dir = {str(fresh)!r}\n{AT_EXIT}"], check=True, timeout=60
     )
-    assert files_written(tmp_path / "warm") == files_written(fresh) == AT_EXIT_FILES
+    written = {p.name: p.read_text() for p in sorted((tmp_path / "warm").iterdir())}
+    assert written == {p.name: p.read_text() for p in sorted(fresh.iterdir())}
+    assert written == {
+        "atexit.txt": "ran",
+        "finalised.txt": "collected",
+        "unclosed.txt": "buffered, never closed",
+    }
 
 
 @pytest.mark.integration
-def test_a_busy_control_thread_does_not_hold_a_forked_kernels_exit(
-    tmp_path: Path, fresh_server: None
-) -> None:
-    """Without the fix the kernel hangs in ipykernel's socket teardown until jupyter_client's
-    SIGTERM, before the last collection: the finaliser never runs."""
-    nb = make_notebook(tmp_path, AT_EXIT + BUSY_CONTROL_THREAD_AT_EXIT)
-    kernels.start_kernel_server([nb])
-    out = tmp_path / "out"
-    execute_notebook(nb, tmp_path / "warm.ipynb", {"output_dir": str(out)}, warm_kernel=True)
-    assert files_written(out) == AT_EXIT_FILES
-
-
-@pytest.mark.integration
-def test_a_ready_kernel_has_no_start_up_messages_left_to_read(fresh_server: None) -> None:
-    """The client's wait for a ready kernel reads IOPub through its last kernel_info."""
-    import asyncio
-
-    from flows.notebook import reserved_port_kernel_manager
-
-    manager = reserved_port_kernel_manager(kernels.start_kernel_server([]))(kernel_name="python3")
-
-    async def session() -> tuple[bool, list[str]]:
-        await manager.start_kernel()
-        client = manager.client()
-        client.start_channels()
-        try:
-            await client.wait_for_ready(timeout=60)
-            left_over = await client.iopub_channel.msg_ready()
-            request = client.execute("print(6 * 7)")
-            seen = []
-            while True:
-                msg = await client.iopub_channel.get_msg(timeout=30)
-                assert msg["parent_header"].get("msg_id") == request  # nothing from before
-                seen.append(msg["msg_type"])
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    return left_over, seen
-        finally:
-            client.stop_channels()
-            await manager.shutdown_kernel()
-
-    left_over, seen = asyncio.run(session())
-    assert not left_over
-    assert seen[0] == "status" and "stream" in seen
-
-
-@pytest.mark.integration
-def test_forked_kernel_death_is_reported_not_hung(tmp_path: Path, fresh_server: None) -> None:
+def test_warm_kernel_death_is_reported_not_hung(tmp_path: Path, fresh_pool: None) -> None:
     from nbclient.exceptions import DeadKernelError
 
     from flows.errors import KernelDiedError
 
     nb = make_notebook(tmp_path, "import os\nos._exit(3)")
-    kernels.start_kernel_server([nb])
+    kernels.start_kernel_pool([nb])
     with pytest.raises(KernelDiedError) as info:
         execute_notebook(
             nb, tmp_path / "dead.ipynb", {"output_dir": "out"}, warm_kernel=True, timeout_s=60
@@ -252,9 +349,10 @@ def test_forked_kernel_death_is_reported_not_hung(tmp_path: Path, fresh_server: 
 
 
 @pytest.mark.integration
-def test_forked_kernel_is_interrupted_on_cell_timeout(tmp_path: Path, fresh_server: None) -> None:
+def test_warm_kernel_is_interrupted_on_cell_timeout(tmp_path: Path, fresh_pool: None) -> None:
     nb = make_notebook(tmp_path, "import time\nfor _ in range(600):\n    time.sleep(0.1)")
-    kernels.start_kernel_server([nb])
+    pool = kernels.start_kernel_pool([nb])
+    pid = kernel_pid(pool.started[0])
     started = time.monotonic()
     with pytest.raises(NotebookTimeoutError) as info:
         execute_notebook(
@@ -262,118 +360,85 @@ def test_forked_kernel_is_interrupted_on_cell_timeout(tmp_path: Path, fresh_serv
         )
     assert isinstance(info.value.__cause__, CellTimeoutError)
     assert time.monotonic() - started < 45  # interrupted and shut down, not left to run 60 s
+    assert gone([pid], timeout=0)
 
 
 @pytest.mark.integration
 def test_a_different_interpreter_environment_gets_a_fresh_kernel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_pool: None
 ) -> None:
     nb = make_notebook(tmp_path, PROBE)
-    server = kernels.start_kernel_server([nb])
-    assert server is not None
+    pool = kernels.start_kernel_pool([nb])
+    started_ahead = kernel_pid(pool.started[0])
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # changes sys.path at interpreter start
     info = run_probe(tmp_path, nb, "refused", warm=True)
-    assert info["ppid"] == os.getpid()
-    assert str(tmp_path) in info["sys_path"]
+    assert not info["preloaded"] and str(tmp_path) in info["sys_path"]
+    assert gone([started_ahead])  # the pool's kernel is stopped, not left over
 
 
 @pytest.mark.integration
-def test_a_dead_server_is_never_asked_and_the_next_run_replaces_it(
-    tmp_path: Path, fresh_server: None
+def test_a_pool_kernel_that_died_is_replaced_by_a_fresh_one(
+    tmp_path: Path, fresh_pool: None
 ) -> None:
     nb = make_notebook(tmp_path, PROBE)
-    server = kernels.start_kernel_server([nb])
-    assert server is not None
-    server.process.kill()
-    server.process.wait()
-    with pytest.raises(kernels.KernelServerRefused):
-        server.fork(["python", "-m", "ipykernel_launcher"], dict(os.environ), str(tmp_path))
+    pool = kernels.start_kernel_pool([nb])
+    dead = kernel_pid(pool.started[0])
+    os.kill(dead, signal.SIGKILL)
     info = run_probe(tmp_path, nb, "after", warm=True)
-    replacement = kernels.active_kernel_server()
-    assert replacement is not None and replacement is not server
-    assert info["ppid"] == replacement.process.pid
+    assert info["pid"] != dead and not info["preloaded"]
 
 
 @pytest.mark.integration
-def test_a_forked_kernel_exits_when_its_server_does(tmp_path: Path, fresh_server: None) -> None:
-    """No orphans: the driver's exit closes the server, and ipykernel's poller ends the kernel."""
-    import asyncio
-
-    from flows.notebook import reserved_port_kernel_manager
-
-    server = kernels.start_kernel_server([])
-    assert server is not None
-    manager = reserved_port_kernel_manager(server)(kernel_name="python3")
-
-    async def start() -> int:
-        await manager.start_kernel()
-        return int(manager.provisioner.pid)
-
-    pid = asyncio.run(start())
-    assert isinstance(manager.provisioner.process, kernels.ForkedKernelProcess)
-    os.kill(pid, 0)  # running
-    kernels.stop_kernel_server()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"kernel {pid} outlived its fork server")
-
-
-def test_nbprod_run_prestarts_the_server_unless_turned_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
-) -> None:
-    """The spec's notebooks (any names, any folder) are what the server preloads."""
-    from flows.cli import prestart_kernels
-
-    monkeypatch.setenv("NBPROD_PROJECT_DIR", str(tmp_path))
-    parameterized_notebook(tmp_path / "work" / "load.ipynb", 'output_dir = "out"', "import json")
-    parameterized_notebook(tmp_path / "work" / "fit.ipynb", 'output_dir = "out"', "import decimal")
-    (tmp_path / "deployments").mkdir()
-    (tmp_path / "deployments" / "chain.yaml").write_text(
-        "name: chain\nflow: notebook\nnotebooks: [work/load.ipynb, work/fit.ipynb]\n"
-    )
-    prestart_kernels("deployments/chain.yaml")
-    server = kernels.active_kernel_server()
-    assert server is not None and {"json", "decimal", *kernels.KERNEL_MODULES} <= server.modules
-
-    kernels.stop_kernel_server()
-    monkeypatch.setenv("NBPROD_WARM_KERNELS", "false")
-    prestart_kernels("deployments/chain.yaml")
-    assert kernels.active_kernel_server() is None
-    assert server.process.poll() is not None  # the stopped server is gone, not orphaned
-
-
-@pytest.mark.integration
-def test_a_server_too_slow_to_answer_means_a_fresh_kernel_and_no_stray_fork(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_server: None
+def test_a_pool_kernel_too_slow_to_import_is_replaced_and_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     modules = tmp_path / "modules"
     modules.mkdir()
-    (modules / "nbprod_slow_import.py").write_text("import time\ntime.sleep(6)\n")
+    (modules / "nbprod_slow_import.py").write_text("import time\ntime.sleep(600)\n")
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(modules), os.environ.get("PYTHONPATH", "")])
     )
-    monkeypatch.setattr(kernels, "FORK_TIMEOUT_S", 1.0)
     nb = make_notebook(tmp_path, PROBE)
-    server = kernels.start_kernel_server([nb])
-    assert server is not None
-    server.preload(["nbprod_slow_import"])  # the fork request queues behind this import
+    pool = kernels.KernelPool(ready_timeout_s=1.0)
+    pool.expect([None])
+    slow = pool.started[0]
+    slow.assign(["nbprod_slow_import"])  # the run would wait on this import
+    slow_pid = kernel_pid(slow)
+    manager = pool.take(nb, "python3", tmp_path, kernels.kernel_environment(1))
+    try:
+        assert manager is not slow.manager  # it gave up on that kernel: a fresh one instead
+        assert gone([slow_pid])  # and stopped it
+    finally:
+        asyncio.run(manager.shutdown_kernel(now=True))
 
-    info = run_probe(tmp_path, nb, "impatient", warm=True)
-    assert info["ppid"] == os.getpid()  # gave up on the server, started a fresh kernel
 
-    deadline = time.monotonic() + 60  # the server forks once the import ends; that fork dies
-    while time.monotonic() < deadline:
-        forked = [pid for pid, count in server._forks.items() if count]
-        if forked and all(server.exit_code(pid, 1) is not None for pid in forked):
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the late fork was not stopped: forks {server._forks}, exits {server._exits}")
-    assert [server.exit_code(pid, 1) for pid in forked] == [-signal.SIGKILL]
+def test_nbprod_run_prestarts_the_pool_unless_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_pool: None
+) -> None:
+    """The spec's notebooks (any names, any folder), once per grid point, are what the pool
+    expects; its first kernel started before the spec was read and imports the first's."""
+    from flows.cli import prestart_kernels
+
+    monkeypatch.setenv("NBPROD_PROJECT_DIR", str(tmp_path))
+    load = parameterized_notebook(
+        tmp_path / "work" / "load.ipynb", 'output_dir = "out"', "import json"
+    )
+    fit = parameterized_notebook(
+        tmp_path / "work" / "fit.ipynb", 'value = 1\noutput_dir = "out"', "import decimal"
+    )
+    (tmp_path / "deployments").mkdir()
+    (tmp_path / "deployments" / "chain.yaml").write_text(
+        "name: chain\nflow: notebook\nnotebooks: [work/load.ipynb, work/fit.ipynb]\n"
+        "grid:\n  fit:\n    value: [1, 2]\n"
+    )
+    prestart_kernels("deployments/chain.yaml")
+    pool = kernels.active_kernel_pool()
+    assert pool is not None and pool.expected() == [load.resolve(), fit.resolve(), fit.resolve()]
+    assert len(pool.started) == 1 and pool.started[0].modules.result(0) == ["json"]
+    first = kernel_pid(pool.started[0])
+
+    kernels.stop_kernel_pool()
+    assert gone([first])  # the stopped pool's kernel is gone, not orphaned
+    monkeypatch.setenv("NBPROD_WARM_KERNELS", "false")
+    prestart_kernels("deployments/chain.yaml")
+    assert kernels.active_kernel_pool() is None

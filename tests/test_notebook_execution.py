@@ -164,27 +164,6 @@ def test_kernels_started_in_parallel_do_not_race(tmp_path: Path) -> None:
     assert executed.metadata["papermill"]["exception"] is None
 
 
-def test_port_reservations_never_overlap_across_processes() -> None:
-    """Two processes reserving at once never get the same port (the registry is shared)."""
-    import json as _json
-    import subprocess
-    import sys
-
-    code = (
-        "import json; from flows.notebook import reserve_kernel_ports; "
-        "print(json.dumps([reserve_kernel_ports('127.0.0.1') for _ in range(20)]))"
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
-    ports = [
-        p for proc in procs for batch in _json.loads(proc.communicate(timeout=60)[0]) for p in batch
-    ]
-    assert len(ports) == 3 * 20 * 5
-    assert len(set(ports)) == len(ports)
-
-
 THREADS_BODY = """
 import os, pathlib
 pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -206,7 +185,7 @@ def test_kernel_gets_its_share_of_threads_unless_the_user_chose(
 ) -> None:
     import os
 
-    from flows.kernel_server import THREAD_VARIABLES
+    from flows.kernels import THREAD_VARIABLES
 
     for name in THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import uuid
 
@@ -73,23 +72,3 @@ def test_waiting_for_all_warm_ups_waits_for_every_one_started() -> None:
     waiter.join(timeout=60)
     assert not waiter.is_alive() and ran == [first, second]
     wait_for_all_warm_ups()  # nothing left: returns at once
-
-
-def _warm_up_in_child(name: str) -> None:
-    ran: list[str] = []
-    warm_up(name, lambda: ran.append(name))
-    wait_for_warm_up(name)
-    raise SystemExit(0 if ran == [name] else 3)
-
-
-def test_a_forked_child_gets_its_own_warm_up_thread() -> None:
-    """A fork copies the queue but not the thread: without a new one the child would hang."""
-    warm_up(unique("parent"), lambda: None)  # the parent's thread and queue exist
-    child = multiprocessing.get_context("fork").Process(
-        target=_warm_up_in_child, args=(unique("child"),)
-    )
-    child.start()
-    child.join(timeout=60)
-    if child.is_alive():
-        child.kill()
-    assert child.exitcode == 0

@@ -69,7 +69,8 @@ def plain_local_root(url: str) -> str | None:
     """The folder a plain POSIX path names, as fsspec's local filesystem spells it, else None.
 
     Why not ask fsspec: importing it takes 0.1-0.17 s, which ``nbprod runs`` or ``champion``
-    on a plain path need not pay until files are listed or copied. Same result as ``fsspec.core.url_to_fs(url)[1]`` (tests/test_store.py compares).
+    on a plain path need not pay until files are listed or copied. Same result as
+    ``fsspec.core.url_to_fs(url)[1]`` (tests/test_store.py compares).
     """
     if os.sep != "/" or "://" in url or "::" in url or url.startswith(("file:", "local:")):
         return None

@@ -112,14 +112,19 @@ def run_flow_from_cli(args: argparse.Namespace, flow_name: str, **arguments: Any
     """
     if args.dask is None:
         prestart_kernels(args.spec)
-    from flows import pipeline
+    from flows import pipeline, progress
     from flows.prefect_settings import command_flow_settings
 
     flow_fn = getattr(pipeline, flow_name)
     if args.dask is not None:
         flow_fn = flow_fn.with_options(task_runner=dask_task_runner(args.dask))
     verbose = getattr(args, "verbose", False)
-    with console.run_errors_on_console(verbose), command_flow_settings():
+    show_live = progress.wanted() and not getattr(args, "json", False)
+    with (
+        console.run_errors_on_console(verbose),
+        command_flow_settings(),
+        progress.live_status(show_live),
+    ):
         record = flow_fn(
             spec=args.spec,
             no_cache=args.no_cache,

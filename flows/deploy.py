@@ -43,7 +43,7 @@ def check_server(url: str) -> None:
         problem = client.api_healthcheck()
     if problem is not None:
         raise DeployError(
-            f"no healthy Prefect server at {url} ({problem}): start it "
+            f"no Prefect server reachable at {url} ({problem}): start it "
             "(prefect server start --host 127.0.0.1) or fix PREFECT_API_URL"
         )
 

@@ -29,6 +29,7 @@ from flows.errors import (
     ParameterError,
 )
 from flows.kernels import kernel_environment, kernel_for, stop_kernel
+from flows.progress import cell_counter
 from flows.pysource import parse_source
 from flows.warmup import warm_up
 
@@ -262,6 +263,7 @@ def prestarted_kernel_engine() -> str:
                 log_output=log_output,
                 stdout_file=stdout_file,
                 stderr_file=stderr_file,
+                on_cell_executed=kwargs.get("on_cell_executed"),
             )
             try:
                 return client.execute()
@@ -291,6 +293,15 @@ def in_own_event_loop(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         for value in context.values():
             if isinstance(value, asyncio.AbstractEventLoop) and not value.is_running():
                 value.close()
+
+
+def code_cell_count(notebook: Path) -> int:
+    """The notebook's code cells (papermill adds its injected-parameters cell to these)."""
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError):
+        return 0
+    return sum(1 for cell in cells if cell.get("cell_type") == "code")
 
 
 def execute_notebook(
@@ -339,6 +350,7 @@ def execute_notebook(
                     cwd=str(workdir),
                     progress_bar=False,
                     log_output=False,
+                    on_cell_executed=cell_counter(notebook.name, code_cell_count(notebook) + 1),
                 )
             finally:
                 # The kernel exits (gracefully: the notebook's open files are flushed) while this

@@ -19,6 +19,8 @@ from typing import Any
 from flows.errors import NbprodError, PackagingError, RunStoreError
 from flows.faults import checkpoint
 from flows.gc import PROCESS_FILE, process_record
+from flows.links import public_url
+from flows.progress import show_step
 from flows.run_records import new_version_id, utc_now
 from flows.settings import NbprodSettings, load_settings
 from flows.store import ChampionMove, RunStore
@@ -59,6 +61,7 @@ class Run:
         """Name the step in progress: a failure is recorded against it."""
         self.step = step
         checkpoint(f"step:{step}")
+        show_step(step)
 
     def put_json(self, rel: str, obj: Any) -> None:
         self.store.put_json(self.version, rel, obj)
@@ -66,7 +69,7 @@ class Run:
     def put_file(self, rel: str, path: Path, link: str | None = None) -> None:
         self.store.put_file(self.version, rel, path)
         if link:
-            self.links[link] = self.store.uri(self.version, rel)
+            self.links[link] = public_url(self.store, self.version, rel)
 
 
 def begin(
@@ -218,7 +221,7 @@ def _link_and_publish(run: Run, record: dict[str, Any]) -> None:
     if cause:
         try:
             run.store.add_followup(cause, followup_record(record))
-            run.links[f"monitoring run {cause}"] = run.store.uri(cause, "run.json")
+            run.links[f"monitoring run {cause}"] = public_url(run.store, cause)
         except (OSError, RunStoreError) as exc:
             logger.warning(
                 "could not link run %s to monitoring run %s: %s", record["version"], cause, exc

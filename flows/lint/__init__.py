@@ -2,7 +2,8 @@
 
 Static so it is cheap enough to run before every ``promote`` and in an editor loop, and catches
 what one successful run hides: state left from an earlier session, a path only on the author's
-machine, a random draw that differs on every run. Rules live in one module each and run from
+machine, a random draw that differs on every run. Generic Python checks come from ruff
+(:mod:`flows.lint.generic`); nbprod's own rules live in one module each and run from
 :mod:`flows.lint.registry`; :mod:`flows.lint.command` is the CLI.
 """
 

@@ -1,14 +1,14 @@
-"""A notebook's code cells, read once: IPython syntax rewritten as Python and parsed.
+"""A notebook read once: its JSON, its kernel language, its code cells parsed as Python.
 
 Cells are numbered from 0 over *all* cells (markdown included), the numbering papermill uses in
-its errors, so "cell 4" points at the same cell everywhere.
+its errors, so "cell 4" points at the same cell everywhere. Reading never fails on odd content:
+tags written as a string, a lone surrogate, a cell IPython cannot transform.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +20,11 @@ from flows.pysource import parse_source
 
 # Cell magics whose body is Python run in the user namespace: analysed like plain code.
 PYTHON_BODY_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class NotebookWriteError(LintError):
+    """``--fix`` could not write the notebook back (nothing was changed)."""
 
 
 @dataclass
@@ -30,9 +35,8 @@ class Cell:
     source: str
     tags: list[str]
     execution_count: int | None
+    tags_malformed: bool = False  # tags stored as a string instead of a list
     tree: ast.Module | None = None
-    syntax_error: str | None = None
-    syntax_line: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,11 @@ class Notebook:
     raw: dict[str, Any]
     cells: list[Cell]
     params: Cell | None
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (valid JSON, not encodable) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 @lru_cache(maxsize=1)
@@ -99,17 +108,7 @@ def _expand(tree: ast.Module) -> ast.Module:
     for stmt in tree.body:
         magic = magic_call(stmt.value) if isinstance(stmt, ast.Expr) else None
         if magic and magic.kind == "cell" and magic.name in PYTHON_BODY_MAGICS:
-            if magic.name == "capture":
-                names = [t for t in magic.line.split() if not t.startswith("-")]
-                if names and names[0].isidentifier():
-                    captured = parse_source(f"{names[0]} = None").body[0]
-                    ast.increment_lineno(captured, stmt.lineno - 1)
-                    body.append(captured)
-            try:
-                inner = parse_source(_to_python(magic.body))
-            except SyntaxError as exc:  # report the line within the cell, not the body
-                exc.lineno = (exc.lineno or 0) + stmt.lineno
-                raise
+            inner = parse_source(_to_python(magic.body))
             ast.increment_lineno(inner, stmt.lineno)  # the body starts on the next line
             body.extend(_expand(inner).body)
         elif magic and magic.kind == "line" and magic.name in PYTHON_BODY_MAGICS:
@@ -128,25 +127,34 @@ def _expand(tree: ast.Module) -> ast.Module:
     return ast.Module(body=body, type_ignores=[])
 
 
-def _parse_cell(cell: Cell) -> None:
+def parse_cell(source: str) -> ast.Module | None:
+    """The cell as the Python the kernel runs, or None when it does not parse (ruff reports
+    syntax errors; nbprod's own rules skip such a cell)."""
     try:
-        cell.tree = _expand(parse_source(_to_python(cell.source)))
-    except SyntaxError as exc:
-        cell.syntax_error = exc.msg
-        cell.syntax_line = exc.lineno
-    except Exception as exc:  # IPython's transformer raising on odd input
-        cell.syntax_error = f"{type(exc).__name__}: {exc}"
+        return _expand(parse_source(_to_python(clean_text(source))))
+    except Exception:  # SyntaxError, or IPython's transformer raising on odd input
+        return None
 
 
 def load_notebook(path: Path) -> dict[str, Any]:
-    """The notebook's JSON. Raises LintError when it is missing or not nbformat 4."""
+    """The notebook's JSON. Raises LintError when it is missing or not an nbformat-4 notebook."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise LintError(f"notebook {path} not found: check the path") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise LintError(f"notebook {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LintError(
+            f"notebook {path} is not UTF-8 (byte {exc.start}): save it again from Jupyter"
+        ) from exc
+    except json.JSONDecodeError as exc:
         raise LintError(f"notebook {path} is not valid .ipynb JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("nbformat", 0) < 4 or "cells" not in raw:
+    cells = raw.get("cells") if isinstance(raw, dict) else None
+    nbformat = raw.get("nbformat", 0) if isinstance(raw, dict) else 0
+    if not isinstance(cells, list) or not isinstance(nbformat, int) or nbformat < 4:
         raise LintError(
             f"notebook {path} is not in nbformat 4: convert it with "
             "`jupyter nbconvert --to notebook --inplace` first"
@@ -154,24 +162,63 @@ def load_notebook(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def cell_tags(cell: dict[str, Any]) -> tuple[list[str], bool]:
+    """The cell's tags, and whether they were stored as a string (papermill still finds
+    ``"tags": "parameters"``, by substring; Jupyter's schema wants a list)."""
+    tags = _mapping(cell.get("metadata")).get("tags")
+    if isinstance(tags, str):
+        return [t for t in re.split(r"[\s,]+", tags) if t], True
+    if isinstance(tags, list):
+        return [t for t in tags if isinstance(t, str)], False
+    return [], False
+
+
+def cell_source(cell: dict[str, Any]) -> str:
+    """The cell's source as one string (nbformat stores a string or a list of lines)."""
+    source = cell.get("source", "")
+    if isinstance(source, list):
+        return "".join(s for s in source if isinstance(s, str))
+    return source if isinstance(source, str) else ""
+
+
 def read_cells(raw: dict[str, Any]) -> list[Cell]:
-    """The notebook's code cells, each parsed (or carrying its syntax error)."""
+    """The notebook's code cells, each parsed (tree None when it does not parse)."""
     cells: list[Cell] = []
     for index, cell in enumerate(raw["cells"]):
-        if cell.get("cell_type") != "code":
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
-        src = cell.get("source", "")
-        source = "".join(src) if isinstance(src, list) else str(src)
         count = cell.get("execution_count")
-        parsed = Cell(
-            index=index,
-            source=source,
-            tags=list((cell.get("metadata") or {}).get("tags") or []),
-            execution_count=count if isinstance(count, int) else None,
+        tags, malformed = cell_tags(cell)
+        source = cell_source(cell)
+        cells.append(
+            Cell(
+                index=index,
+                source=source,
+                tags=tags,
+                execution_count=count if isinstance(count, int) and count > 0 else None,
+                tags_malformed=malformed,
+                tree=parse_cell(source),
+            )
         )
-        _parse_cell(parsed)
-        cells.append(parsed)
     return cells
+
+
+def kernel_language(raw: dict[str, Any]) -> tuple[str | None, str]:
+    """(language, kernel name) from the notebook's metadata; language None when not recorded."""
+    metadata = _mapping(raw.get("metadata"))
+    spec, info = _mapping(metadata.get("kernelspec")), _mapping(metadata.get("language_info"))
+    language = spec.get("language") or info.get("name")
+    name = str(spec.get("name") or spec.get("display_name") or "")
+    return (str(language) if language else None), name
+
+
+def is_python(language: str) -> bool:
+    """Whether a kernel language is Python (``python``, ``python3``, ``Python``...)."""
+    return language.strip().lower().removeprefix("i").startswith("python")
 
 
 def project_root(notebook: Path) -> Path:
@@ -184,10 +231,18 @@ def project_root(notebook: Path) -> Path:
 
 
 def write_back(path: Path, raw: dict[str, Any]) -> None:
-    """Rewrite the notebook keeping its key order and indentation; atomic replace."""
-    text = path.read_text(encoding="utf-8")
-    match = re.match(r"\{\s*\n( +)", text)
-    indent = len(match.group(1)) if match else 1
-    tmp = path.with_name(f".{path.name}.lint-fix")
-    tmp.write_text(json.dumps(raw, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Rewrite the notebook keeping its key order, indentation and escaping; atomic replace
+    (temp file in the same folder, fsync, rename; nothing left behind on failure)."""
+    from flows.atomic import write_atomic
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        match = re.match(r"\{\s*\n( +)", text)
+        indent = len(match.group(1)) if match else 1
+        ascii_only = text.isascii() and "\\u" in text  # the file escaped non-ASCII characters
+        out = json.dumps(raw, indent=indent, ensure_ascii=ascii_only)
+        # Lone surrogates cannot be encoded: write them as the JSON escapes they were read from.
+        out = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
+        write_atomic(path, (out + ("\n" if text.endswith("\n") else "")).encode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NotebookWriteError(f"could not write {path}: {exc}; the file is unchanged") from exc

@@ -17,6 +17,8 @@ from flows.lint.registry import lint_notebook
 
 def render_report(report: LintReport) -> str:
     """Human-readable report: one block per finding, fixes indented under it."""
+    if report.skipped:
+        return f"{report.notebook}: skipped: {report.skipped}"
     n_err, n_warn = len(report.errors), len(report.warnings)
     lines = [f"fixed: {action}" for action in report.fixed]
     if not report.findings:
@@ -33,8 +35,18 @@ def render_report(report: LintReport) -> str:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    """Lint one notebook and print the report; exit status 1 when it has errors."""
-    report = lint_notebook(args.notebook, fix=args.fix)
+    """Lint one notebook and print the report. Exit status: 0 no errors (warnings allowed),
+    1 errors found or ``--fix`` could not write, 2 the path is not a readable notebook."""
+    from flows.errors import LintError
+    from flows.lint.cells import NotebookWriteError
+    from flows.options import UsageError
+
+    try:
+        report = lint_notebook(args.notebook, fix=args.fix)
+    except NotebookWriteError:
+        raise
+    except LintError as exc:
+        raise UsageError(str(exc)) from exc
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -80,12 +92,15 @@ def register_commands(subparsers: Any) -> None:
     lint = subparsers.add_parser(
         "lint",
         help="check a notebook is pipeline-ready and reproducible (static; no kernel)",
+        description="Check a notebook is pipeline-ready and reproducible, without running it. "
+        "Exit status: 0 no errors (warnings allowed), 1 errors, 2 not a readable notebook.",
     )
     lint.add_argument("notebook", type=Path, help="the .ipynb file")
     lint.add_argument(
         "--fix",
         action="store_true",
-        help="tag the first cell of plain assignments as 'parameters' if no cell is tagged",
+        help="write tags given as a string as a list; tag the first cell of plain assignments "
+        "(before any real work) as 'parameters' if no cell is tagged",
     )
     lint.add_argument("--json", action="store_true", help="machine-readable output")
     lint.set_defaults(func=cmd_lint)

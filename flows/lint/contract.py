@@ -1,6 +1,5 @@
 """Notebook contract rules: what papermill and the pipeline need from every notebook.
 
-- ``syntax``: error. A code cell does not parse, even after IPython's magic transformation.
 - ``kernel-metadata-missing``: error. Neither ``metadata.kernelspec.language`` nor
   ``metadata.language_info.name`` is set: papermill refuses to run such a notebook.
 - ``output-dir-missing``: error. No ``output_dir`` parameter (the notebook contract).
@@ -8,17 +7,14 @@
 
 from __future__ import annotations
 
-from flows.lint.cells import Notebook
+from flows.lint.cells import Notebook, kernel_language
 from flows.lint.findings import Finding
 from flows.lint.parameters import parameter_names
 
 
 def check_kernel_metadata(notebook: Notebook) -> list[Finding]:
     """kernel-metadata-missing."""
-    metadata = notebook.raw.get("metadata") or {}
-    language = (metadata.get("kernelspec") or {}).get("language") or (
-        metadata.get("language_info") or {}
-    ).get("name")
+    language, _ = kernel_language(notebook.raw)
     if language:
         return []
     return [
@@ -31,22 +27,6 @@ def check_kernel_metadata(notebook: Notebook) -> list[Finding]:
             "open it in Jupyter, select the Python 3 kernel and save (this writes "
             "metadata.kernelspec)",
         )
-    ]
-
-
-def check_syntax(notebook: Notebook) -> list[Finding]:
-    """syntax: one finding per cell that does not parse."""
-    return [
-        Finding(
-            "syntax",
-            "error",
-            cell.index,
-            f"does not parse: {cell.syntax_error} (after IPython magic transformation)",
-            "fix the syntax; the cell's names are assumed defined until it parses",
-            cell.syntax_line,
-        )
-        for cell in notebook.cells
-        if cell.syntax_error is not None
     ]
 
 

@@ -1,7 +1,9 @@
 """The rule registry and the entry point that runs it on one notebook.
 
-Nothing here starts a kernel or imports the notebook's libraries; ``nbprod repro``
-(flows.repro) is the dynamic counterpart. Each rule module's docstring lists its rules.
+No kernel starts: generic Python checks come from ruff (flows.lint.generic), nbprod's own rules
+read the parsed cells, and randomness checks build and fit scikit-learn-style estimators on a
+tiny synthetic problem (flows.lint.estimators). ``nbprod repro`` (flows.repro) is the dynamic
+counterpart. Each rule module's docstring lists its rules.
 """
 
 from __future__ import annotations
@@ -9,10 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.lint.cells import Notebook, load_notebook, read_cells, write_back
-from flows.lint.contract import check_kernel_metadata, check_outputs, check_syntax
+from flows.lint.cells import (
+    Notebook,
+    is_python,
+    kernel_language,
+    load_notebook,
+    read_cells,
+    write_back,
+)
+from flows.lint.contract import check_kernel_metadata, check_outputs
+from flows.lint.credentials import check_output_secrets
 from flows.lint.findings import Finding, LintReport
-from flows.lint.hidden_state import check_execution_order, check_names
+from flows.lint.generic import check_generic
+from flows.lint.hidden_state import check_execution_order
 from flows.lint.parameters import check_parameters, fix_parameters, parameters_cell
 from flows.lint.reproducibility import check_code
 
@@ -21,12 +32,12 @@ Rule = Callable[[Notebook], list[Finding]]
 # Every rule, in the order it runs; findings are sorted by place afterwards.
 RULES: tuple[Rule, ...] = (
     check_kernel_metadata,
-    check_syntax,
+    check_generic,
     check_parameters,
     check_execution_order,
-    check_names,
     check_code,
     check_outputs,
+    check_output_secrets,
 )
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1}
@@ -44,18 +55,28 @@ def run_rules(notebook: Notebook) -> list[Finding]:
 def lint_notebook(path: Path, *, fix: bool = False) -> LintReport:
     """Check one notebook against the notebook contract and the reproducibility rules.
 
-    With ``fix``, a missing parameters tag is added to the first cell of plain assignments and
-    the notebook is written back (everything else untouched); findings describe the result.
-    Raises LintError when the file is missing or not an nbformat-4 notebook.
+    A notebook of a non-Python kernel is not checked (``report.skipped`` says so). With
+    ``fix``, tags written as a string become a list and a missing parameters tag is added to
+    the first cell of plain assignments before any real work; the notebook is then written back
+    atomically (everything else untouched) and findings describe the result. Raises LintError
+    when the file is missing or not an nbformat-4 notebook, NotebookWriteError (a LintError)
+    when ``--fix`` cannot write it.
     """
     path = Path(path)
     raw = load_notebook(path)
+    language, kernel = kernel_language(raw)
+    if language is not None and not is_python(language):
+        return LintReport(
+            path,
+            skipped=f"a {language} notebook (kernel {kernel or 'unnamed'}): nbprod lint checks "
+            "Python notebooks only",
+        )
     cells = read_cells(raw)
     fixed: list[str] = []
     if fix:
-        action = fix_parameters(raw, cells)
-        if action:
+        actions = fix_parameters(raw, cells)
+        if actions:
             write_back(path, raw)
-            fixed.append(f"{action}; wrote {path}")
+            fixed = [f"{action}; wrote {path}" for action in actions]
     notebook = Notebook(path, raw, cells, parameters_cell(cells))
     return LintReport(path, run_rules(notebook), fixed)

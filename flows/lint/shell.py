@@ -3,7 +3,9 @@
 - ``pip-install``: error. ``%pip``/``!pip``/``%conda`` installs: dependencies belong in
   pyproject.toml and constraints.txt, where the run manifest records them.
 - ``shell-command``: error. ``!cmd``, ``x = !cmd``, ``%sx``, ``%system``, ``%%bash``,
-  ``%%script``...: machine-dependent and invisible to lineage.
+  ``%%script``..., ``os.system``, ``subprocess.*``: machine-dependent and invisible to lineage.
+  A command that downloads (``wget``, ``curl``, ``gsutil``, ``aws s3``, ``git clone``...) is
+  reported as ``network-read`` instead (flows.lint.network).
 - ``magic``: warning. Magics that change hidden state (``%cd``, ``%env``, ``%run``, ``%store``,
   ``%%writefile``, unknown ones). Display and timing magics (``%matplotlib inline``, ``%%time``,
   ``%%capture``, ``%autoreload``...) are fine and not reported; the code inside ``%%time``,
@@ -44,90 +46,79 @@ _MAGIC_WHY = {
 }
 _INSTALL_COMMAND = re.compile(
     r"(?:^|[\s;&|(])(?:pip3?|conda|mamba|micromamba|python3?\s+-m\s+pip|uv\s+pip)\s+install\b"
-    r"|(?:^|[\s;&|(])(?:uv|poetry)\s+add\b"
+    r"|(?:^|[\s;&|(])(?:uv|poetry)\s+add\b|(?:^|[\s;&|(])apt(?:-get)?\s+install\b"
+)
+_DOWNLOAD_COMMAND = re.compile(
+    r"(?:^|[\s;&|(])(?:wget|curl|gsutil|azcopy|kaggle|gdown|scp|huggingface-cli"
+    r"|gcloud\s+storage|aws\s+s3|hf\s+download|git\s+(?:clone|pull|fetch)|dvc\s+(?:pull|get))"
+    r"(?:\s|$)"
+)
+_RUNNERS = re.compile(
+    r"^(?:os\.(?:system|popen|spawn\w*|exec\w*)"
+    r"|subprocess\.(?:run|call|check_call|check_output|Popen|getoutput|getstatusoutput))$"
 )
 
 
-def check_subprocess(context: CodeContext, cell: int, call: ast.Call, qualname: str) -> None:
-    """pip-install: ``os.system``, ``os.popen`` or ``subprocess`` running an installer."""
-    if qualname in ("os.system", "os.popen") or qualname.startswith("subprocess."):
-        for arg in ast.walk(call):
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                text = arg.value
-                if _INSTALL_COMMAND.search(text) or text in ("pip", "conda"):
-                    _install(context, cell, call, f"{qualname}(...)")
-                    break
-
-
-def _install(context: CodeContext, cell: int, node: ast.AST, what: str) -> None:
-    context.add(
-        "pip-install",
-        "error",
-        cell,
-        node,
-        f"installs packages from the notebook ({what}): each run may get different "
-        "versions, and the run manifest does not record them",
-        "add the package to pyproject.toml (and constraints.txt via `make lock`) and remove "
-        "the install from the notebook",
-    )
-
-
-def check_magic(context: CodeContext, cell: int, node: ast.AST, magic: Magic) -> None:
-    """pip-install, shell-command, magic: for one magic or shell escape."""
-    if magic.kind == "shell":
-        command = magic.line.strip()
-        if _INSTALL_COMMAND.search(" " + command):
-            _install(context, cell, node, f"!{command[:60]}")
-            return
-        _shell(context, cell, node, f"!{command[:60]}")
-        return
-    prefix = "%" if magic.kind == "line" else "%%"
-    shown = f"{prefix}{magic.name} {magic.line}".strip()[:60]
-    if magic.name in _INSTALLER_MAGICS:
-        if re.search(r"\b(install|add)\b", magic.line):
-            _install(context, cell, node, shown)
-        else:
-            context.add(
-                "magic",
-                "warning",
-                cell,
-                node,
-                f"`{shown}` queries the package manager from the notebook",
-                "remove it: the run manifest records package versions",
+def _command_text(call: ast.Call) -> str:
+    """The command a ``subprocess``/``os.system`` call runs, as far as literals tell."""
+    if not call.args:
+        return ""
+    first = call.args[0]
+    parts = first.elts if isinstance(first, ast.List | ast.Tuple) else [first]
+    words = []
+    for part in parts:
+        if isinstance(part, ast.Constant) and isinstance(part.value, str):
+            words.append(part.value)
+        elif isinstance(part, ast.JoinedStr):
+            words.append(
+                "".join(str(v.value) if isinstance(v, ast.Constant) else "..." for v in part.values)
             )
-    elif (magic.kind == "line" and magic.name in _SHELL_LINE_MAGICS) or (
-        magic.kind == "cell" and magic.name in _SHELL_CELL_MAGICS
-    ):
-        body = magic.line + "\n" + magic.body
-        if _INSTALL_COMMAND.search(" " + body):
-            _install(context, cell, node, shown)
+        elif isinstance(part, ast.Attribute) and part.attr == "executable":
+            words.append("python")
         else:
-            _shell(context, cell, node, shown)
-    elif magic.name in _HARMLESS_MAGICS or (
-        magic.name == "load_ext" and magic.line.strip() == "autoreload"
-    ):
-        return
-    else:
-        why = _MAGIC_WHY.get(magic.name, "is an IPython magic the pipeline cannot reason about")
-        context.add(
-            "magic",
-            "warning",
-            cell,
-            node,
-            f"`{shown}` {why}",
-            "replace it with plain Python (pathlib, os.environ in a parameter, an import), "
-            "or remove it",
+            words.append("...")
+    return " ".join(words)
+
+
+def check_subprocess(context: CodeContext, cell: int, call: ast.Call, qualname: str) -> None:
+    """pip-install, network-read, shell-command: ``os.system``, ``subprocess.*``..."""
+    if _RUNNERS.match(qualname):
+        _command(
+            context, cell, call, _command_text(call), f"{qualname}({_command_text(call)[:40]!r})"
         )
 
 
-def _shell(context: CodeContext, cell: int, node: ast.AST, shown: str) -> None:
-    context.add(
-        "shell-command",
-        "error",
-        cell,
-        node,
-        f"runs a shell command (`{shown}`): its result depends on the machine and is not "
-        "part of the run's lineage",
-        "do it in Python (pathlib, shutil, a pinned library), or as a pipeline step before "
-        "the notebook",
-    )
+def _command(context: CodeContext, cell: int, node: ast.AST, command: str, shown: str) -> None:
+    """Report one command by what it does: install, download, or any other shell command."""
+    if _INSTALL_COMMAND.search(" " + command) or command.strip() in ("pip", "conda"):
+        what = f"installs packages from the notebook ({shown}): each run may get other versions, "
+        context.add("pip-install", "error", cell, node, what + "which no manifest records")
+    elif _DOWNLOAD_COMMAND.search(" " + command):
+        what = f"`{shown}` downloads from the network: the data can change between runs and "
+        context.add("network-read", "error", cell, node, what + "no manifest hashes it")
+    else:
+        what = f"runs a shell command (`{shown}`): its result depends on the machine and is "
+        context.add("shell-command", "error", cell, node, what + "not part of the run's lineage")
+
+
+def check_magic(context: CodeContext, cell: int, node: ast.AST, magic: Magic) -> None:
+    """pip-install, network-read, shell-command, magic: for one magic or shell escape."""
+    if magic.kind == "shell":
+        _command(context, cell, node, magic.line, f"!{magic.line.strip()[:60]}")
+        return
+    shown = f"{'%' if magic.kind == 'line' else '%%'}{magic.name} {magic.line}".strip()[:60]
+    if magic.name in _INSTALLER_MAGICS:
+        if re.search(r"\b(install|add)\b", magic.line):
+            _command(context, cell, node, "pip install", shown)
+        else:
+            what = f"`{shown}` queries the package manager from the notebook"
+            context.add("magic", "warning", cell, node, what, "remove it: the run records versions")
+    elif (magic.kind == "line" and magic.name in _SHELL_LINE_MAGICS) or (
+        magic.kind == "cell" and magic.name in _SHELL_CELL_MAGICS
+    ):
+        _command(context, cell, node, magic.line + "\n" + magic.body, shown)
+    elif magic.name not in _HARMLESS_MAGICS and f"{magic.name} {magic.line}".strip() != (
+        "load_ext autoreload"
+    ):
+        why = _MAGIC_WHY.get(magic.name, "is an IPython magic the pipeline cannot reason about")
+        context.add("magic", "warning", cell, node, f"`{shown}` {why}")

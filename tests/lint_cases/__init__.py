@@ -1,0 +1,1 @@
+"""Notebooks for ``nbprod lint``, each reproducing a pattern seen in public notebooks."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,3 +141,77 @@ def test_each_flow_reads_in_at_most_sixty_lines() -> None:
                 lengths[node.name] = node.end_lineno - node.lineno + 1  # type: ignore[operator]
     assert set(lengths) == {"training_pipeline", "notebook_pipeline", "monitoring_pipeline"}
     assert max(lengths.values()) <= 60, lengths
+
+
+OWN_PACKAGES = ("flows", "bentos", "__future__")
+
+
+def is_dependency(module: str) -> bool:
+    """A third-party package: not nbprod's own, not the standard library."""
+    top = module.split(".")[0]
+    return not module.startswith(OWN_PACKAGES) and top not in sys.stdlib_module_names
+
+
+def dependency_private_uses(source: str) -> list[str]:
+    """A dependency's private module or attribute (a ``_name`` reached through an imported
+    package) used, or an attribute of an imported package assigned, in one module's source."""
+    tree = ast.parse(source)
+    bound: set[str] = set()  # local names of imported dependency modules and objects
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if is_dependency(alias.name):
+                    bound.add((alias.asname or alias.name).split(".")[0])
+                    if any(p.startswith("_") for p in alias.name.split(".")):
+                        found.append(f"import {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not is_dependency(node.module):
+                continue
+            private_module = any(p.startswith("_") for p in node.module.split("."))
+            for alias in node.names:
+                bound.add(alias.asname or alias.name)
+                if private_module or (alias.name.startswith("_") and alias.name != "__version__"):
+                    found.append(f"from {node.module} import {alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            root, chain = node, []
+            while isinstance(root, ast.Attribute):
+                chain.append(root.attr)
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                private = [a for a in chain if a.startswith("_") and not a.startswith("__")]
+                if private:
+                    found.append(f"{root.id}.{'.'.join(reversed(chain))}")
+                if isinstance(node.ctx, ast.Store):
+                    found.append(f"assigns {root.id}.{'.'.join(reversed(chain))}")
+    return found
+
+
+def test_no_private_api_of_a_dependency_outside_compat_modules() -> None:
+    """Issue 19: public APIs only; a workaround lives in a compat module (compat_*.py)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {use}"
+        for path in sources()
+        if not path.name.startswith("compat_")
+        for use in dependency_private_uses(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
+
+
+def test_the_private_api_check_sees_each_kind_of_use() -> None:
+    source = (
+        "import os\nimport bentoml\nfrom prefect import flow_engine\n"
+        "from bentoml._internal.context import trace_context\n"
+        "from jupyter_client import _version\n"
+        "flow_engine._send_heartbeats = None\nbentoml.models.x = 1\n"
+        "y = bentoml._internal\nos._exit\n"
+    )
+    assert dependency_private_uses(source) == [
+        "from bentoml._internal.context import trace_context",
+        "from jupyter_client import _version",
+        "flow_engine._send_heartbeats",
+        "assigns flow_engine._send_heartbeats",
+        "assigns bentoml.models.x",
+        "bentoml._internal",
+    ]

@@ -500,6 +500,9 @@ def register_other_commands(sub: Any) -> None:
     from flows.gc import register_commands as register_gc_command
 
     register_gc_command(sub)
+    from flows.ui import register_commands as register_ui_command
+
+    register_ui_command(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

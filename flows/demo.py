@@ -136,13 +136,23 @@ def continuous_training(champion: dict[str, Any]) -> dict[str, Any] | None:
 
 def run_demo() -> int:
     prepare_environment()
+    from flows.prefect_settings import command_flow_settings
+    from flows.ui import alongside_message, start_alongside
+
+    ui = start_alongside()  # the artifacts' links open while it runs, after the demo too
+    try:
+        with command_flow_settings():
+            return demo_steps()
+    finally:
+        print(f"\n{alongside_message(ui, PIPELINE)}", flush=True)
+
+
+def demo_steps() -> int:
+    """Train twice, serve the champion, detect drift and retrain; 0 when all went as shown."""
     from flows.errors import NbprodError
     from flows.pipeline import training_pipeline
-    from flows.prefect_fixes import apply_prefect_fixes
     from flows.settings import load_settings
     from flows.store import RunStore
-
-    apply_prefect_fixes()
 
     settings = load_settings()
     store = RunStore(settings.resolved_run_store_url)

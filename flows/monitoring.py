@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import drift_table, drift_table_markdown, figure_titles, figures_markdown
 from flows.drift import DriftPolicy, DriftResult, ReferenceProfile, check_drift
 from flows.errors import MonitoringError
-from flows.lineage import PROFILE_FILE, WINDOW_FILE
+from flows.lineage import DRIFT_TABLE_LIMIT, PROFILE_FILE, WINDOW_FILE, store_drift_figure
 from flows.store import RunStore
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ LOG_TIME_COLUMN = "timestamp"
 # Evidently needs tens of seconds per 100k rows; above this the reports use a seeded sample.
 EVIDENTLY_MAX_ROWS = 50_000
 SUMMARY_KEY = "nbprod-monitoring-summary"
+DRIFT_FIGURE_LABELS = ("champion's training data", "production inputs")
 
 
 # -- the production window ---------------------------------------------------------------------
@@ -335,6 +337,7 @@ def store_drift(run: Run, result: DriftResult, policy: DriftPolicy) -> None:
     drift = result.to_dict()
     run.put_json("drift.json", {**drift, "policy": policy.model_dump()})
     run.record["drift"] = {k: v for k, v in drift.items() if k != "columns"}
+    run.record["drift"]["table"] = drift_table(drift["columns"])[:DRIFT_TABLE_LIMIT]
     run.record["reasons"] = [result.reason]
 
 
@@ -406,6 +409,8 @@ def monitoring_pipeline(
                     training, window.rows, reference.profile, run.workdir / "reports"
                 ),
             )
+            table = run.record["drift"]["table"]
+            store_drift_figure(run, training, window.rows, table, DRIFT_FIGURE_LABELS)
         if result.verdict == "drift":
             run.at("event")
             alert(run, pipeline, champion, result, window, (start, end))
@@ -477,7 +482,9 @@ def alert(
 
 
 # -- the run on one page -----------------------------------------------------------------------
-def summary_markdown(record: dict[str, Any], links: dict[str, str]) -> str:
+def summary_markdown(
+    record: dict[str, Any], links: dict[str, str], notice: str | None = None
+) -> str:
     """The monitoring run on one page: the verdict, why, the drifted columns, the reports."""
     drift = record.get("drift") or {}
     window = record.get("window") or [None, None]
@@ -505,28 +512,32 @@ def summary_markdown(record: dict[str, Any], links: dict[str, str]) -> str:
     if record.get("event"):
         lines.append(f"- event `{DRIFT_EVENT}` emitted (id `{record['event'].get('id')}`)")
     lines.append("")
-    if links:
-        lines += ["## Reports", ""] + [f"- [{name}]({url})" for name, url in links.items()]
+    table = drift_table_markdown(drift)
+    if table:
+        lines += ["## Columns, most drifted first", "", *table, ""]
+    lines += figures_markdown(record, links, "drift")
+    pictures = figure_titles(record)
+    files = [f"- [{name}]({url})" for name, url in links.items() if name not in pictures]
+    if files:
+        lines += ["## Reports", "", *files, ""]
+    if notice and files:
+        lines += [f"_{notice}_", ""]
     return "\n".join(lines)
 
 
 def publish_monitoring_artifacts(record: dict[str, Any], links: dict[str, str]) -> None:
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+    from prefect.artifacts import create_markdown_artifact
 
-    from flows.artifacts import artifact_key
+    from flows.artifacts import publish_links
+    from flows.links import resolve_links
 
+    resolved = resolve_links(links)
     create_markdown_artifact(
-        markdown=summary_markdown(record, links),
+        markdown=summary_markdown(record, resolved.urls, resolved.notice),
         key=SUMMARY_KEY,
         description=f"nbprod monitoring {record.get('version')}",
     )
-    for name, url in links.items():
-        create_link_artifact(
-            link=url,
-            link_text=name,
-            key=artifact_key(f"monitoring {name}"),
-            description=f"monitoring {record.get('version')}: {name}",
-        )
+    publish_links(record, resolved.urls, resolved.expires, prefix="monitoring ")
 
 
 __all__ = [

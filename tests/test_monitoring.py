@@ -299,11 +299,14 @@ def test_data_without_time_column_uses_every_row(
     ws = Workspace(str(workspace))
     (project,) = ws.search_project(MULTICLASS)
     assert len(ws.list_runs(project.id)) == 1
-    assert "Share of drifted columns" in [p.title for p in project.dashboard.model().panels]
+    titles = [p.title for p in project.dashboard.model().panels]
+    assert "Share of drifted columns: production inputs vs the champion's training data" in titles
     (other,) = ws.search_project(REGRESSION)
     assert ws.list_runs(other.id) == []
     (panel,) = [p for p in other.dashboard.model().panels if p.title.startswith("Model metrics")]
-    assert {v.legend for v in panel.values} == {"RMSE", "MAE", "R²"}
+    assert {v.legend for v in panel.values} == {
+        f"{REGRESSION}: candidate {metric}" for metric in ("RMSE", "MAE", "R²")
+    }
 
     with pytest.raises(MonitoringError, match="no time column"):
         monitoring_pipeline(

@@ -1,13 +1,20 @@
-"""The Prefect UI, rendered by a real browser: the scheduled deployment and a run's artifacts.
+"""The Prefect UI, rendered by a real browser: deployments, a training run's artifacts, the links.
 
 A real ``prefect server start`` on 127.0.0.1 (its own PREFECT_HOME), a tiny notebook promoted
-with a daily cron schedule into a temporary copy of the project, ``nbprod deploy``
-(``flows.promote.deploy``), a process worker, and one run triggered with ``run_deployment`` — so
-the run belongs to the deployment, as a scheduled run would. Then headless Chromium (Debian's
-``chromium`` package, driven by Playwright through ``executable_path``; Playwright's own browser
-download is not used) opens the server's default UI like a person would: Deployments, the
-deployment (name, schedule, the completed run), Runs, the run, its Artifacts tab (nbprod's keys)
-and the run summary (rendered markdown).
+with a daily cron schedule and the shipped training deployment registered from a temporary copy
+of the project (``nbprod deploy``, ``flows.deploy.deploy``), a process worker, one run of each
+triggered with ``run_deployment`` (so they belong to their deployments, as scheduled runs
+would), and one monitoring run of the training pipeline's champion in this process (its
+retrain-on-drift automation paused: no second training run). ``nbprod ui`` serves the run store
+on a free port (``NBPROD_UI_PORT``, which the worker inherits, so the artifacts link to it).
+
+Then headless Chromium (Debian's ``chromium`` package, driven by Playwright through
+``executable_path``; Playwright's own browser download is not used) opens the server's default
+UI like a person would: the deployment and its schedule; the training run's Artifacts tab; each
+report and notebook link, clicked, opening in ``nbprod ui`` with its title; the run summary with
+its gate decision and pictures (every image loaded); the monitoring summary; ``..`` and absolute
+paths against ``nbprod ui`` (404); and the Evidently dashboard's legends (``evidently ui`` on the
+synced workspace). The module makes its runs once and every test reuses them.
 
 The server's helpers (start, stop, health, the tiny notebook, worker and run polling) are
 test_deployment's.
@@ -16,34 +23,47 @@ When it runs: always when ``NBPROD_UI_TESTS=1`` (CI, after ``.ci/setup-chromium`
 missing browser or Playwright FAILS it. Without the variable it runs when a Chromium is found
 (``/usr/bin/chromium``, or ``NBPROD_CHROMIUM``), else it is reported as skipped with the reason.
 
-The browser talks to the server only: every request to another address is aborted before it
-leaves (the V2 UI asks an analytics host for its configuration even with
-``PREFECT_SERVER_ANALYTICS_ENABLED=false``), and Chromium's resolver answers no other host name.
+The browser talks to the local servers only: every request to another address is aborted before
+it leaves (the V2 UI asks an analytics host for its configuration even with
+``PREFECT_SERVER_ANALYTICS_ENABLED=false``; notebooks name a CDN), and Chromium's resolver
+answers no other host name.
 
 Screenshots go to the test's temporary directory; with ``NBPROD_UI_SCREENSHOTS_DIR=docs`` they are
-also written there as ``prefect-ui-{deployment,artifacts,run-summary}.png`` (the README's).
+also written there as ``prefect-ui-*.png`` and ``evidently-dashboard.png`` (the README's).
 """
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import os
 import re
 import shutil
+import signal
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
-from test_deployment import _log_tail, _run_to_completion, running_stack
+from test_deployment import _artifacts, _log_tail, _run_to_completion, running_stack
 
-from flows.artifacts import METRICS_KEY, SUMMARY_KEY
+from flows.artifacts import METRICS_KEY, SUMMARY_KEY, artifact_key
+from flows.links import PUBLIC_URL_ENV, UI_PORT_ENV
+from flows.localstack import start_process, stop_process
+from flows.monitoring import SUMMARY_KEY as MONITORING_SUMMARY_KEY
+from flows.serving import free_port
+from flows.store import RunStore
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page, Route
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
+ROOT = Path(__file__).resolve().parent.parent
 UI_TESTS_ENV = "NBPROD_UI_TESTS"
 SCREENSHOTS_ENV = "NBPROD_UI_SCREENSHOTS_DIR"
 CHROMIUM = Path(os.environ.get("NBPROD_CHROMIUM", "/usr/bin/chromium"))
@@ -63,9 +83,24 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1400, "height": 1100}
 UI_TIMEOUT_MS = 45_000  # the V2 bundle is large and the machine may be busy: generous, not a sleep
+SERVER_TIMEOUT_S = 120.0
 NAME = "tiny-nb"
 CRON = "0 3 * * *"
 SCHEDULE_TEXT = re.compile(r"At 03:00 AM")  # how the UI words the cron (cronstrue)
+PIPELINE = "training"
+TRAINING = "training_pipeline/training"
+SPEC = "deployments/training.yaml"
+LOANS = str(ROOT / "data" / "loans.csv")
+# What each link opens to, as a person sees it: the report's or the notebook's own title.
+LINK_TITLES = {
+    "data_drift report": "Dataset Drift",
+    "model_performance report": "Classification Model Performance",
+    "data_summary report": "Dataset Summary",
+    "prepare notebook (html)": "Prepare loan applications",
+    "train notebook (html)": "Train the loan-default model",
+    "prepare notebook (ipynb)": '"cells"',
+    "train notebook (ipynb)": '"cells"',
+}
 
 
 def _require_browser() -> Path:
@@ -90,32 +125,75 @@ def chromium() -> Path:
     return _require_browser()
 
 
+def _pause_retraining() -> None:
+    """The monitoring run below finds drift: no retraining run, this module needs none."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations_by_name("nbprod-training-retrain-on-drift"):
+            client.pause_automation(automation.id)
+
+
 @pytest.fixture(scope="module")
 def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Server, a promoted notebook deployed with a cron schedule, a worker, one completed run."""
-    from prefect.client.orchestration import get_client
+    """Server, the tiny and the training deployment run once each, a monitoring run, nbprod ui."""
+    from flows.monitoring import monitoring_pipeline
+    from flows.ui import ensure_running
 
     base = tmp_path_factory.mktemp("ui")
     (base / "screenshots").mkdir()
-    with running_stack(base, name=NAME, cron=CRON) as running:
-        worker_log = running["worker_log"]
-        flow_run = _run_to_completion(
-            f"notebook_pipeline/{NAME}", {"parameters": {"n": 5}}, worker_log
-        )
-        assert flow_run.state.type.value == "COMPLETED", (
-            f"{flow_run.state.name}: {flow_run.state.message}\n{_log_tail(worker_log)}"
-        )
-        with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name(f"notebook_pipeline/{NAME}")
-        assert flow_run.deployment_id == deployment.id
-        assert [s.schedule.cron for s in deployment.schedules] == [CRON]
-        yield {
-            # The UI is served by the same server; PREFECT_UI_API_URL points its JS at this port.
-            "ui": running["url"].removesuffix("/api"),
-            "deployment_id": str(deployment.id),
-            "flow_run_name": flow_run.name,
-            "shots": base / "screenshots",
-        }
+    with pytest.MonkeyPatch.context() as env:
+        # The worker (started by running_stack) inherits the port: the links point at this ui.
+        env.setenv(UI_PORT_ENV, str(free_port()))
+        env.delenv(PUBLIC_URL_ENV, raising=False)
+        with running_stack(
+            base,
+            name=NAME,
+            cron=CRON,
+            deployments=("training",),
+            project_dirs=("notebooks", "data", "bentos"),
+        ) as running:
+            store = RunStore(str(running["nbprod_home"] / "runs"))
+            ui_url, ui_pid = ensure_running(store, base / "nbprod-ui.log")
+            try:
+                worker_log = running["worker_log"]
+                _pause_retraining()
+                tiny = _run_to_completion(
+                    f"notebook_pipeline/{NAME}", {"parameters": {"n": 5}}, worker_log
+                )
+                training = _run_to_completion(TRAINING, {"triggered_by": "ui-test"}, worker_log)
+                for flow_run in (tiny, training):
+                    assert flow_run.state.type.value == "COMPLETED", (
+                        f"{flow_run.state.name}: {flow_run.state.message}\n"
+                        f"{_log_tail(worker_log, 80)}"
+                    )
+                (record,) = store.list_runs(PIPELINE)
+                assert record["status"] == "accepted", record.get("reasons")
+                monitored = monitoring_pipeline(
+                    SPEC,
+                    "2024-10-01",
+                    "2025-01-01",
+                    source=LOANS,
+                    run_store_url=store.url,
+                    triggered_by="ui-test",
+                )
+                assert monitored["drift"]["verdict"] == "drift"
+                yield {
+                    # The UI is served by the same server; PREFECT_UI_API_URL points its JS here.
+                    "ui": running["url"].removesuffix("/api"),
+                    "nbprod_ui": ui_url,
+                    "store": store,
+                    "tiny": tiny,
+                    "training": training,
+                    "record": record,
+                    "monitoring": monitored,
+                    "base": base,
+                    "shots": base / "screenshots",
+                }
+            finally:
+                if ui_pid:
+                    os.kill(ui_pid, signal.SIGTERM)
+                    os.waitpid(ui_pid, 0)
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +211,24 @@ def browser(chromium: Path, ui_stack: dict[str, Any]) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, ui_stack: dict[str, Any]) -> Iterator[Page]:
-    """A fresh browser profile (no saved UI preference) that can reach the server only."""
-    origin = ui_stack["ui"]
+def origins(ui_stack: dict[str, Any]) -> list[str]:
+    """The servers the browser may reach (more are added by a test that starts one)."""
+    return [ui_stack["ui"], ui_stack["nbprod_ui"]]
+
+
+@pytest.fixture
+def page(browser: Browser, ui_stack: dict[str, Any], origins: list[str]) -> Iterator[Page]:
+    """A fresh browser profile (no saved UI preference) that can reach the local servers only."""
 
     def loopback_only(route: Route) -> None:
-        if route.request.url.startswith(origin + "/"):
+        if any(route.request.url.startswith(origin + "/") for origin in origins):
             route.continue_()
         else:
             route.abort("blockedbyclient")
 
-    context = browser.new_context(viewport=VIEWPORT, base_url=origin, service_workers="block")
+    context = browser.new_context(
+        viewport=VIEWPORT, base_url=ui_stack["ui"], service_workers="block"
+    )
     context.set_default_timeout(UI_TIMEOUT_MS)
     context.route("**/*", loopback_only)
     try:
@@ -158,16 +243,40 @@ def _visible(locator: Locator) -> None:
     expect(locator).to_be_visible(timeout=UI_TIMEOUT_MS)
 
 
-def _screenshot(page: Page, stack: dict[str, Any], name: str) -> Path:
+def _screenshot(page: Page, stack: dict[str, Any], name: str, *, full_page: bool = False) -> Path:
     """Into the test's directory, and into $NBPROD_UI_SCREENSHOTS_DIR when set (docs/)."""
     page.wait_for_load_state("networkidle")
-    path = stack["shots"] / f"prefect-ui-{name}.png"
-    page.screenshot(path=path)
+    path = stack["shots"] / f"{name}.png"
+    page.screenshot(path=path, full_page=full_page)
     if os.environ.get(SCREENSHOTS_ENV):
         target = Path(os.environ[SCREENSHOTS_ENV])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / path.name)
     return path
+
+
+def _open_run(page: Page, flow_run_name: str) -> None:
+    """Runs → the run → its Artifacts tab, as a person clicks through."""
+    page.goto("/")
+    page.get_by_role("link", name="Runs", exact=True).first.click()
+    page.get_by_role("link", name=flow_run_name, exact=True).first.click()
+    page.get_by_role("tab", name="Artifacts").click()
+
+
+def _images_loaded(page: Page, minimum: int) -> list[str]:
+    """The sources of the page's content images, once every one has loaded with pixels."""
+    from playwright.sync_api import expect
+
+    images = page.locator("main img[src^='http']")
+    expect(images.nth(minimum - 1)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('main img[src^=\"http\"]')]"
+        ".every(img => img.complete)",
+        timeout=UI_TIMEOUT_MS,
+    )
+    widths = images.evaluate_all("imgs => imgs.map(img => [img.src, img.naturalWidth])")
+    assert widths and all(width > 0 for _, width in widths), widths
+    return [src for src, _ in widths]
 
 
 def test_deployment_page_shows_the_schedule_and_the_run(
@@ -182,33 +291,177 @@ def test_deployment_page_shows_the_schedule_and_the_run(
     _visible(page.get_by_text(SCHEDULE_TEXT).first)  # the list's Schedules column
 
     deployment_link.click()
-    expect(page).to_have_url(re.compile(ui_stack["deployment_id"]), timeout=UI_TIMEOUT_MS)
+    expect(page).to_have_url(re.compile(str(ui_stack["tiny"].deployment_id)))
     _visible(page.get_by_text(SCHEDULE_TEXT).first)  # the deployment's Schedules card
     _visible(page.get_by_text("nbprod-process").first)  # its work pool
     # The run belongs to the deployment: it is listed on the deployment's page, completed.
-    run_link = page.get_by_role("link", name=ui_stack["flow_run_name"], exact=True)
-    _visible(run_link)
+    _visible(page.get_by_role("link", name=ui_stack["tiny"].name, exact=True))
     _visible(page.get_by_text("Completed", exact=True).first)
-    _screenshot(page, ui_stack, "deployment")
+    _screenshot(page, ui_stack, "prefect-ui-deployment")
 
 
-def test_run_page_shows_nbprod_artifacts(page: Page, ui_stack: dict[str, Any]) -> None:
+def test_run_page_lists_the_summary_reports_and_notebooks(
+    page: Page, ui_stack: dict[str, Any]
+) -> None:
+    _open_run(page, ui_stack["training"].name)
+    _visible(page.get_by_text(SUMMARY_KEY, exact=True))
+    for key in (METRICS_KEY, "nbprod-data-drift-report", "nbprod-train-notebook-html"):
+        _visible(page.get_by_text(key, exact=True))
+    _visible(page.get_by_text(re.compile(r"^nbprod run v\d{8}-\d{9}-\w+: accepted")))
+    _screenshot(page, ui_stack, "prefect-ui-artifacts")
+
+
+def test_summary_shows_the_gate_decision_the_metrics_and_the_pictures(
+    page: Page, ui_stack: dict[str, Any]
+) -> None:
     from playwright.sync_api import expect
 
-    page.goto("/")
-    page.get_by_role("link", name="Runs", exact=True).first.click()
-    page.get_by_role("link", name=ui_stack["flow_run_name"], exact=True).first.click()
-    _visible(page.get_by_text(NAME, exact=True).first)  # the run's deployment, in its header
-
-    page.get_by_role("tab", name="Artifacts").click()
-    for key in (SUMMARY_KEY, METRICS_KEY):
-        _visible(page.get_by_text(key, exact=True))
-    _visible(page.get_by_text(re.compile(r"^nbprod run v\d{8}-\d{9}-\w+: completed")))
-    _screenshot(page, ui_stack, "artifacts")
-
+    _open_run(page, ui_stack["training"].name)
     page.get_by_text(SUMMARY_KEY, exact=True).click()
-    expect(page).to_have_url(re.compile(r"/artifacts/"), timeout=UI_TIMEOUT_MS)
-    _visible(page.get_by_role("heading", name=re.compile(r"nbprod run .*COMPLETED")))
+    expect(page).to_have_url(re.compile(r"/artifacts/"))
+    _visible(page.get_by_role("heading", name=re.compile(r"nbprod run .*ACCEPTED")))
+    _visible(page.get_by_role("heading", name="Gate decision: accepted"))
+    _visible(page.get_by_role("cell", name="roc_auc 0.7991 >= floor 0.7"))
     _visible(page.get_by_role("heading", name="Metrics on the holdout"))
-    _visible(page.get_by_role("link", name=ui_stack["flow_run_name"]))  # the artifact's run
-    _screenshot(page, ui_stack, "run-summary")
+    _visible(page.get_by_role("heading", name="Data validation: passed"))
+    _visible(page.get_by_role("heading", name=re.compile("^Data drift: ")))
+    _visible(page.get_by_role("cell", name="credit_score", exact=True))
+    sources = _images_loaded(page, 1)
+    nbprod_ui = ui_stack["nbprod_ui"]
+    assert all(src.startswith(f"{nbprod_ui}/versions/") for src in sources), sources
+    _visible(page.get_by_role("img", name=re.compile("^ROC and precision-recall curves")))
+    page.get_by_role("img").first.scroll_into_view_if_needed()
+    _screenshot(page, ui_stack, "prefect-ui-run-summary", full_page=True)
+
+
+def _link_artifacts(flow_run_id: Any) -> dict[str, str]:
+    """link text -> URL of the run's link artifacts, as the server holds them."""
+    found = {}
+    for key, artifact in _artifacts(flow_run_id).items():
+        if artifact.type == "markdown" and key not in (SUMMARY_KEY, MONITORING_SUMMARY_KEY):
+            match = re.fullmatch(r"\[(.+)\]\((.+)\)", str(artifact.data).strip())
+            if match:
+                found[match[1]] = match[2]
+    return found
+
+
+def test_every_report_and_notebook_link_opens_with_its_title(
+    page: Page, ui_stack: dict[str, Any]
+) -> None:
+    """Artifacts tab → the link's card → its link, clicked: nbprod ui answers 200 with the page.
+
+    The Prefect UI renders a link artifact as markdown; the link opens in the same tab.
+    """
+    from playwright.sync_api import expect
+
+    links = _link_artifacts(ui_stack["training"].id)
+    assert set(links) == set(LINK_TITLES), links
+    for text, url in links.items():
+        assert url.startswith(ui_stack["nbprod_ui"] + "/versions/"), url  # never file://
+        _open_run(page, ui_stack["training"].name)
+        page.get_by_text(artifact_key(text), exact=True).click()
+        with page.expect_response(url) as answered:
+            page.get_by_role("link", name=text, exact=True).click()
+        assert answered.value.status == 200, (text, url)
+        expect(page).to_have_url(url)
+        _visible(page.get_by_text(LINK_TITLES[text]).first)
+        if text == "data_drift report":
+            _screenshot(page, ui_stack, "prefect-ui-report")
+
+
+def test_monitoring_summary_shows_the_drift_table_and_the_drifted_columns(
+    page: Page, ui_stack: dict[str, Any]
+) -> None:
+    from playwright.sync_api import expect
+    from prefect.client.orchestration import get_client
+
+    monitored = ui_stack["monitoring"]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(monitored["flow_run_id"])
+    _open_run(page, flow_run.name)
+    page.get_by_text(MONITORING_SUMMARY_KEY, exact=True).click()
+    expect(page).to_have_url(re.compile(r"/artifacts/"))
+    _visible(page.get_by_role("heading", name=re.compile(r"nbprod monitoring .*drift")))
+    _visible(page.get_by_role("heading", name="Columns, most drifted first"))
+    first = monitored["drift"]["table"][0]
+    _visible(page.get_by_role("cell", name=first["column"], exact=True).first)
+    (source,) = _images_loaded(page, 1)
+    assert source.endswith("/figures/drift.png"), source
+    _visible(page.get_by_role("img", name=re.compile("^Most drifted columns: ")))
+    _screenshot(page, ui_stack, "prefect-ui-monitoring-summary", full_page=True)
+
+
+def _raw_get(origin: str, path: str) -> tuple[int, bytes]:
+    """A request with the path exactly as written (a browser or httpx would normalise ``..``)."""
+    parts = urlsplit(origin)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_nbprod_ui_serves_nothing_outside_the_store(ui_stack: dict[str, Any]) -> None:
+    origin, version = ui_stack["nbprod_ui"], ui_stack["record"]["version"]
+    assert _raw_get(origin, f"/versions/{version}/run.json")[0] == 200
+    outside = ui_stack["base"] / "outside.txt"
+    outside.write_text("not in the store")
+    runs_root = Path(ui_stack["store"].root)
+    climb = "/".join([".."] * len(runs_root.relative_to(ui_stack["base"]).parts))
+    for path in (
+        f"/versions/{version}/../../{climb}/outside.txt",
+        f"/versions/%2e%2e/%2e%2e/{climb}/outside.txt",
+        f"/{outside}",
+        f"//{outside}",
+        f"/versions/{version}/%2F{str(outside).lstrip('/')}",
+        "/../../../../etc/passwd",
+    ):
+        status, body = _raw_get(origin, path)
+        assert status == 404, (path, status)
+        assert b"not in the store" not in body and b"root:" not in body
+
+
+def _start_evidently_ui(workspace: Path, log: Path) -> tuple[Any, str]:
+    """``evidently ui`` on a free loopback port, answering (deadline, no fixed sleep)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(Path(sys.executable).with_name("evidently")),
+        *("ui", "--workspace", str(workspace), "--host", "127.0.0.1", "--port", str(port)),
+    ]
+    server = start_process(command, {**os.environ, "DO_NOT_TRACK": "1"}, workspace.parent, log)
+    deadline = time.monotonic() + SERVER_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/projects", timeout=2) as answer:
+                if answer.status == 200:
+                    return server, url
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop_process(server)
+            pytest.fail(f"evidently ui did not start:\n{_log_tail(log)}")
+        time.sleep(0.5)
+
+
+def test_evidently_dashboard_names_its_series(
+    page: Page, ui_stack: dict[str, Any], origins: list[str]
+) -> None:
+    from flows.dashboard import sync_dashboard
+
+    workspace = ui_stack["base"] / "evidently"
+    assert sync_dashboard(ui_stack["store"], workspace) == 3  # drift + model, monitoring drift
+    server, url = _start_evidently_ui(workspace, ui_stack["base"] / "evidently.log")
+    origins.append(url)
+    try:
+        page.goto(url)
+        page.get_by_text(PIPELINE, exact=True).first.click()
+        for legend in (f"{PIPELINE}: production inputs", f"{PIPELINE}: training data"):
+            _visible(page.get_by_text(legend, exact=True).first)
+        for legend in (f"{PIPELINE}: candidate ROC AUC", f"{PIPELINE}: champion ROC AUC"):
+            _visible(page.get_by_text(legend, exact=True).first)
+        _screenshot(page, ui_stack, "evidently-dashboard", full_page=True)
+    finally:
+        stop_process(server)

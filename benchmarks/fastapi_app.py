@@ -1,10 +1,12 @@
 """Baseline for P5: a plain FastAPI + uvicorn service with the same model as the champion bento.
 
 What a data scientist would write by hand: a pydantic model for the request, a DataFrame from
-the records, ``predict`` (and ``predict_proba`` when the model has it) of the joblib'd pipeline.
-It answers exactly what the bento answers (classification: ``{"prediction": <label>,
-"probabilities": {<label>: p, ...}}``, keys ``str(label)`` in ``classes_`` order; regression:
-``{"prediction": <number>}``), so both do the same model work per request. What it does not do:
+the records, ``predict`` (and ``predict_proba`` when the model has it) of the joblib'd
+scikit-learn pipeline. It answers what the bento answers (classification: ``{"prediction":
+<label>, "probabilities": {<label>: p, ...}}``, keys ``str(label)`` in ``classes_`` order;
+regression: ``{"prediction": <number>}``; the same labels, and probabilities within 1e-5 when
+the bento serves the model's ONNX conversion), so both do the same work per request. What it
+does not do:
 validation beyond JSON types, batching, the inference log, request ids. Run by
 benchmarks/run.py with ``NBPROD_BENCH_MODEL=<model.joblib> [NBPROD_BENCH_TASK=classification]
 uvicorn fastapi_app:app --host 127.0.0.1``.

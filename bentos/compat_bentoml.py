@@ -5,7 +5,8 @@ Upstream behaviour (BentoML 1.4.0 to 1.4.40, ``bentoml/_internal/server/http/tra
 never cancels it. Each request's timer, future and context (with its OpenTelemetry span) then
 stay alive for the whole traffic timeout (30 s here): under load ~100,000 objects that every
 full garbage collection re-scans, in 200-300 ms pauses that became the p99 latency
-(benchmarks/RESULTS.md, P5). Not reported upstream as of 1.4.40.
+(benchmarks/RESULTS.md, P5). Not reported upstream as of 1.4.40: docs/upstream/bentoml.md holds
+the issue text to file.
 
 The fix is the same method with the timer cancelled once the request is answered. It is
 installed only when the running BentoML is in ``AFFECTED_VERSIONS`` and its middleware still

@@ -8,9 +8,12 @@
 
 The model is called through its public ``predict``/``predict_proba`` on a DataFrame built like
 ``pandas.read_csv`` would build it from the same rows, so the bento answers exactly what the
-model answers on the user's data. Two shortcuts save model passes (``Paths``), each used only
-when ``choose_paths`` finds its answers identical to the model's own calls on the worker's check
-records (``request_schema``: every category, missing value and range end, and random records):
+model answers on the user's data. When packaging converted the model to ONNX (``fast_runtime``),
+ONNX Runtime answers instead, if on the worker's check records (``request_schema``: every
+category, missing value and range end, and random records) it answers like the model: identical
+labels, numbers within ``fast_runtime.TOLERANCE``. Otherwise two shortcuts save model passes
+(``Paths``), each used only when ``choose_paths`` finds its answers identical to the model's own
+calls on the check records:
 
 - a scikit-learn ``Pipeline``'s steps before the last transform a batch once, and the last step's
   ``predict_proba`` and ``predict`` take the result (what ``Pipeline.predict``/``predict_proba``
@@ -37,9 +40,12 @@ class Paths:
 
     preprocess_once: bool = False  # a Pipeline's transforms run once for both of its last calls
     labels_from_probabilities: bool = False  # labels from predict_proba's argmax, no predict
+    onnx: bool = False  # the model's ONNX conversion under ONNX Runtime (fast_runtime)
 
 
 OWN_CALLS = Paths()
+ONNX = Paths(onnx=True)
+SKLEARN_RUNTIME = "sklearn"
 
 
 def to_native(value: Any) -> Any:
@@ -95,6 +101,11 @@ class Predictor:
             self.has_probabilities = callable(getattr(model, "predict_proba", None))
         self.preprocess, self.final = split_pipeline(model)
         self.paths = OWN_CALLS
+        self.onnx: Any = None  # a fast_runtime.OnnxModel, when packaging converted the model
+        self.runtime: dict[str, Any] = {
+            "name": SKLEARN_RUNTIME,
+            "reason": "the model's metadata names no runtime",
+        }
         self.checked_records = 0
         self._thread = threading.local()
 
@@ -130,12 +141,43 @@ class Predictor:
                 f"Model {tag}: metadata classes {expected} differ from the model's "
                 f"{predictor.classes}; re-package it"
             )
+        predictor.use_runtime(stored, metadata)
         return predictor
+
+    def use_runtime(self, stored: Any, metadata: dict[str, Any]) -> None:
+        """Take the runtime packaging chose (metadata ``runtime``); scikit-learn when the
+        conversion cannot be opened here, with the reason."""
+        from fast_runtime import ONNXRUNTIME, RUNTIME_KEY, OnnxModel
+
+        chosen = dict(metadata.get(RUNTIME_KEY) or self.runtime)
+        self.runtime = {"name": chosen.get("name"), "reason": chosen.get("reason")}
+        if chosen.get("name") != ONNXRUNTIME:
+            return
+        try:
+            self.onnx = OnnxModel(
+                stored.path_of(chosen["file"]),
+                chosen["inputs"],
+                model=self.model,
+                columns=self.columns,
+            )
+        except Exception as exc:  # a missing or unloadable file: serve the model itself
+            self.demote(f"ONNX Runtime cannot open {chosen.get('file')} ({type(exc).__name__})")
+
+    def demote(self, reason: str) -> None:
+        """Serve the scikit-learn model from now on, saying why."""
+        self.onnx = None
+        self.runtime = {"name": SKLEARN_RUNTIME, "reason": reason}
 
     def to_frame(self, records: list[Any]) -> Any:
         """The DataFrame the model was fit on: fit column order, dtypes as read_csv gives them."""
-        import numpy as np
         import pandas as pd
+
+        # copy=False: the arrays are new, so keep them rather than copy them into one block.
+        return pd.DataFrame(self.to_columns(records), columns=self.columns, copy=False)
+
+    def to_columns(self, records: list[Any]) -> dict[str, Any]:
+        """The records' values by column, as the NumPy arrays ``to_frame`` is made of."""
+        import numpy as np
 
         rows = [record.__dict__ for record in records]
         data: dict[str, Any] = {}
@@ -148,12 +190,13 @@ class Predictor:
                 data[column] = np.array(values, dtype="int64")
             else:
                 data[column] = np.array(values, dtype="float64")  # None -> NaN
-        # copy=False: the arrays are new, so keep them rather than copy them into one block.
-        return pd.DataFrame(data, columns=self.columns, copy=False)
+        return data
 
     def score(self, records: list[Any]) -> list[dict[str, Any]]:
         """One answer per validated record, in order (see the module docstring)."""
         self._limit_threads()
+        if self.paths.onnx:  # ONNX Runtime takes the columns as they are: no DataFrame
+            return self.answers(self.to_columns(records), self.paths, rows=len(records))
         return self.answers(self.to_frame(records), self.paths)
 
     def choose_paths(self, records: list[Any]) -> Paths:
@@ -164,6 +207,10 @@ class Predictor:
         """
         self._limit_threads()
         frame = self.to_frame(records)
+        self.checked_records = len(records)
+        if self.onnx is not None and self._onnx_answers_like_the_model(frame):
+            self.paths = ONNX
+            return self.paths
         reference = repr(self.answers(frame, OWN_CALLS))
         for paths in self._shortcuts():
             try:
@@ -173,24 +220,39 @@ class Predictor:
             if exact:
                 self.paths = paths
                 break
-        self.checked_records = len(records)
         return self.paths
+
+    def _onnx_answers_like_the_model(self, frame: Any) -> bool:
+        """Whether ONNX Runtime answers ``frame`` like the model; if not, demote it."""
+        from fast_runtime import compare
+
+        try:
+            difference, _ = compare(
+                self._outputs(frame, OWN_CALLS), self._outputs(frame, ONNX), self.task
+            )
+        except Exception as exc:  # a conversion that cannot answer is not served
+            difference = f"{type(exc).__name__}: {exc}"
+        if difference is not None:
+            self.demote(f"ONNX Runtime differed from scikit-learn at start-up: {difference}")
+        return difference is None
 
     def describe_paths(self) -> dict[str, Any]:
         """The shortcuts in use and on how many records they were checked (for /metadata)."""
         return {**asdict(self.paths), "checked_records": self.checked_records}
 
-    def answers(self, frame: Any, paths: Paths) -> list[dict[str, Any]]:
-        """The answers to a frame's rows, the model called as ``paths`` says."""
+    def answers(self, frame: Any, paths: Paths, rows: int | None = None) -> list[dict[str, Any]]:
+        """The answers to a frame's rows (``rows`` of them; ONNX Runtime also takes the
+        ``to_columns`` mapping), the model called as ``paths`` says."""
         import numpy as np
 
+        rows = len(frame) if rows is None else rows
         predictions, proba = self._outputs(frame, paths)
         if predictions.ndim == 2 and predictions.shape[1] == 1:
             predictions = predictions[:, 0]
-        if predictions.shape != (len(frame),):
+        if predictions.shape != (rows,):
             raise RuntimeError(
                 f"Model {self.model_tag} returned predictions of shape {predictions.shape} for "
-                f"{len(frame)} records: only single-output models can be served"
+                f"{rows} records: only single-output models can be served"
             )
         if self.task == REGRESSION:
             values = [float(v) for v in predictions.tolist()]
@@ -200,10 +262,10 @@ class Predictor:
         labels = [to_native(label) for label in predictions.tolist()]
         if proba is None:
             return [{"prediction": label} for label in labels]
-        if proba.shape != (len(frame), len(self.classes)) or not np.isfinite(proba).all():
+        if proba.shape != (rows, len(self.classes)) or not np.isfinite(proba).all():
             raise RuntimeError(
                 f"Model {self.model_tag} produced probabilities of shape {proba.shape} (or "
-                f"non-finite ones) for {len(frame)} records and {len(self.classes)} classes"
+                f"non-finite ones) for {rows} records and {len(self.classes)} classes"
             )
         keys = self.class_keys
         return [
@@ -215,6 +277,8 @@ class Predictor:
         """Predictions and probabilities (None without predict_proba) as NumPy arrays."""
         import numpy as np
 
+        if paths.onnx:
+            return self.onnx.outputs(frame)
         if paths == OWN_CALLS:  # the reference every shortcut is checked against
             predictions = np.asarray(self.model.predict(frame))
             if not self.has_probabilities:

@@ -15,9 +15,13 @@ API (all POST, JSON):
   merges concurrent requests into one model call. Bad requests get a one-line 4xx naming the
   field (``request_guard``); every answer is logged first (``inference_log``).
 - ``/metadata`` ``{}`` returns the model tag, pipeline, task, classes, run version, metrics,
-  lineage, the feature and record schemas, the request limits and the ``fast_paths`` the
-  worker proved exact at start-up (``predictor.Paths``).
+  lineage, the feature and record schemas, the request limits, the ``runtime`` that answers
+  (``{"name": "onnxruntime" | "sklearn", "reason": ...}``, see ``fast_runtime``) and the
+  ``fast_paths`` the worker proved at start-up (``predictor.Paths``).
 - BentoML's ``GET /livez``, ``/healthz`` and ``/readyz``.
+
+BentoML's defaults otherwise (access log, ``/metrics``), but ``/predict`` is not traced (see the
+``tracing`` option below).
 
 A bento only contains this directory: no module here imports the ``flows`` package.
 """
@@ -120,6 +124,7 @@ def describe(
         "task": predictor.task,
         "classes": predictor.classes if predictor.task == "classification" else None,
         "probabilities": predictor.has_probabilities,
+        "runtime": predictor.runtime,
         "fast_paths": predictor.describe_paths(),
         "run_version": metadata.get("run_version", labels.get("run_version")),
         "target": metadata.get("target", FEATURE_SCHEMA.get("target")),
@@ -141,6 +146,10 @@ globals()[IDENTITY.class_name] = bentoml.service(
     name=IDENTITY.service_name,
     workers="cpu_count",  # the HTTP stack, not the model, is most of a request's CPU
     traffic={"timeout": TRAFFIC_TIMEOUT_S},
+    # BentoML records an OpenTelemetry span per request even with no exporter configured: on
+    # /predict that was 40 % of a request's CPU. Each answer is in the inference log under its
+    # request id; configuring services.<name>.tracing.excluded_urls: [] re-enables it.
+    tracing={"excluded_urls": [PREDICT_ROUTE]},
 )(PipelineService)
 globals()[IDENTITY.class_name].add_asgi_middleware(
     RequestGuard,

@@ -276,6 +276,9 @@ def render_run(record: dict[str, Any], store: Any) -> str:
         )
     if record.get("bento_tag"):
         lines.append(f"  model {record['model_tag']}  bento {record['bento_tag']}")
+    runtime = record.get("runtime") or {}
+    if runtime.get("name"):
+        lines.append(f"  served by {runtime['name']}: {runtime.get('reason')}")
     lines.append(f"  stored at {store.uri(record['version'])}")
     return "\n".join(lines)
 

@@ -4,6 +4,11 @@
 failed its infra check). The steps are public too: ``save_model``, ``build_bento``,
 ``delete_model``, ``delete_bento``.
 
+Runtime: given the holdout rows, ``package_model`` converts the model to ONNX and stores the
+conversion with it only if it answers those rows like the model (``flows.model_runtime``); the
+model's metadata says which runtime serves and why under ``runtime`` (``{"name": "onnxruntime" |
+"sklearn", "reason": ...}``), which the bento's /metadata shows and ``packaged_runtime`` reads.
+
 BentoML reads ``BENTOML_HOME`` when it is first imported, so it is imported inside the functions:
 importing this module must not fix the store location (nor cost the import time).
 
@@ -25,24 +30,39 @@ import tempfile
 from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from flows.errors import PackagingError
 from flows.faults import checkpoint
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 # The notebook's model file is stored under this one name in every BentoML model (joblib reads
 # plain pickles too); the service loads it from there (bentos/pinning.py MODEL_FILE).
 MODEL_FILE = "model.joblib"
 PIN_FILE = "model_pin.json"
+# The model's ONNX conversion, when it serves (bentos/fast_runtime.py ONNX_FILE), and the metadata
+# key naming the runtime (RUNTIME_KEY there).
+ONNX_FILE = "model.onnx"
+RUNTIME_KEY = "runtime"
 BENTOFILE = "bentofile.yaml"
 # Metadata key the service reads to build its request schema (bentos/pinning.py).
 FEATURE_SCHEMA_KEY = "feature_schema"
 TASKS = ("classification", "regression")
 # What the service imports at serve time. Pinned to the installed versions so the bento's
 # model is unpickled by the scikit-learn that pickled it.
-SERVE_TIME_PACKAGES = ("scikit-learn", "pandas", "numpy", "pydantic", "joblib", "threadpoolctl")
+SERVE_TIME_PACKAGES = (
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "pydantic",
+    "joblib",
+    "threadpoolctl",
+    "onnxruntime",
+)
 
 
 def package_model(
@@ -54,18 +74,28 @@ def package_model(
     metadata: dict[str, Any],
     feature_schema: dict[str, Any],
     bentos_dir: Path,
+    holdout: pd.DataFrame | None = None,
 ) -> tuple[str, str]:
     """Save the model and build the pipeline's bento pinned to it; return (model_tag, bento_tag).
 
     ``metadata`` must hold ``task`` ("classification" | "regression"); the rest (run_version,
     target, classes, id_columns, time_column, metrics, data_sha256, lineage, ...) is stored as
     given, without its None values (BentoML refuses None), plus ``pipeline``, ``classes`` (the
-    model's ``classes_`` as JSON values, for a classifier) and ``model_file`` (the file's name).
-    The bento is named after the pipeline and versioned ``version``. If the build fails the
-    saved model is deleted again: no packaged model without its bento.
+    model's ``classes_`` as JSON values, for a classifier), ``model_file`` (the file's name) and
+    ``runtime``: ONNX Runtime when the model's conversion answers ``holdout``'s rows (their
+    feature columns; others are ignored) like the model, else scikit-learn, with the reason
+    (``packaged_runtime`` reads it back). The bento is named after the pipeline and versioned
+    ``version``. If the build fails the saved model is deleted again: no packaged model without
+    its bento.
     """
+    from flows.model_runtime import choose_runtime
+
     model_path = Path(model_path)
-    full_metadata = _model_metadata(model_path, pipeline, metadata, feature_schema, model_name)
+    full_metadata, model = _model_metadata(
+        model_path, pipeline, metadata, feature_schema, model_name
+    )
+    runtime = choose_runtime(model, holdout, feature_schema, full_metadata["task"], bentos_dir)
+    full_metadata[RUNTIME_KEY] = runtime.metadata(ONNX_FILE)
     labels = {"pipeline": pipeline, "run_version": version, "task": full_metadata["task"]}
     model_tag = save_model(
         model_path,
@@ -73,6 +103,7 @@ def package_model(
         labels=labels,
         metadata=full_metadata,
         feature_schema=feature_schema,
+        extra_files={ONNX_FILE: runtime.onnx} if runtime.onnx is not None else None,
     )
     try:
         checkpoint("bento-build")
@@ -83,6 +114,17 @@ def package_model(
         delete_model(model_tag)
         raise
     return model_tag, bento_tag
+
+
+def packaged_runtime(model_tag: str) -> dict[str, Any]:
+    """Which runtime serves a packaged model and why: its metadata's ``runtime`` (``name``,
+    ``reason``; for ONNX Runtime also ``file``, ``inputs`` and ``versions``)."""
+    _require_exact_tag(model_tag)
+
+    import bentoml
+
+    runtime = bentoml.models.get(model_tag).info.metadata.get(RUNTIME_KEY)
+    return dict(runtime) if runtime else {"name": "sklearn", "reason": "packaged without one"}
 
 
 def delete_package(model_tag: str, bento_tag: str) -> None:
@@ -101,12 +143,14 @@ def save_model(
     labels: dict[str, str],
     metadata: dict[str, Any],
     feature_schema: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
 ) -> str:
     """Save the model file into the BentoML model store; return the exact tag 'name:version'.
 
     The file is copied byte for byte (not re-pickled) so the stored artifact is the one the
-    notebook produced and the gate evaluated. The feature schema goes into the metadata under
-    ``feature_schema``: the service builds its request validation from it.
+    notebook produced and the gate evaluated; ``extra_files`` (name -> bytes, such as the
+    model's ONNX conversion) are written next to it. The feature schema goes into the metadata
+    under ``feature_schema``: the service builds its request validation from it.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -135,6 +179,8 @@ def save_model(
             name, labels=dict(labels), metadata=full_metadata
         ) as bento_model:
             shutil.copyfile(model_path, bento_model.path_of(MODEL_FILE))
+            for file_name, content in (extra_files or {}).items():
+                Path(bento_model.path_of(file_name)).write_bytes(content)
     except (bentoml.exceptions.BentoMLException, ValueError, TypeError, OSError) as exc:
         raise PackagingError(
             f"Saving model {name!r} from {model_path} to the BentoML store failed: {exc}; "
@@ -304,8 +350,8 @@ def _model_metadata(
     metadata: dict[str, Any],
     feature_schema: dict[str, Any],
     model_name: str,
-) -> dict[str, Any]:
-    """The metadata to store, checked against the model itself (loaded once, here)."""
+) -> tuple[dict[str, Any], Any]:
+    """The metadata to store, checked against the model itself, and the model (loaded once)."""
     full = _without_nones(copy.deepcopy(dict(metadata)))
     what = f"Cannot package model {model_name!r} of pipeline {pipeline!r}"
     if full.setdefault("pipeline", pipeline) != pipeline:
@@ -335,7 +381,7 @@ def _model_metadata(
                 f"{model_classes}; fix the classes passed in"
             )
         full["classes"] = model_classes
-    return full
+    return full, model
 
 
 def _load_model(model_path: Path, what: str) -> Any:

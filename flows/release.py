@@ -77,8 +77,10 @@ def package(
     metadata: dict[str, Any],
     feature_schema: dict[str, Any],
     bentos_dir: Path,
+    holdout: pd.DataFrame | None = None,
 ) -> Package:
-    """Save the model to the BentoML store and build the pipeline's bento pinned to it."""
+    """Save the model to the BentoML store and build the pipeline's bento pinned to it; with the
+    holdout rows, served by ONNX Runtime when its conversion answers them like the model."""
     from flows.packaging import package_model
 
     model_tag, bento_tag = package_model(
@@ -89,6 +91,7 @@ def package(
         metadata=metadata,
         feature_schema=feature_schema,
         bentos_dir=bentos_dir,
+        holdout=holdout,
     )
     return Package(model_tag, bento_tag)
 
@@ -134,6 +137,7 @@ def release_model(
         ),
         feature_schema=data.schema.feature_schema(scored.features),
         bentos_dir=run.settings.bentos_dir,
+        holdout=scored.holdout_rows,
     )
     return check_and_prepare_crown(spec, run.package, scored, run)
 
@@ -148,6 +152,7 @@ def check_and_prepare_crown(
     infra = infra_check(built, scored.model.path, scored.holdout_rows, spec)
     run.put_json("infra_check.json", infra)
     run.record["infra_check"] = {"passed": infra["passed"], "reason": infra["reason"]}
+    run.record["runtime"] = infra.get("runtime")  # which runtime serves the bento, and why
     if not infra["passed"]:
         run.package = None  # deleted by the check
         run.record.update(

@@ -11,7 +11,8 @@ The service itself lives in ``bentos/`` (it cannot import this package). Its con
   <number>}``; headers ``X-Request-ID`` and ``X-Model-Tag``; a bad request gets a 4xx whose
   ``error`` names the field.
 - ``POST /metadata`` with ``{}`` returns the model tag, pipeline, task, classes, run version,
-  id/time/target columns, metrics, lineage and the feature schema.
+  id/time/target columns, metrics, lineage, the feature schema and the ``runtime`` that answers
+  (``{"name": "onnxruntime" | "sklearn", "reason": ...}``).
 
 Running a bento and finding the BentoML store (``$BENTOML_HOME``, else the project's
 ``.nbprod/bentoml``) is ``flows.bento_server``; reading the inference log back is
@@ -50,8 +51,10 @@ DEFAULT_URL = f"http://{HOST}:{DEFAULT_PORT}"
 CHUNK_RECORDS = 1_000
 HTTP_TIMEOUT_S = 60.0
 # Served probabilities and regression predictions may differ from the model's by this much
-# (relative for predictions): the service rebuilds the rows from JSON.
+# (regression: relative above 1): the service rebuilds the rows from JSON. ONNX Runtime computes
+# in float32: packaging keeps a conversion only within ONNX_TOLERANCE (bentos/fast_runtime.py).
 PROBABILITY_TOLERANCE = 1e-9
+ONNX_TOLERANCE = 1e-5
 PROBE_FIELD = "__nbprod_probe__"
 
 
@@ -359,9 +362,11 @@ def check_served_answers(
     ignored) with ``predict``, plus ``predict_proba`` for a classifier that has it. The bento
     must: pass its health probes; name ``model_tag``, ``task`` and the model's classes in
     /metadata; answer the same rows with the same labels (exactly) and probabilities (within
-    1e-9), or the same numbers (regression, within 1e-9 relative); refuse an unknown field with
-    a 4xx; log every answer. Returns ``{"passed", "reason", "checks", "bento_tag", "model_tag",
-    "task", "rows", "startup_s"}``: a failing bento is a result, not an exception. Caller
+    1e-9), or the same numbers (regression, within 1e-9 relative); 1e-5 when /metadata says
+    ONNX Runtime serves; refuse an unknown field with a 4xx; log every answer. Returns
+    ``{"passed", "reason", "checks", "bento_tag", "model_tag", "task", "rows", "startup_s",
+    "runtime"}`` (``runtime``: which runtime serves and why, from /metadata; None if it never
+    answered): a failing bento is a result, not an exception. Caller
     mistakes (no rows, an unknown task, a model file that does not load, feature columns missing
     from the sample) raise ValueError.
     """
@@ -379,6 +384,7 @@ def check_served_answers(
         raise ValueError(f"{model_path} does not load with joblib: {exc}") from exc
     checks: list[dict[str, Any]] = []
     startup_s = 0.0
+    served: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nbprod-infra-check-") as tmp:
         log_dir = Path(tmp) / "inference"
         try:
@@ -387,7 +393,7 @@ def check_served_answers(
             ) as (base, startup_s):
                 checks.append(_check("startup", True, f"ready in {startup_s:.1f} s"))
                 checkpoint("infra-check-serving")
-                checks += _serving_checks(base, model, sample, model_tag, task, log_dir)
+                checks += _serving_checks(base, model, sample, model_tag, task, log_dir, served)
         except ServingError as exc:  # never became ready
             checks.append(_check("startup", False, str(exc)))
         except OSError as exc:  # cannot spawn, or the connection broke mid-check
@@ -402,6 +408,7 @@ def check_served_answers(
         "checks": checks,
         "reason": f"{failed[0]['name']}: {failed[0]['detail']}" if failed else None,
         "startup_s": round(startup_s, 3),
+        "runtime": served.get("runtime"),
     }
 
 
@@ -436,7 +443,13 @@ def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
 
 
 def _serving_checks(
-    base: str, model: Any, sample: pd.DataFrame, model_tag: str, task: str, log_dir: Path
+    base: str,
+    model: Any,
+    sample: pd.DataFrame,
+    model_tag: str,
+    task: str,
+    log_dir: Path,
+    served_metadata: dict[str, Any],
 ) -> list[dict[str, Any]]:
     checks = []
     statuses = {
@@ -449,6 +462,7 @@ def _serving_checks(
     if status != 200 or not isinstance(meta, dict) or "feature_schema" not in meta:
         checks.append(_check("metadata", False, f"status {status}: {str(meta)[:200]}"))
         return checks
+    served_metadata.update(meta)
     records, expected = expected_answers(model, sample, meta["feature_schema"], task)
     checks.append(_metadata_check(meta, model_tag, task, expected))
     try:
@@ -457,7 +471,9 @@ def _serving_checks(
         checks.append(_check("predict", False, str(exc)))
         return checks
     checks.append(_check("predict", True, f"{len(served)} answers"))
-    checks.append(compare_answers(served, expected, task))
+    runtime = (meta.get("runtime") or {}).get("name")
+    tolerance = ONNX_TOLERANCE if runtime == "onnxruntime" else PROBABILITY_TOLERANCE
+    checks.append(compare_answers(served, expected, task, tolerance=tolerance))
 
     bad = [{**records[0], PROBE_FIELD: 1}]
     status, body, _ = post_json(base + "/predict", {"records": bad})
@@ -482,17 +498,24 @@ def _metadata_check(
         problems.append(f"classes {meta.get('classes')}, expected {list(classes)}")
     if problems:
         return _check("metadata", False, "; ".join(problems))
-    return _check("metadata", True, f"serves {model_tag} (run {meta.get('run_version')}, {task})")
+    runtime = (meta.get("runtime") or {}).get("name", "sklearn")
+    detail = f"serves {model_tag} (run {meta.get('run_version')}, {task}) with {runtime}"
+    return _check("metadata", True, detail)
 
 
 def compare_answers(
-    served: list[dict[str, Any]], expected: list[dict[str, Any]], task: str
+    served: list[dict[str, Any]],
+    expected: list[dict[str, Any]],
+    task: str,
+    *,
+    tolerance: float = PROBABILITY_TOLERANCE,
 ) -> dict[str, Any]:
-    """The ``predictions_match`` check: labels equal, numbers and probabilities within 1e-9."""
+    """The ``predictions_match`` check: labels equal, numbers and probabilities within
+    ``tolerance`` (regression: relative above 1)."""
     mismatches = []
     worst = 0.0
     for row, (got, want) in enumerate(zip(served, expected, strict=True)):
-        same, delta = _same_answer(got, want, task)
+        same, delta = _same_answer(got, want, task, tolerance)
         worst = max(worst, delta)
         if not same:
             mismatches.append(f"row {row}: served {got!r}, expected {want!r}")
@@ -501,10 +524,14 @@ def compare_answers(
         return _check(
             "predictions_match", False, f"{len(mismatches)} of {len(served)} rows differ: {shown}"
         )
-    return _check("predictions_match", True, f"{len(served)} rows match (max |Δ| {worst:.1e})")
+    return _check(
+        "predictions_match",
+        True,
+        f"{len(served)} rows match (max |Δ| {worst:.1e}, limit {tolerance:g})",
+    )
 
 
-def _same_answer(got: Any, want: dict[str, Any], task: str) -> tuple[bool, float]:
+def _same_answer(got: Any, want: dict[str, Any], task: str, tolerance: float) -> tuple[bool, float]:
     """Whether one served answer is the model's, and the largest numeric difference."""
     if not isinstance(got, dict) or set(got) != set(want):
         return False, 0.0
@@ -513,7 +540,7 @@ def _same_answer(got: Any, want: dict[str, Any], task: str) -> tuple[bool, float
         if isinstance(served, bool) or not isinstance(served, int | float):
             return False, 0.0
         delta = abs(float(served) - own)
-        return math.isclose(served, own, rel_tol=PROBABILITY_TOLERANCE, abs_tol=1e-12), delta
+        return math.isfinite(delta) and delta <= tolerance * max(1.0, abs(own)), delta
     if got["prediction"] != want["prediction"] or type(got["prediction"]) is not type(
         _native(want["prediction"])
     ):
@@ -524,7 +551,7 @@ def _same_answer(got: Any, want: dict[str, Any], task: str) -> tuple[bool, float
     if not isinstance(served_p, dict) or list(served_p) != list(own_p):
         return False, 0.0
     delta = max(abs(float(served_p[k]) - float(own_p[k])) for k in own_p)
-    return delta <= PROBABILITY_TOLERANCE, delta
+    return delta <= tolerance, delta
 
 
 def _log_check(

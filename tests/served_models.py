@@ -21,13 +21,16 @@ PIPELINES: dict[str, tuple[str, str, str, str]] = {
     "species": ("classification", "species", "sample_id", "measured_at"),
     "price": ("regression", "price", "listing_id", "listed_on"),
     "svc": ("classification", "churned", "customer_id", "signup_date"),
+    "forest": ("classification", "churned", "customer_id", "signup_date"),
 }
+# Trees per forest: even, so some rows tie (served by scikit-learn, see bentos/fast_runtime.py).
+FOREST_TREES = 30
 
 
 def make_frame(pipeline: str, n: int = 400, seed: int = 0) -> pd.DataFrame:
     """A table for ``pipeline``: ids, time, features x0..x3, visits (int), plan, the target.
 
-    churn/svc: binary int labels; species: string labels (3 classes); price: numbers.
+    churn/svc/forest: binary int labels; species: string labels (3 classes); price: numbers.
     """
     from sklearn.datasets import make_classification, make_regression
 
@@ -58,12 +61,18 @@ def make_frame(pipeline: str, n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 
 def fit(pipeline: str, frame: pd.DataFrame, *, flip: bool = False) -> Any:
-    """A scikit-learn Pipeline (imputer + one-hot + estimator) fitted on the frame's features.
+    """A scikit-learn Pipeline (imputer + one-hot + estimator) fitted on the frame's features:
+    gradient boosting (churn, price), logistic regression (species), a linear SVC (svc) and a
+    random forest (forest), the numbers scaled for the linear models.
 
     ``flip`` trains a classifier on reversed labels: a model whose answers differ.
     """
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+    )
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -75,7 +84,7 @@ def fit(pipeline: str, frame: pd.DataFrame, *, flip: bool = False) -> Any:
     scaled = Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())])
     preprocess = ColumnTransformer(
         [
-            ("num", scaled, numerical),
+            ("num", SimpleImputer() if pipeline == "forest" else scaled, numerical),
             ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"]),
         ]
     )
@@ -86,6 +95,8 @@ def fit(pipeline: str, frame: pd.DataFrame, *, flip: bool = False) -> Any:
         estimator = LinearSVC()
     elif pipeline == "species":
         estimator = LogisticRegression(max_iter=1_000)
+    elif pipeline == "forest":
+        estimator = RandomForestClassifier(n_estimators=FOREST_TREES, random_state=0)
     else:
         estimator = HistGradientBoostingClassifier(max_iter=30, random_state=0)
     y = frame[target]
@@ -126,8 +137,11 @@ def metadata(pipeline: str, version: str, frame: pd.DataFrame) -> dict[str, Any]
     }
 
 
-def package(pipeline: str, workdir: Path, bentos_dir: Path, version: str) -> dict[str, Any]:
-    """Fit, save and package one pipeline's model; return its tags, paths and sample rows."""
+def package(
+    pipeline: str, workdir: Path, bentos_dir: Path, version: str, *, holdout: bool = True
+) -> dict[str, Any]:
+    """Fit, save and package one pipeline's model (checking its ONNX conversion on other rows
+    of the same kind, unless ``holdout`` is False); return its tags, paths and sample rows."""
     import joblib
 
     from flows.packaging import package_model
@@ -144,9 +158,12 @@ def package(pipeline: str, workdir: Path, bentos_dir: Path, version: str) -> dic
         metadata=metadata(pipeline, version, frame),
         feature_schema=feature_schema(pipeline, frame),
         bentos_dir=bentos_dir,
+        holdout=make_frame(pipeline, seed=1) if holdout else None,
     )
+    # Rows to serve: new rows of the same kind, as traffic is (a training row can sit exactly on a
+    # split the model learned, where float32 and float64 may route it differently).
     csv = workdir / f"{pipeline}.csv"
-    frame.to_csv(csv, index=False)
+    make_frame(pipeline, seed=2).to_csv(csv, index=False)
     return {
         "pipeline": pipeline,
         "task": PIPELINES[pipeline][0],

@@ -84,8 +84,34 @@ def test_package_model_stores_the_file_metadata_and_labels(packaged: dict[str, A
         "classes": [0, 1],
         "model_file": "churn-v2.joblib",
         "feature_schema": packaged["feature_schema"],
+        # No holdout rows: nothing to check a conversion on, so scikit-learn serves it.
+        "runtime": {
+            "name": "sklearn",
+            "reason": "no holdout rows were given to check a conversion on",
+        },
     }
     assert packaged["stored_a"]["file_identical"] is True
+    assert packaged["stored_a"]["files"] == ["model.joblib"]
+
+
+def test_a_model_whose_conversion_answers_like_it_is_stored_with_it(
+    packaged: dict[str, Any],
+) -> None:
+    converted = packaged["converted"]
+    assert converted["files"] == ["model.joblib", "model.onnx"]
+    assert converted["file_identical"] is True  # the notebook's file, still byte for byte
+    runtime = converted["metadata"]["runtime"]
+    assert runtime == converted["packaged_runtime"]
+    assert (runtime["name"], runtime["file"]) == ("onnxruntime", "model.onnx")
+    assert runtime["reason"].startswith("its ONNX conversion (skl2onnx ")
+    assert [(i["name"], i["type"]) for i in runtime["inputs"]] == [
+        *((c, "float32") for c in ("x0", "x1", "x2", "x3", "visits")),
+        ("plan", "string"),
+    ]
+    assert runtime["versions"] == {
+        "skl2onnx": importlib.metadata.version("skl2onnx"),
+        "onnxruntime": importlib.metadata.version("onnxruntime"),
+    }
 
 
 def test_a_pickled_model_is_stored_byte_for_byte(packaged: dict[str, Any]) -> None:
@@ -107,7 +133,7 @@ def test_bento_is_named_for_the_pipeline_and_pins_exactly_its_model(
     assert packaged["bento_service"] == "service:ChurnV2Service"
     assert packaged["bento_services"] == [PIPELINE]
     assert packaged["bento_labels"].items() >= {"run_version": "run-0001"}.items()
-    for package in ("scikit-learn", "pandas", "numpy", "pydantic", "joblib"):
+    for package in ("scikit-learn", "pandas", "numpy", "pydantic", "joblib", "onnxruntime"):
         pin = f"{package}=={importlib.metadata.version(package)}"
         assert pin in packaged["bento_requirements"], "serve-time packages pinned as installed"
     assert packaged["rebuild_same_pin"] == packaged["bento_tag"]
@@ -138,7 +164,12 @@ def test_packaging_refuses_wrong_models_metadata_and_unsafe_operations(
     assert "latest" in errors["delete_bento_latest"]
     # None of the refused packages left a model behind.
     assert packaged["models_after_refusals"] == sorted(
-        [packaged["tag_a"], packaged["tag_b"], packaged["pickled"]["model_tag"]]
+        [
+            packaged["tag_a"],
+            packaged["tag_b"],
+            packaged["pickled"]["model_tag"],
+            packaged["converted"]["model_tag"],
+        ]
     )
 
 
@@ -280,6 +311,7 @@ def _stored(tag: str, source: Path) -> dict[str, Any]:
         "labels": dict(model.info.labels),
         "metadata": dict(model.info.metadata),
         "file_identical": Path(model.path_of("model.joblib")).read_bytes() == source.read_bytes(),
+        "files": sorted(p.name for p in Path(model.path).iterdir() if p.suffix != ".yaml"),
     }
 
 
@@ -289,7 +321,13 @@ def _run_packaging(workdir: Path) -> None:
     import joblib
     from served_models import feature_schema, fit, make_frame, metadata
 
-    from flows.packaging import build_bento, delete_bento, delete_model, delete_package
+    from flows.packaging import (
+        build_bento,
+        delete_bento,
+        delete_model,
+        delete_package,
+        packaged_runtime,
+    )
     from flows.packaging import package_model as package
 
     frame = make_frame("churn")
@@ -346,6 +384,16 @@ def _run_packaging(workdir: Path) -> None:
         **_stored(pickled_tags[0], pickled_path),
         "model_tag": pickled_tags[0],
         "bento_tag": pickled_tags[1],
+    }
+    # With holdout rows (other rows of the same kind) its ONNX conversion is checked and kept.
+    converted_tag, _ = package_model(
+        model_a, "run-0005", pipeline="converted", metadata={**given, "pipeline": "converted"},
+        holdout=make_frame("churn", seed=1),
+    )  # fmt: skip
+    result["converted"] = {
+        **_stored(converted_tag, model_a),
+        "packaged_runtime": packaged_runtime(converted_tag),
+        "model_tag": converted_tag,
     }
 
     price = make_frame("price")

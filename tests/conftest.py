@@ -27,6 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "DO_NOT_TRACK": "1",
             "BENTOML_DO_NOT_TRACK": "true",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+            # The opt-in ONNX runtime is what most serving tests check; the container test
+            # packages with it off, as a user's default.
+            "NBPROD_ONNX_RUNTIME": "on",
         }
     )
     os.environ.pop("PREFECT_API_URL", None)

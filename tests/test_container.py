@@ -314,6 +314,7 @@ def champion(
         BENTOML_DO_NOT_TRACK="true",
         DO_NOT_TRACK="1",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        NBPROD_ONNX_RUNTIME="off",  # a user's default: the image serves scikit-learn's answers
     )
     proc = subprocess.run(
         [sys.executable, __file__, str(workdir)],

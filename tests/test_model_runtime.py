@@ -234,3 +234,12 @@ def test_skl2onnx_still_writes_bool_flags_and_the_fix_converts_hist_gradient_boo
             if a.name == "nodes_missing_value_tracks_true"
         ]  # fmt: skip
         assert len(flags) == 1 and set(flags[0].ints) <= {0, 1}
+
+
+def test_the_onnx_runtime_is_off_unless_switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off by default: scikit-learn serves, and the reason says how to switch ONNX on."""
+    from flows.model_runtime import ONNX_SWITCH
+
+    monkeypatch.delenv(ONNX_SWITCH)
+    _, runtime = _runtime("churn")
+    assert runtime.name == SKLEARN and ONNX_SWITCH in runtime.reason

@@ -872,7 +872,7 @@ def test_deploy_without_a_server_is_one_clear_error(
     with temporary_settings(updates={PREFECT_API_URL: url}):
         with pytest.raises(DeployError, match=f"no Prefect server reachable at {url}"):
             deploy(["training"], project_root=project)
-        with pytest.raises(DeployError, match="no deployment named nope"):
+        with pytest.raises(DeployError, match="no deployment named 'nope'"):
             deploy(["nope"], project_root=project)
     with temporary_settings(updates={PREFECT_API_URL: None}):
         with pytest.raises(DeployError, match="PREFECT_API_URL"):

@@ -363,7 +363,6 @@ def run_chain(
         ]
         for i, call in enumerate(calls):
             run.executed[plan.stem if len(calls) == 1 else f"{plan.stem}-grid-{i}"] = call.executed
-        run.calls.extend(calls)
         earlier = dict(outputs)
         out, best, grid = run_grid(
             calls,

@@ -48,8 +48,6 @@ class Run:
     executed: dict[str, Path] = field(default_factory=dict)
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The notebook calls planned so far (flows.execution.NotebookCall), in run order.
-    calls: list[Any] = field(default_factory=list)
     # Publishes the finished record and links as Prefect artifacts (a flow may bring its own).
     publish: Publisher | None = None
     # The bento built for this run (flows.release.Package) until the run is listed accepted.

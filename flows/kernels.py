@@ -263,7 +263,9 @@ class WarmKernel:
     async def _start(self) -> None:
         from jupyter_client.manager import AsyncKernelManager
 
-        self.manager = AsyncKernelManager(kernel_name=self.kernel_name)
+        # CurveZMQ keys for kernels whose spec declares support (ipykernel's does): the kernel's
+        # traffic over local TCP is encrypted, and it says nothing about running without.
+        self.manager = AsyncKernelManager(kernel_name=self.kernel_name, transport_encryption="auto")
         arguments = list(IPYKERNEL_ARGUMENTS) if self.manager.ipykernel else []
         await self.manager.start_kernel(cwd=self.cwd, env=self.env, extra_arguments=arguments)
 

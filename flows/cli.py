@@ -111,7 +111,7 @@ def run_flow_from_cli(args: argparse.Namespace, flow_name: str, **arguments: Any
     and it is stored as a new version.
     """
     if args.dask is None:
-        prestart_kernels(args.spec)
+        prestart_kernels(args, flow_name, arguments.get("parameters"))
     from flows import pipeline, progress
     from flows.prefect_settings import command_flow_settings
 
@@ -179,29 +179,37 @@ def dask_task_runner(address: str) -> Any:
     )
 
 
-def prestart_kernels(spec: str) -> None:
+def prestart_kernels(
+    args: argparse.Namespace, flow_name: str, parameters: dict[str, Any] | None
+) -> None:
     """Start the spec's notebook kernels ahead of need (flows.kernels), before Prefect is imported.
 
     Why here: importing Prefect and starting a flow run take seconds of this process's time;
     meanwhile the first kernel starts and imports its notebook's libraries on the other core, so
     the notebook starts with them loaded. The pool expects one run per notebook (one per point
-    of its grid). A spec that does not load is the flow's to report.
+    of its grid). None starts for a notebook spec whose first notebook is already in the cache
+    (an unchanged re-run: the kernel would only compete with the run for the cores). A spec that
+    does not load is the flow's to report.
     """
-    from flows.kernels import start_kernel_pool, stop_kernel_pool
-
-    start_kernel_pool([None])  # a kernel starts now; the notebook it serves is named below
-
     from flows.errors import NbprodError
-    from flows.runner import expand_grid
+    from flows.kernels import start_kernel_pool, stop_kernel_pool
     from flows.settings import load_settings
-    from flows.spec import load_spec, resolve_project_path
 
     settings = load_settings()
     if not settings.warm_kernels:
-        stop_kernel_pool()
         return
+    from flows.calls import is_cached
+    from flows.planning import first_call
+    from flows.runner import expand_grid
+    from flows.spec import load_spec, resolve_project_path
+
     try:
-        loaded = load_spec(resolve_project_path(spec))
+        loaded = load_spec(resolve_project_path(args.spec))
+        if flow_name == "notebook_pipeline" and not args.no_cache:
+            call = first_call(loaded, parameters, settings)
+            if call is not None and is_cached(call):
+                return
+        start_kernel_pool([None])  # a kernel starts now; the notebook it serves is named below
         runs = [
             notebook
             for stem, notebook in zip(loaded.stems, loaded.notebook_paths(), strict=True)

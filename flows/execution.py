@@ -12,27 +12,22 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 
+from flows.calls import COMPLETE_MARKER, NotebookCall, is_cached, is_complete, plan_notebook
 from flows.errors import ConfigError, NotebookExecutionError
 from flows.notebook import NotebookOutputs, execute_notebook, read_outputs
 from flows.runner import (
-    cache_dir,
-    call_cache_key,
     resolve_secret,
     scrub_secrets,
     scrub_text,
-    secret_reference,
 )
 from flows.settings import NbprodSettings
-
-# Written next to a cached call's outputs once the notebook finished: the folder is complete.
-COMPLETE_MARKER = "complete"
 
 
 def kernel_died(task: Any, task_run: Any, state: Any) -> bool:
@@ -100,13 +95,6 @@ def folder_lock(folder: Path) -> Iterator[None]:
         yield
 
 
-def is_complete(marker: Path, executed: Path, cache_key: str) -> bool:
-    try:
-        return marker.read_text(encoding="utf-8") == cache_key and executed.exists()
-    except OSError:
-        return False
-
-
 def execute_scrubbed(
     notebook: Path,
     executed: Path,
@@ -150,66 +138,6 @@ def execute_scrubbed(
         raise leaked  # outside the except block: no __context__ holding the secret
 
 
-@dataclass(frozen=True)
-class NotebookCall:
-    """One notebook execution as the flow plans it: where it writes, and how it is cached."""
-
-    name: str
-    notebook: Path
-    executed: Path
-    parameters: dict[str, Any]
-    cache_key: str
-    secrets: dict[str, dict[str, str]]
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.parameters["output_dir"])
-
-    def task_arguments(self, settings: NbprodSettings) -> dict[str, Any]:
-        """The ``run_notebook`` task's arguments, the same for a direct call and a submit."""
-        return {
-            "name": self.name,
-            "notebook": self.notebook,
-            "executed": self.executed,
-            "parameters": self.parameters,
-            "kernel_name": settings.kernel_name,
-            "timeout_s": settings.execution_timeout_s,
-            "cache_key": self.cache_key,
-            "secrets": self.secrets or None,
-            "warm_kernel": settings.warm_kernels,
-        }
-
-    def stored_parameters(self) -> dict[str, Any]:
-        """Parameters as recorded: secrets by reference, never by value."""
-        return {
-            **self.parameters,
-            **{k: secret_reference(ref) for k, ref in self.secrets.items()},
-        }
-
-
-def plan_notebook(
-    name: str,
-    notebook: Path,
-    parameters: dict[str, Any],
-    *,
-    home: Path,
-    kernel_name: str,
-    secrets: dict[str, dict[str, str]] | None = None,
-) -> NotebookCall:
-    """A call writes under a content-addressed cache folder that outlives the run."""
-    secrets = secrets or {}
-    key = call_cache_key(notebook, parameters, secrets, kernel_name)
-    base = cache_dir(home, notebook, key)
-    return NotebookCall(
-        name,
-        notebook,
-        base / "executed" / f"{notebook.stem}.ipynb",
-        {**parameters, "output_dir": str(base / "outputs")},
-        key,
-        secrets,
-    )
-
-
 def notebook_planner(
     settings: NbprodSettings, private_dir: Path | None = None
 ) -> partial[NotebookCall]:
@@ -228,8 +156,7 @@ def must_refresh(call: NotebookCall, forced: bool) -> bool:
     Prefect's cache record says an execution happened; the files live under NBPROD_HOME, which
     may have been cleaned, or may be another home sharing the same Prefect server.
     """
-    marker = call.output_dir.parent / COMPLETE_MARKER
-    return forced or not (marker.exists() and call.executed.exists())
+    return forced or not is_cached(call)
 
 
 def from_state(call: NotebookCall, state: Any) -> tuple[NotebookOutputs, str]:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.calls import NotebookCall, plan_notebook
 from flows.errors import ParameterError
 from flows.notebook import check_parameters, declared_parameters
 from flows.runner import expand_grid
+from flows.settings import NbprodSettings
 from flows.spec import PipelineSpec, resolve_project_path
 
 
@@ -101,3 +103,22 @@ def check_not_wired(
             f"{notebook.name}: parameter(s) {clashes} are set by the pipeline itself (the data "
             "window and the output folder): change the spec's data instead"
         )
+
+
+def first_call(
+    spec: PipelineSpec, overrides: dict[str, Any] | None, settings: NbprodSettings
+) -> NotebookCall | None:
+    """The first notebook's call as ``notebook_pipeline`` plans it in a cached run (None: a grid,
+    whose points are planned one by one). Nothing is wired into a notebook spec's first notebook.
+    """
+    first = plan_chain(spec, overrides=overrides)[0]
+    if len(first.points) != 1:
+        return None
+    return plan_notebook(
+        first.stem,
+        first.path,
+        {**first.parameters, **first.points[0]},
+        home=settings.home,
+        kernel_name=settings.kernel_name,
+        secrets=first.secrets,
+    )

@@ -115,7 +115,8 @@ def test_a_cached_call_is_marked_complete_only_once_its_notebook_finished(
     """The marker next to a cached call's outputs says the folder is whole (flows.execution)."""
     from prefect import flow
 
-    from flows.execution import COMPLETE_MARKER, run_notebook
+    from flows.calls import COMPLETE_MARKER
+    from flows.execution import run_notebook
 
     nb = make_notebook(tmp_path)
     out = tmp_path / "cache" / "outputs"

@@ -215,10 +215,18 @@ def test_an_unchanged_rerun_is_a_prefect_cache_hit_recorded_as_a_new_version(
 
     # A cached call's folder counts only while its completion marker is there (a cleaned or
     # interrupted cache): then Prefect's record is refreshed and the notebook runs again.
-    from flows.execution import COMPLETE_MARKER
+    from flows.calls import COMPLETE_MARKER, is_cached
+    from flows.planning import first_call
+    from flows.settings import load_settings
+    from flows.spec import load_spec, resolve_project_path
 
     (marker,) = (project.parent / "home" / "cache" / "step").glob(f"*/{COMPLETE_MARKER}")
+    # `nbprod run` plans the first call before Prefect is imported, and starts no kernel ahead
+    # when it is cached: that plan is the flow's own (the same folder and key).
+    call = first_call(load_spec(resolve_project_path(spec)), None, load_settings())
+    assert call is not None and call.marker == marker and is_cached(call)
     marker.unlink()
+    assert not is_cached(call)
     assert "cache: step miss" in nbprod_run() and marker.is_file()
     assert "cache: step miss" in nbprod_run("--no-cache")
     assert len(store.list_runs()) == 4

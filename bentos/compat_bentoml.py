@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import bentoml
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
-# Inclusive range of the BentoML versions whose TimeoutMiddleware leaks its timers.
-AFFECTED_VERSIONS = ((1, 4, 0), (1, 4, 40))
+# The BentoML versions whose TimeoutMiddleware leaks its timers.
+AFFECTED_VERSIONS = SpecifierSet(">=1.4.0,<=1.4.40")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -36,19 +37,17 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 logger = logging.getLogger("bentoml.service.nbprod")
 
 
-def bentoml_version(text: str | None = None) -> tuple[int, int, int] | None:
-    """``major.minor.patch`` of BentoML (or of ``text``); None when it does not parse."""
-    match = re.match(r"(\d+)\.(\d+)\.(\d+)", text if text is not None else bentoml.__version__)
-    if match is None:
+def bentoml_version(text: str | None = None) -> Version | None:
+    """BentoML's version (or ``text`` read as one); None when it is not a version."""
+    try:
+        return Version(text if text is not None else bentoml.__version__)
+    except InvalidVersion:
         return None
-    major, minor, patch = (int(part) for part in match.groups())
-    return major, minor, patch
 
 
-def is_affected(version: tuple[int, int, int] | None) -> bool:
+def is_affected(version: Version | None) -> bool:
     """Whether this BentoML version is one the workaround was written for."""
-    low, high = AFFECTED_VERSIONS
-    return version is not None and low <= version <= high
+    return version is not None and AFFECTED_VERSIONS.contains(version, prereleases=True)
 
 
 async def _timeout_middleware_call(self: Any, scope: Scope, receive: Receive, send: Send) -> None:

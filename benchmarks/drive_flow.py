@@ -23,15 +23,15 @@ def main() -> None:
     spec = sys.argv[1]
     from flows.cli import prestart_kernels
 
-    prestart_kernels(spec)  # as `nbprod run` does: warm kernels start while Prefect loads
+    no_cache = "--no-cache" in sys.argv
+    # As `nbprod run` does: warm kernels start while Prefect loads (none for a cached re-run).
+    prestart_kernels(spec, "notebook_pipeline", None, no_cache)
     from flows.pipeline import notebook_pipeline
     from flows.prefect_settings import command_flow_settings
 
     imported = time.perf_counter()
     with command_flow_settings():  # as `nbprod run` does
-        record = notebook_pipeline(
-            spec=spec, no_cache="--no-cache" in sys.argv, triggered_by="bench"
-        )
+        record = notebook_pipeline(spec=spec, no_cache=no_cache, triggered_by="bench")
     finished = time.perf_counter()
     result = {
         "status": record["status"],

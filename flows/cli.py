@@ -111,7 +111,7 @@ def run_flow_from_cli(args: argparse.Namespace, flow_name: str, **arguments: Any
     and it is stored as a new version.
     """
     if args.dask is None:
-        prestart_kernels(args, flow_name, arguments.get("parameters"))
+        prestart_kernels(args.spec, flow_name, arguments.get("parameters"), args.no_cache)
     from flows import pipeline, progress
     from flows.prefect_settings import command_flow_settings
 
@@ -180,7 +180,7 @@ def dask_task_runner(address: str) -> Any:
 
 
 def prestart_kernels(
-    args: argparse.Namespace, flow_name: str, parameters: dict[str, Any] | None
+    spec: str, flow_name: str, parameters: dict[str, Any] | None, no_cache: bool
 ) -> None:
     """Start the spec's notebook kernels ahead of need (flows.kernels), before Prefect is imported.
 
@@ -204,8 +204,8 @@ def prestart_kernels(
     from flows.spec import load_spec, resolve_project_path
 
     try:
-        loaded = load_spec(resolve_project_path(args.spec))
-        if flow_name == "notebook_pipeline" and not args.no_cache:
+        loaded = load_spec(resolve_project_path(spec))
+        if flow_name == "notebook_pipeline" and not no_cache:
             call = first_call(loaded, parameters, settings)
             if call is not None and is_cached(call):
                 return

@@ -415,14 +415,20 @@ def test_a_pool_kernel_too_slow_to_import_is_replaced_and_stopped(
         asyncio.run(manager.shutdown_kernel(now=True))
 
 
-def test_nbprod_run_prestarts_the_pool_unless_turned_off(
+def test_nbprod_run_prestarts_the_pool_unless_cached_or_turned_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_pool: None
 ) -> None:
     """The spec's notebooks (any names, any folder), once per grid point, are what the pool
-    expects; its first kernel started before the spec was read and imports the first's."""
+    expects; its first kernel imports the first's. None starts when the first notebook's call is
+    in the cache (an unchanged re-run) or warm kernels are off."""
+    from flows.calls import is_cached
     from flows.cli import prestart_kernels
+    from flows.planning import first_call
+    from flows.settings import load_settings
+    from flows.spec import load_spec, resolve_project_path
 
     monkeypatch.setenv("NBPROD_PROJECT_DIR", str(tmp_path))
+    monkeypatch.setenv("NBPROD_HOME", str(tmp_path / "home"))
     load = parameterized_notebook(
         tmp_path / "work" / "load.ipynb", 'output_dir = "out"', "import json"
     )
@@ -434,14 +440,29 @@ def test_nbprod_run_prestarts_the_pool_unless_turned_off(
         "name: chain\nflow: notebook\nnotebooks: [work/load.ipynb, work/fit.ipynb]\n"
         "grid:\n  fit:\n    value: [1, 2]\n"
     )
-    prestart_kernels("deployments/chain.yaml")
+    spec = "deployments/chain.yaml"
+    prestart_kernels(spec, "notebook_pipeline", None, no_cache=False)
     pool = kernels.active_kernel_pool()
     assert pool is not None and pool.expected() == [load.resolve(), fit.resolve(), fit.resolve()]
     assert len(pool.started) == 1 and pool.started[0].modules.result(0) == ["json"]
     first = kernel_pid(pool.started[0])
-
     kernels.stop_kernel_pool()
     assert gone([first])  # the stopped pool's kernel is gone, not orphaned
+
+    # The first call's folder complete, as a run leaves it: a re-run needs no kernel up front,
+    # unless it is a --no-cache run (which executes every notebook).
+    call = first_call(load_spec(resolve_project_path(spec)), None, load_settings())
+    assert call is not None
+    call.executed.parent.mkdir(parents=True)
+    call.executed.write_text("{}")
+    call.marker.write_text(call.cache_key)
+    assert is_cached(call)
+    prestart_kernels(spec, "notebook_pipeline", None, no_cache=False)
+    assert kernels.active_kernel_pool() is None
+    prestart_kernels(spec, "notebook_pipeline", None, no_cache=True)
+    assert kernels.active_kernel_pool() is not None
+    kernels.stop_kernel_pool()
+
     monkeypatch.setenv("NBPROD_WARM_KERNELS", "false")
-    prestart_kernels("deployments/chain.yaml")
+    prestart_kernels(spec, "training_pipeline", None, no_cache=True)
     assert kernels.active_kernel_pool() is None

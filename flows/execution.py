@@ -255,6 +255,27 @@ def reported_metric(metric: str) -> PointScorer:
     return lambda _earlier, out: out.metrics.get(metric)
 
 
+def start_kernels_ahead(
+    plans: list[Any], first_calls: list[NotebookCall], settings: NbprodSettings
+) -> None:
+    """Start the chain's kernels ahead of need in a run nothing started them for (a
+    deployment's), as ``nbprod run`` does before Prefect loads: not when the first notebook's
+    calls are all cached, nor when tasks run in other processes (a Dask cluster)."""
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.kernels import active_kernel_pool, start_kernel_pool
+
+    if not settings.warm_kernels or active_kernel_pool() is not None:
+        return
+    if all(is_cached(call) for call in first_calls):
+        return
+    context = FlowRunContext.get()
+    if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
+        return
+    start_kernel_pool([plan.path for plan in plans for _ in plan.points], settings.kernel_name)
+
+
 def run_chain(
     plans: list[Any],
     run: Any,
@@ -288,6 +309,8 @@ def run_chain(
             )
             for point in plan.points
         ]
+        if index == 0:
+            start_kernels_ahead(plans, calls, run.settings)
         for i, call in enumerate(calls):
             run.executed[plan.stem if len(calls) == 1 else f"{plan.stem}-grid-{i}"] = call.executed
         earlier = dict(outputs)

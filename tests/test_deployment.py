@@ -61,15 +61,18 @@ def _write_notebook(path: Path) -> Path:
     nb.metadata["language_info"] = {"name": "python"}
     params = nbformat.v4.new_code_cell('n = 3\nscale = 1.5\noutput_dir = "out"')
     params.metadata["tags"] = ["parameters"]
+    # A deployment's run starts its kernels ahead of need too: the notebook's imports are done
+    # before its first cell runs (``wave``: a module no kernel imports by itself).
+    warm = nbformat.v4.new_code_cell('import sys\nwarm = int("wave" in sys.modules)\nimport wave')
     body = nbformat.v4.new_code_cell(
         "import json\nfrom pathlib import Path\n\n"
         "total = sum(i * scale for i in range(n))\n"
         "out = Path(output_dir)\nout.mkdir(parents=True, exist_ok=True)\n"
         '(out / "total.txt").write_text(str(total))\n'
         '(out / "outputs.json").write_text(json.dumps({"outputs": {"total": "total.txt"}, '
-        '"metrics": {"total": total}, "values": {"n": n}}))'
+        '"metrics": {"total": total, "warm": warm}, "values": {"n": n}}))'
     )
-    nb.cells = [params, body]
+    nb.cells = [params, warm, body]
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
@@ -266,7 +269,7 @@ def test_worker_runs_the_deployment_with_artifacts(stack: dict[str, Any], api: s
     store = RunStore(str(stack["nbprod_home"] / "runs"))
     (record,) = [r for r in store.list_runs() if r.get("flow_run_id") == str(flow_run.id)]
     assert record["status"] == "completed" and record["triggered_by"] == "deployment"
-    assert record["metrics"]["candidate"] == {"total": 15.0}
+    assert record["metrics"]["candidate"] == {"total": 15.0, "warm": 1}
 
 
 def test_an_unchanged_deployment_rerun_is_a_prefect_cache_hit(

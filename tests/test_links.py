@@ -117,3 +117,25 @@ def test_object_store_that_cannot_sign_links_to_nbprod_ui_and_says_why(
     resolved = resolve_links({"report": "memory://unsigned/runs/x.html"})
     assert resolved.urls["report"] == "memory://unsigned/runs/x.html"
     assert "Could not sign: report: NotImplementedError" in str(resolved.notice)
+
+
+def test_s3_store_links_are_signed_by_s3fs_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real S3 filesystem (s3fs) signs locally: an https URL with its expiry, no request sent
+    (the endpoint is a closed local port, so any request would fail)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDNBPRODTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    store = RunStore("s3://nbprod-runs/team")
+    assert signing_problem(store) is None
+    url = public_url(store, VERSION, "reports/data_drift.html")
+    assert url == f"s3://nbprod-runs/team/versions/{VERSION}/reports/data_drift.html"
+    published = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    resolved = resolve_links({"data_drift report": url}, now=published)
+    signed = urlsplit(resolved.urls["data_drift report"])
+    assert signed.path.endswith(f"/team/versions/{VERSION}/reports/data_drift.html")
+    query = parse_qs(signed.query)
+    assert query["AWSAccessKeyId"] == ["AKIDNBPRODTEST"] and query["Signature"][0]
+    assert int(query["Expires"][0]) > datetime.now(UTC).timestamp()
+    assert resolved.expires is not None and resolved.expires.startswith("link expires at ")
+    assert "not-a-real-secret" not in resolved.urls["data_drift report"]

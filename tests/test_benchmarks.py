@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,14 +42,22 @@ INFO = {
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    """benchmarks/run.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("nbprod_bench_run", ROOT / "benchmarks/run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+def bench() -> Iterator[SimpleNamespace]:
+    """The harness's modules as one namespace (benchmarks/ is a folder of scripts, not a
+    package: run.py imports its siblings from its own folder, so that folder goes on sys.path)."""
+    folder = str(ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        import harness
+        import rows_scaling
+        import rows_serving
+        import run
+
+        yield SimpleNamespace(
+            **{k: v for m in (harness, rows_scaling, rows_serving, run) for k, v in vars(m).items()}
+        )
+    finally:
+        sys.path.remove(folder)
 
 
 def _cells(line: str) -> list[str]:
@@ -61,7 +69,7 @@ def _scaling_rows(table: str) -> dict[str, list[str]]:
     return {_cells(line)[0]: _cells(line) for line in lines[1:]}
 
 
-def test_growth_is_the_exponent_and_worse_than_linear_is_flagged(bench: ModuleType) -> None:
+def test_growth_is_the_exponent_and_worse_than_linear_is_flagged(bench: SimpleNamespace) -> None:
     linear = bench.Curve("linear", {10_000: 0.1, 100_000: 1.0, 1_000_000: 10.0}, "s")
     worse = bench.Curve("worse", {10_000: 0.1, 100_000: 1.0, 1_000_000: 20.0}, "s")
     sublinear = bench.Curve("sublinear", {10_000: 1.0, 100_000: 2.0, 1_000_000: 4.0}, "s")
@@ -76,7 +84,7 @@ def test_growth_is_the_exponent_and_worse_than_linear_is_flagged(bench: ModuleTy
     assert rows["worse"][4:6] == ["1.00", "1.30"]  # growth 10k→100k, 100k→1M
 
 
-def test_memory_growth_is_computed_above_the_imports(bench: ModuleType) -> None:
+def test_memory_growth_is_computed_above_the_imports(bench: SimpleNamespace) -> None:
     """A process's fixed memory must not hide data-proportional growth (nor fake it)."""
     kib = 1e6 / 1024  # 1 MB
     raw = {10_000: 200 * kib, 100_000: 290 * kib, 1_000_000: 1190 * kib}
@@ -87,7 +95,7 @@ def test_memory_growth_is_computed_above_the_imports(bench: ModuleType) -> None:
     assert curve.cell(100_000) == "290 MB (+100 MB)"
 
 
-def test_curves_without_figures_are_not_called_linear(bench: ModuleType) -> None:
+def test_curves_without_figures_are_not_called_linear(bench: SimpleNamespace) -> None:
     partial = bench.Curve("partial", {10_000: 0.1}, "s")
     broken = bench.Curve("broken", {10_000: 0.1, 100_000: 1.0}, "s", error=True)
     rows = _scaling_rows(bench.render_scaling([partial, broken], SIZES, ["a note"]))
@@ -97,7 +105,7 @@ def test_curves_without_figures_are_not_called_linear(bench: ModuleType) -> None
     assert rows["broken"][-2] == "error"
 
 
-def test_a_note_with_a_pipe_stays_in_its_cell(bench: ModuleType) -> None:
+def test_a_note_with_a_pipe_stays_in_its_cell(bench: SimpleNamespace) -> None:
     row = bench.Row("P9", "measure", "1 s", "2 s", "0.50×", "≤ 1×", "pass", "a | b")
     lines = bench.render([row]).splitlines()
 
@@ -105,7 +113,9 @@ def test_a_note_with_a_pipe_stays_in_its_cell(bench: ModuleType) -> None:
     assert _cells(lines[-1])[-1] == "a / b"
 
 
-def test_results_file_keeps_the_hand_written_findings(bench: ModuleType, tmp_path: Path) -> None:
+def test_results_file_keeps_the_hand_written_findings(
+    bench: SimpleNamespace, tmp_path: Path
+) -> None:
     path = tmp_path / "RESULTS.md"
     bench.write_results(path, "| old table |", INFO, "", 60.0)
     assert path.read_text().endswith(bench.FINDINGS_MARKER + "\n")
@@ -183,7 +193,7 @@ def _require_wrk() -> None:
 
 
 def test_wrk_posts_the_body_and_counts_failed_responses(
-    bench: ModuleType, recorder: _Recorder, tmp_path: Path
+    bench: SimpleNamespace, recorder: _Recorder, tmp_path: Path
 ) -> None:
     _require_wrk()
     body = tmp_path / "body.json"
@@ -209,7 +219,9 @@ def test_wrk_posts_the_body_and_counts_failed_responses(
 # --- P5 compares like with like ----------------------------------------------------------------
 
 
-def test_answers_that_differ_in_shape_label_or_probability_are_caught(bench: ModuleType) -> None:
+def test_answers_that_differ_in_shape_label_or_probability_are_caught(
+    bench: SimpleNamespace,
+) -> None:
     """A P5 ratio between services that answer differently would compare unlike work."""
     answer = [{"prediction": "b", "probabilities": {"a": 0.25, "b": 0.75}}]
 

@@ -160,6 +160,12 @@ def warm_up_html_rendering() -> None:
         with _HTML_RENDERING:
             _html_exporter().from_notebook_node(nbformat.v4.new_notebook())
 
+    # nbconvert imports what running a notebook imports (nbclient, jupyter_client): this thread
+    # imports it first (papermill brings both), so no notebook task or kernel start imports those
+    # packages while the warm-up thread does (CPython then hands one of them a half-initialised
+    # module: "cannot import name 'AsyncKernelManager' ... partially initialized module").
+    import papermill  # noqa: F401
+
     warm_up(_HTML_WARM_UP, warm)
 
 

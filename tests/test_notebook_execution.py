@@ -249,3 +249,27 @@ def test_html_copy_matches_nbconvert_html_exporter(tmp_path: Path) -> None:
         img.get("alt") for img in theirs.select("img")
     ]
     assert all(img.get("alt") for img in ours.select("img"))
+
+
+def test_the_html_warm_up_leaves_no_import_a_notebook_run_needs_to_its_thread() -> None:
+    """A flow queues the HTML warm-up (nbconvert, which imports nbclient and jupyter_client) and
+    then runs notebooks (papermill, and the kernel start, import the same). Two threads importing
+    those at once give one of them a half-initialised module, so they are imported by the caller
+    before the warm-up thread starts on nbconvert."""
+    import json
+    import subprocess
+    import sys
+
+    driver = (
+        "import json, sys\n"
+        "from flows.notebook import warm_up_html_rendering\n"
+        "names = ['papermill', 'nbclient', 'jupyter_client.manager']\n"
+        "before = [n in sys.modules for n in names]\n"
+        "warm_up_html_rendering()\n"
+        "print(json.dumps([before, [n in sys.modules for n in names]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [[False] * 3, [True] * 3]

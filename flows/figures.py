@@ -182,6 +182,16 @@ def _histograms(axes: Axes, ref: pd.Series, cur: pd.Series, labels: tuple[str, s
     axes.hist(ref, bins=bins, density=True, alpha=0.55, color=REFERENCE_COLOR, label=labels[0])
     axes.hist(cur, bins=bins, density=True, alpha=0.55, color=CURRENT_COLOR, label=labels[1])
     axes.set_ylabel("density")
+    _legible_ticks(axes, max(abs(float(low)), abs(float(high))))
+
+
+def _legible_ticks(axes: Axes, largest: float) -> None:
+    """At most 6 x ticks, large values in thousands (``120k``): incomes stay readable."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    if largest >= 10_000:
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
 
 
 def _category_bars(axes: Axes, ref: pd.Series, cur: pd.Series, labels: tuple[str, str]) -> None:

@@ -85,3 +85,18 @@ def test_drift_strength_orders_p_values_and_distances_alike() -> None:
     assert drift_strength({"method": "K-S p_value", "score": None, "threshold": 0.05}) == float(
         "-inf"
     )
+
+
+def test_large_values_are_ticked_in_thousands_few_enough_to_read() -> None:
+    from matplotlib.figure import Figure
+
+    from flows.figures import _legible_ticks
+
+    axes = Figure(figsize=(5, 4)).subplots()
+    axes.hist(RNG.lognormal(10.7, 0.5, 500), bins=30)
+    _legible_ticks(axes, 160_000)
+    axes.figure.canvas.draw()
+    inside = [t for t in axes.get_xticklabels() if axes.get_xlim()[0] <= t.get_position()[0]]
+    labels = [t.get_text() for t in inside if t.get_position()[0] <= axes.get_xlim()[1]]
+    assert 2 <= len(labels) <= 7, labels
+    assert all(label.endswith("k") for label in labels), labels

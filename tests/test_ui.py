@@ -2,17 +2,20 @@
 
 A real ``prefect server start`` on 127.0.0.1 (its own PREFECT_HOME), a tiny notebook promoted
 with a daily cron schedule and the shipped training deployment registered from a temporary copy
-of the project (``nbprod deploy``, ``flows.deploy.deploy``), a process worker, one run of each
-triggered with ``run_deployment`` (so they belong to their deployments, as scheduled runs
-would), and one monitoring run of the training pipeline's champion in this process (its
-retrain-on-drift automation paused: no second training run). ``nbprod ui`` serves the run store
-on a free port (``NBPROD_UI_PORT``, which the worker inherits, so the artifacts link to it).
+of the project (``nbprod deploy``, ``flows.deploy.deploy``), a process worker, runs triggered
+with ``run_deployment`` (so they belong to their deployments, as scheduled runs would): the
+tiny notebook once, the training pipeline twice (the first accepted, the champion; the second,
+the demo's degraded configuration, gated against it and rejected), and one monitoring run of
+the champion in this process (its retrain-on-drift automation paused: no third training run).
+``nbprod ui`` serves the run store on a free port (``NBPROD_UI_PORT``, which the worker
+inherits, so the artifacts link to it).
 
 Then headless Chromium (Debian's ``chromium`` package, driven by Playwright through
 ``executable_path``; Playwright's own browser download is not used) opens the server's default
 UI like a person would: the deployment and its schedule; the training run's Artifacts tab; each
-report and notebook link, clicked, opening in ``nbprod ui`` with its title; the run summary with
-its gate decision and pictures (every image loaded); the monitoring summary; ``..`` and absolute
+report and notebook link, clicked, opening in ``nbprod ui`` with its title; the second run's
+summary with its gate decision, candidate against champion with the change, and the curves of
+both (the picture served with 200 and loaded); the monitoring summary; ``..`` and absolute
 paths against ``nbprod ui`` (404); and the Evidently dashboard's legends (``evidently ui`` on the
 synced workspace). The module makes its runs once and every test reuses them.
 
@@ -52,6 +55,7 @@ import pytest
 from test_deployment import _artifacts, _log_tail, _run_to_completion, running_stack
 
 from flows.artifacts import METRICS_KEY, SUMMARY_KEY, artifact_key
+from flows.demo import DEGRADED
 from flows.links import PUBLIC_URL_ENV, UI_PORT_ENV
 from flows.localstack import start_process, stop_process
 from flows.monitoring import SUMMARY_KEY as MONITORING_SUMMARY_KEY
@@ -84,6 +88,7 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1400, "height": 1100}
 UI_TIMEOUT_MS = 45_000  # the V2 bundle is large and the machine may be busy: generous, not a sleep
 SERVER_TIMEOUT_S = 120.0
+RUN_LINK_CLICKS = 3
 NAME = "tiny-nb"
 CRON = "0 3 * * *"
 SCHEDULE_TEXT = re.compile(r"At 03:00 AM")  # how the UI words the cron (cronstrue)
@@ -136,7 +141,7 @@ def _pause_retraining() -> None:
 
 @pytest.fixture(scope="module")
 def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Server, the tiny and the training deployment run once each, a monitoring run, nbprod ui."""
+    """Server, the tiny deployment run once, the training one twice, a monitoring run, nbprod ui."""
     from flows.monitoring import monitoring_pipeline
     from flows.ui import ensure_running
 
@@ -162,13 +167,18 @@ def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     f"notebook_pipeline/{NAME}", {"parameters": {"n": 5}}, worker_log
                 )
                 training = _run_to_completion(TRAINING, {"triggered_by": "ui-test"}, worker_log)
-                for flow_run in (tiny, training):
+                # The second run has a champion to be gated against: its summary shows both.
+                degraded = {"parameters": {"train": DEGRADED}, "triggered_by": "ui-test"}
+                challenger = _run_to_completion(TRAINING, degraded, worker_log)
+                for flow_run in (tiny, training, challenger):
                     assert flow_run.state.type.value == "COMPLETED", (
                         f"{flow_run.state.name}: {flow_run.state.message}\n"
                         f"{_log_tail(worker_log, 80)}"
                     )
-                (record,) = store.list_runs(PIPELINE)
+                record, rejected = store.list_runs(PIPELINE)
                 assert record["status"] == "accepted", record.get("reasons")
+                assert rejected["status"] == "rejected", rejected.get("reasons")
+                assert rejected["champion_before"]["version"] == record["version"]
                 monitored = monitoring_pipeline(
                     SPEC,
                     "2024-10-01",
@@ -186,6 +196,8 @@ def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     "tiny": tiny,
                     "training": training,
                     "record": record,
+                    "challenger": challenger,
+                    "rejected": rejected,
                     "monitoring": monitored,
                     "base": base,
                     "shots": base / "screenshots",
@@ -244,10 +256,20 @@ def _visible(locator: Locator) -> None:
 
 
 def _screenshot(page: Page, stack: dict[str, Any], name: str, *, full_page: bool = False) -> Path:
-    """Into the test's directory, and into $NBPROD_UI_SCREENSHOTS_DIR when set (docs/)."""
+    """Into the test's directory, and into $NBPROD_UI_SCREENSHOTS_DIR when set (docs/).
+
+    Taken once the page is still: two shots in a row alike (the run graph is a canvas that
+    zooms into place after the page has loaded; no DOM state says when it is done).
+    """
     page.wait_for_load_state("networkidle")
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    shot, previous = page.screenshot(full_page=full_page), b""
+    while shot != previous:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name}: the page kept changing for {UI_TIMEOUT_MS / 1000:.0f} s")
+        shot, previous = page.screenshot(full_page=full_page), shot
     path = stack["shots"] / f"{name}.png"
-    page.screenshot(path=path, full_page=full_page)
+    path.write_bytes(shot)
     if os.environ.get(SCREENSHOTS_ENV):
         target = Path(os.environ[SCREENSHOTS_ENV])
         target.mkdir(parents=True, exist_ok=True)
@@ -256,10 +278,22 @@ def _screenshot(page: Page, stack: dict[str, Any], name: str, *, full_page: bool
 
 
 def _open_run(page: Page, flow_run_name: str) -> None:
-    """Runs → the run → its Artifacts tab, as a person clicks through."""
+    """Runs → the run → its Artifacts tab, as a person clicks through.
+
+    The runs list refreshes itself: a click that lands while it re-renders opens nothing, and a
+    person would click again; so does this, until the run's page is open.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.goto("/")
     page.get_by_role("link", name="Runs", exact=True).first.click()
-    page.get_by_role("link", name=flow_run_name, exact=True).first.click()
+    for _ in range(RUN_LINK_CLICKS):
+        page.get_by_role("link", name=flow_run_name, exact=True).first.click()
+        try:
+            page.wait_for_url(re.compile(r"/runs/flow-run/"), timeout=UI_TIMEOUT_MS / 3)
+            break
+        except PlaywrightTimeout:
+            continue
     page.get_by_role("tab", name="Artifacts").click()
 
 
@@ -297,6 +331,10 @@ def test_deployment_page_shows_the_schedule_and_the_run(
     # The run belongs to the deployment: it is listed on the deployment's page, completed.
     _visible(page.get_by_role("link", name=ui_stack["tiny"].name, exact=True))
     _visible(page.get_by_text("Completed", exact=True).first)
+    # Loaded, not placeholders: the deployment's flow and its triggers (none: "Add").
+    main = page.get_by_role("main")
+    _visible(main.get_by_text(re.compile(r"^Flow\s*notebook_pipeline$")))
+    _visible(main.get_by_role("complementary").get_by_role("link", name="Add", exact=True))
     _screenshot(page, ui_stack, "prefect-ui-deployment")
 
 
@@ -308,28 +346,63 @@ def test_run_page_lists_the_summary_reports_and_notebooks(
     for key in (METRICS_KEY, "nbprod-data-drift-report", "nbprod-train-notebook-html"):
         _visible(page.get_by_text(key, exact=True))
     _visible(page.get_by_text(re.compile(r"^nbprod run v\d{8}-\d{9}-\w+: accepted")))
-    _screenshot(page, ui_stack, "prefect-ui-artifacts")
+    _screenshot(page, ui_stack, "prefect-ui-artifacts", full_page=True)
 
 
-def test_summary_shows_the_gate_decision_the_metrics_and_the_pictures(
+HIGHER_IS_BETTER = {"roc_auc": True, "f1": True, "accuracy": True, "log_loss": False}
+
+
+def _metric_rows(record: dict[str, Any]) -> list[re.Pattern[str]]:
+    """Each holdout metric's row as a reader sees it: candidate, champion, the signed change and
+    whether it is better or worse."""
+    candidate, champion = record["metrics"]["candidate"], record["metrics"]["champion"]
+    rows = []
+    for metric, higher in HIGHER_IS_BETTER.items():
+        new, old = candidate[metric], champion[metric]
+        delta = new - old
+        sense = "" if delta == 0 else (" (better)" if (delta > 0) == higher else " (worse)")
+        cells = [metric, f"{new:.4f}", f"{old:.4f}", f"{delta:+.4f}{sense}"]
+        rows.append(re.compile(r"^" + r"\s+".join(map(re.escape, cells)) + "$"))
+    return rows
+
+
+def test_summary_shows_why_the_challenger_lost_to_the_champion_with_pictures(
     page: Page, ui_stack: dict[str, Any]
 ) -> None:
+    """The second run, gated against the first: every check, candidate vs champion with the
+    change, and the curves of both (the picture served by nbprod ui, loaded by the browser)."""
     from playwright.sync_api import expect
 
-    _open_run(page, ui_stack["training"].name)
-    page.get_by_text(SUMMARY_KEY, exact=True).click()
-    expect(page).to_have_url(re.compile(r"/artifacts/"))
-    _visible(page.get_by_role("heading", name=re.compile(r"nbprod run .*ACCEPTED")))
-    _visible(page.get_by_role("heading", name="Gate decision: accepted"))
-    _visible(page.get_by_role("cell", name="roc_auc 0.7991 >= floor 0.7"))
+    rejected, champion = ui_stack["rejected"], ui_stack["record"]
+    picture = f"{ui_stack['nbprod_ui']}/versions/{rejected['version']}/figures/model.png"
+    _open_run(page, ui_stack["challenger"].name)
+    with page.expect_response(picture) as served:
+        page.get_by_text(SUMMARY_KEY, exact=True).click()
+        expect(page).to_have_url(re.compile(r"/artifacts/"))
+    assert served.value.status == 200, served.value.status
+    assert served.value.header_value("content-type") == "image/png"
+    _visible(page.get_by_role("heading", name=re.compile(r"nbprod run .*REJECTED")))
+    _visible(page.get_by_role("heading", name="Gate decision: rejected"))
+    failed = [c for c in rejected["checks"] if not c["passed"]]
+    assert any(c["kind"] == "champion" for c in failed), rejected["checks"]
+    for check in rejected["checks"]:
+        _visible(page.get_by_role("cell", name=check["message"], exact=True))
+    expect(page.get_by_role("cell", name="FAIL", exact=True)).to_have_count(len(failed))
     _visible(page.get_by_role("heading", name="Metrics on the holdout"))
+    for column in ("candidate", "champion", "change"):
+        _visible(page.get_by_role("columnheader", name=column, exact=True))
+    # The champion column is the champion's own holdout metrics, scored on the same rows.
+    assert rejected["metrics"]["champion"] == pytest.approx(champion["metrics"]["candidate"])
+    for row in _metric_rows(rejected):
+        _visible(page.get_by_role("row", name=row))
     _visible(page.get_by_role("heading", name="Data validation: passed"))
     _visible(page.get_by_role("heading", name=re.compile("^Data drift: ")))
     _visible(page.get_by_role("cell", name="credit_score", exact=True))
-    sources = _images_loaded(page, 1)
-    nbprod_ui = ui_stack["nbprod_ui"]
-    assert all(src.startswith(f"{nbprod_ui}/versions/") for src in sources), sources
-    _visible(page.get_by_role("img", name=re.compile("^ROC and precision-recall curves")))
+    _visible(page.get_by_text(f"before: {champion['version']}"))
+    (source,) = _images_loaded(page, 1)
+    assert source == picture, source
+    curves = "ROC and precision-recall curves: the candidate's beside the champion's"
+    _visible(page.get_by_role("img", name=curves, exact=True))
     page.get_by_role("img").first.scroll_into_view_if_needed()
     _screenshot(page, ui_stack, "prefect-ui-run-summary", full_page=True)
 
@@ -423,6 +496,22 @@ def test_nbprod_ui_serves_nothing_outside_the_store(ui_stack: dict[str, Any]) ->
         assert b"not in the store" not in body and b"root:" not in body
 
 
+PRODUCTION = "production inputs vs the champion's training data"
+TRAINING_DATA = "training window vs the reference data"
+MODEL_SERIES = ("accuracy", "F1", "ROC AUC")
+# The dashboard's panels in order: title -> the series its legend names (after "training: ").
+DASHBOARD_LEGENDS = {
+    f"Share of drifted columns: {PRODUCTION}": ["production inputs"],
+    f"Share of drifted columns: {TRAINING_DATA}": ["training data"],
+    f"Drifted columns: {PRODUCTION}": ["production inputs"],
+    f"Drifted columns: {TRAINING_DATA}": ["training data"],
+    "Model metrics over versions (holdout)": [f"candidate {m}" for m in MODEL_SERIES],
+    "Champion metrics over versions (holdout, accepted runs)": [
+        f"champion {m}" for m in MODEL_SERIES
+    ],
+}
+
+
 def _start_evidently_ui(workspace: Path, log: Path) -> tuple[Any, str]:
     """``evidently ui`` on a free loopback port, answering (deadline, no fixed sleep)."""
     port = free_port()
@@ -449,19 +538,28 @@ def _start_evidently_ui(workspace: Path, log: Path) -> tuple[Any, str]:
 def test_evidently_dashboard_names_its_series(
     page: Page, ui_stack: dict[str, Any], origins: list[str]
 ) -> None:
+    """Every panel of the pipeline's project, each series named by its pipeline and by what it
+    is: production inputs or training data, a candidate's metric or a champion's."""
+    from playwright.sync_api import expect
+
     from flows.dashboard import sync_dashboard
 
     workspace = ui_stack["base"] / "evidently"
-    assert sync_dashboard(ui_stack["store"], workspace) == 3  # drift + model, monitoring drift
+    # Each training run: its drift and model snapshots; the monitoring run: its drift.
+    assert sync_dashboard(ui_stack["store"], workspace) == 5
     server, url = _start_evidently_ui(workspace, ui_stack["base"] / "evidently.log")
     origins.append(url)
     try:
         page.goto(url)
         page.get_by_text(PIPELINE, exact=True).first.click()
-        for legend in (f"{PIPELINE}: production inputs", f"{PIPELINE}: training data"):
-            _visible(page.get_by_text(legend, exact=True).first)
-        for legend in (f"{PIPELINE}: candidate ROC AUC", f"{PIPELINE}: champion ROC AUC"):
-            _visible(page.get_by_text(legend, exact=True).first)
+        _visible(page.get_by_role("heading", name=next(iter(DASHBOARD_LEGENDS)), exact=True))
+        expect(page.get_by_role("heading")).to_have_text(list(DASHBOARD_LEGENDS))
+        for title, legends in DASHBOARD_LEGENDS.items():
+            heading = page.get_by_role("heading", name=title, exact=True)
+            # The panel: the innermost block holding its title and its legend list.
+            panel = page.locator("div").filter(has=heading).filter(has=page.get_by_role("list"))
+            legend = panel.last.get_by_role("listitem")
+            expect(legend).to_have_text([f"{PIPELINE}: {series}" for series in legends])
         _screenshot(page, ui_stack, "evidently-dashboard", full_page=True)
     finally:
         stop_process(server)

@@ -14,7 +14,6 @@ import ast
 import importlib.metadata
 import importlib.util
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bento_scripts import isolated_bentoml_env, run_script
 
 from flows.bento_server import free_port, stop_server, wait_ready
 from flows.serving import frame_to_records, post_json
@@ -37,31 +37,12 @@ NON_FEATURES = ["customer_id", "signup_date", "churned"]
 SERVE_DEADLINE_S = 120.0
 
 
-def _isolated_env(bentoml_home: Path) -> dict[str, str]:
-    """Environment for every bentoml process of these tests: private store, no telemetry."""
-    env = {k: v for k, v in os.environ.items() if k != "NBPROD_MODEL_TAG"}
-    env["BENTOML_HOME"] = str(bentoml_home)
-    env["BENTOML_DO_NOT_TRACK"] = "true"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the packaging script once in an isolated BentoML home; return its observations."""
     workdir = tmp_path_factory.mktemp("packaging")
-    env = _isolated_env(workdir / "bentoml")
-    proc = subprocess.run(
-        [sys.executable, __file__, str(workdir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, f"packaging script failed:\n{proc.stdout}\n{proc.stderr}"
-    result = json.loads((workdir / "result.json").read_text())
+    env = isolated_bentoml_env(workdir / "bentoml")
+    result = run_script(__file__, workdir, env)
     result["env"] = env
     result["workdir"] = str(workdir)
     return result

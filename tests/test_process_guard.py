@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bento_scripts import isolated_bentoml_env, run_script
 
 from flows.bento_server import stop_server
 from flows.process_guard import guard_command
@@ -200,23 +201,9 @@ def test_the_guard_imports_only_the_standard_library() -> None:
 def bento(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One churn bento packaged by this file run as a script, in its own BentoML store."""
     workdir = tmp_path_factory.mktemp("guarded-bento")
-    env = {k: v for k, v in os.environ.items() if k != "NBPROD_MODEL_TAG"}
-    env.update(
-        BENTOML_HOME=str(workdir / "bentoml"),
-        BENTOML_DO_NOT_TRACK="true",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
-    built = subprocess.run(
-        [sys.executable, __file__, str(workdir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert built.returncode == 0, f"packaging failed:\n{built.stdout}\n{built.stderr}"
-    return {"tag": json.loads((workdir / "bento.json").read_text()), "env": env, "dir": workdir}
+    env = isolated_bentoml_env(workdir / "bentoml")
+    tag = run_script(__file__, workdir, env, result="bento.json")
+    return {"tag": tag, "env": env, "dir": workdir}
 
 
 def _descendants(root: int) -> set[int]:

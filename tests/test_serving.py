@@ -16,7 +16,6 @@ import argparse
 import functools
 import io
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bento_scripts import isolated_bentoml_env, run_script
 
 from flows.bento_server import free_port, running_bento, stop_server, wait_ready
 from flows.errors import InferenceLogError, RunStoreError, ServingError
@@ -86,29 +86,16 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Package the models once, then serve churn's champion with the serve command."""
     workdir = tmp_path_factory.mktemp("serving")
-    env = {k: v for k, v in os.environ.items() if k != "NBPROD_MODEL_TAG"}
-    env.update(
-        BENTOML_HOME=str(workdir / "bentoml"),
-        BENTOML_DO_NOT_TRACK="true",
+    env = isolated_bentoml_env(
+        workdir / "bentoml",
         NBPROD_RUN_STORE_URL=str(workdir / "runs"),
         NBPROD_INFERENCE_LOG_DIR=str(workdir / "inference"),
         # Two worker processes for the served champion: each logs to its own file.
         BENTOML_CONFIG_OVERRIDES=json.dumps(
             {"services": {p: {"workers": WORKERS if p == "churn" else 1} for p in PIPELINES}}
         ),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
-    built = subprocess.run(
-        [sys.executable, __file__, str(workdir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert built.returncode == 0, f"packaging script failed:\n{built.stdout}\n{built.stderr}"
-    result = json.loads((workdir / "result.json").read_text())
+    result = run_script(__file__, workdir, env)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -5,7 +5,8 @@ BENTOML_HOME and NBPROD_PROJECT_DIR set (SPEC is project-relative, e.g.
 ``deployments/training.yaml``; HOLDOUT the prepare notebook's ``holdout.parquet``; VERSION the
 bento's version, default ``v-bench``). The same call as the flow's release step
 (``flows.packaging.package_model``, bento named for the pipeline, the model's ONNX conversion
-checked on the holdout rows): the feature schema is derived from the spec's reference data with
+checked on the holdout rows, with nbprod's defaults: ONNX Runtime unless
+``NBPROD_ONNX_RUNTIME=off``): the feature schema is derived from the spec's reference data with
 its target, id and time columns, restricted to the columns the model was fit on. OUT_JSON gets
 the model and bento tags, the task, the feature columns (what a request record carries) and the
 runtime packaging chose.
@@ -21,13 +22,8 @@ DEFAULT_VERSION = "v-bench"
 
 
 def main() -> None:
-    import os
-
     import joblib
     import pandas as pd
-
-    # P5 measures the fast runtime, which nbprod leaves off unless asked (flows/model_runtime.py).
-    os.environ.setdefault("NBPROD_ONNX_RUNTIME", "on")
 
     from flows.packaging import package_model, packaged_runtime
     from flows.schema import derive_schema, read_table

@@ -1,17 +1,19 @@
 """The fast runtime: a model's ONNX conversion under ONNX Runtime, answering like scikit-learn.
 
-``flows.packaging`` converts an accepted model with skl2onnx and keeps the conversion only when,
-run through this module, it answers the holdout rows like the scikit-learn model: identical
-labels, probabilities and regression values within ``TOLERANCE`` (``compare``). It then stores
-``model.onnx`` next to the model file, and the model's metadata says which runtime serves and why
-under ``runtime``: ``{"name": "onnxruntime", "reason": ..., "file": "model.onnx", "inputs":
-[{"name": <ONNX input>, "type": "float32" | "string", "columns": [...]}, ...]}``, or
-``{"name": "sklearn", "reason": ...}``.
+``flows.packaging`` converts an accepted model with skl2onnx (numbers as doubles) and keeps the
+conversion only when, run through this module, it answers the holdout rows and split probes like
+the scikit-learn model: identical labels, probabilities and regression values within
+``TOLERANCE`` (``compare``). It then stores ``model.onnx`` next to the model file, and the
+model's metadata says which runtime serves and why under ``runtime``: ``{"name": "onnxruntime",
+"reason": ..., "file": "model.onnx", "inputs": [{"name": <ONNX input>, "type": "float64" |
+"string", "columns": [...]}, ...]}`` (bentos packaged before double conversion say "float32"),
+or ``{"name": "sklearn", "reason": ...}``.
 
-ONNX Runtime computes in float32, so it may order two classes whose probabilities (nearly) tie
-differently than scikit-learn does (a forest with an even number of trees ties often): the
-scikit-learn model answers those rows. This module imports neither bentoml nor flows: packaging
-loads it from the bento's own directory, so a conversion is checked by the code that serves it.
+Tree ensembles answer float32 scores even with double thresholds, so ONNX Runtime may order two
+classes whose probabilities (nearly) tie differently than scikit-learn does (a forest with an
+even number of trees ties often): the scikit-learn model answers those rows. This module imports
+neither bentoml nor flows: packaging loads it from the bento's own directory, so a conversion is
+checked by the code that serves it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ ONNX_FILE = "model.onnx"
 # How far a served probability or regression value may be from scikit-learn's (regression:
 # relative to the value when it is above 1).
 TOLERANCE = 1e-5
-# Two classes closer than this may be ordered either way by float32 arithmetic.
+# Two classes closer than this may be ordered either way by float32 scores.
 TIE_MARGIN = 2 * TOLERANCE
 # What a missing categorical value is fed as: skl2onnx names a NaN category by str(nan).
 MISSING_STRING = "nan"
@@ -168,6 +170,24 @@ def compare(reference: Outputs, candidate: Outputs, task: str) -> tuple[str | No
         return f"probabilities of shape {np.shape(got_proba)}, not {np.shape(want_proba)}", 1.0
     delta = np.abs(np.asarray(got_proba) - np.asarray(want_proba)).max(axis=1)
     return _worst(delta, want_proba, got_proba, "probabilities")
+
+
+def differing(reference: Outputs, candidate: Outputs, task: str) -> Any:
+    """Per row, whether ``candidate`` answers it unlike ``reference`` (as ``compare`` judges:
+    another label, or a number off by more than ``TOLERANCE``); both answer the same rows."""
+    import numpy as np
+
+    (want, want_proba), (got, got_proba) = reference, candidate
+    want, got = np.asarray(want).reshape(-1), np.asarray(got).reshape(-1)
+    if task == "regression":
+        want, got = want.astype("float64"), got.astype("float64")
+        return ~(np.abs(got - want) / np.maximum(1.0, np.abs(want)) <= TOLERANCE)
+    pairs = zip(want.tolist(), got.tolist(), strict=True)
+    rows = np.array([a != b or type(a) is not type(b) for a, b in pairs], dtype=bool)
+    if want_proba is not None and got_proba is not None:
+        delta = np.abs(np.asarray(got_proba) - np.asarray(want_proba)).max(axis=1)
+        rows |= ~(delta <= TOLERANCE)
+    return rows
 
 
 def _worst(delta: Any, want: Any, got: Any, what: str) -> tuple[str | None, float]:

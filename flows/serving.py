@@ -51,8 +51,8 @@ DEFAULT_URL = f"http://{HOST}:{DEFAULT_PORT}"
 CHUNK_RECORDS = 1_000
 HTTP_TIMEOUT_S = 60.0
 # Served probabilities and regression predictions may differ from the model's by this much
-# (regression: relative above 1): the service rebuilds the rows from JSON. ONNX Runtime computes
-# in float32: packaging keeps a conversion only within ONNX_TOLERANCE (bentos/fast_runtime.py).
+# (regression: relative above 1): the service rebuilds the rows from JSON. ONNX Runtime sums tree
+# scores in float32: packaging keeps a conversion only within ONNX_TOLERANCE (fast_runtime.py).
 PROBABILITY_TOLERANCE = 1e-9
 ONNX_TOLERANCE = 1e-5
 PROBE_FIELD = "__nbprod_probe__"

@@ -27,12 +27,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "DO_NOT_TRACK": "1",
             "BENTOML_DO_NOT_TRACK": "true",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-            # The opt-in ONNX runtime is what most serving tests check; the container test
-            # packages with it off, as a user's default.
-            "NBPROD_ONNX_RUNTIME": "on",
         }
     )
     os.environ.pop("PREFECT_API_URL", None)
+    # The tests check nbprod's defaults, ONNX Runtime on among them, whatever the shell set.
+    os.environ.pop("NBPROD_ONNX_RUNTIME", None)
     for sub in ("prefect", "bentoml", "nbprod"):
         (base / sub).mkdir()
     # Prefect binds its console log handler to sys.stderr when first imported. Importing it here,

@@ -86,7 +86,7 @@ def test_a_model_whose_conversion_answers_like_it_is_stored_with_it(
     assert (runtime["name"], runtime["file"]) == ("onnxruntime", "model.onnx")
     assert runtime["reason"].startswith("its ONNX conversion (skl2onnx ")
     assert [(i["name"], i["type"]) for i in runtime["inputs"]] == [
-        *((c, "float32") for c in ("x0", "x1", "x2", "x3", "visits")),
+        *((c, "float64") for c in ("x0", "x1", "x2", "x3", "visits")),
         ("plan", "string"),
     ]
     assert runtime["versions"] == {

@@ -167,7 +167,7 @@ def _expected(model: Any, pipeline: str, frame: Any) -> list[dict[str, Any]]:
 
 def _same(served: list[dict[str, Any]], expected: list[dict[str, Any]]) -> bool:
     """Served answers are the model's: the same labels, probabilities within 1e-5 (ONNX Runtime
-    computes in float32)."""
+    sums tree scores in float32)."""
     return [a["prediction"] for a in served] == [e["prediction"] for e in expected] and [
         a.get("probabilities") for a in served
     ] == [pytest.approx(e.get("probabilities"), abs=1e-5) for e in expected]
@@ -235,7 +235,7 @@ def test_binary_answers_equal_the_models_including_missing_values(stack: Stack) 
     assert [r["prediction"] for r in body] == [e["prediction"] for e in expected]
     assert {type(r["prediction"]) for r in body} == {int}  # labels as in the data
     assert [list(r["probabilities"]) for r in body[:3]] == [["0", "1"]] * 3
-    # ONNX Runtime computes in float32: probabilities within 1e-5 of the model's.
+    # ONNX Runtime sums tree scores in float32: probabilities within 1e-5 of the model's.
     assert [r["probabilities"] for r in body] == [
         pytest.approx(e["probabilities"], abs=1e-5) for e in expected
     ]

@@ -37,12 +37,14 @@ workarounds go when fixed releases are installed).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
-# Inclusive range of the skl2onnx versions these workarounds were written for.
-AFFECTED_VERSIONS = ((1, 20, 0), (1, 20, 0))
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+# The skl2onnx versions these workarounds were written for.
+AFFECTED_VERSIONS = SpecifierSet("==1.20.0")
 # The tree-ensemble attributes that hold 0/1 flags.
 FLAG_ATTRIBUTES = frozenset({"nodes_missing_value_tracks_true"})
 # The tree-ensemble attributes that hold numbers, and at ai.onnx.ml opset 3 their tensor forms.
@@ -56,23 +58,21 @@ FLOAT_OUTPUT = {"TreeEnsembleClassifier": 1, "TreeEnsembleRegressor": 0}
 Converter = Callable[[Any, Any, Any], None]
 
 
-def skl2onnx_version(text: str | None = None) -> tuple[int, int, int] | None:
-    """``major.minor.patch`` of skl2onnx (or of ``text``); None when it does not parse."""
+def skl2onnx_version(text: str | None = None) -> Version | None:
+    """skl2onnx's version (or ``text`` read as one); None when it is not a version."""
     if text is None:
         import skl2onnx
 
         text = skl2onnx.__version__
-    match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
-    if match is None:
+    try:
+        return Version(text)
+    except InvalidVersion:
         return None
-    major, minor, patch = (int(part) for part in match.groups())
-    return major, minor, patch
 
 
-def is_affected(version: tuple[int, int, int] | None) -> bool:
+def is_affected(version: Version | None) -> bool:
     """Whether this skl2onnx version is one the workarounds were written for."""
-    low, high = AFFECTED_VERSIONS
-    return version is not None and low <= version <= high
+    return version is not None and AFFECTED_VERSIONS.contains(version, prereleases=True)
 
 
 class TreeAttributes:

@@ -14,11 +14,11 @@ import io
 import json
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import numpy as np
 import pandas as pd
 import pytest
+from prefect_records import read_artifacts
 
 from flows.drift import DriftPolicy, profile_reference
 from flows.errors import MonitoringError
@@ -177,18 +177,6 @@ def drift_events(monitoring_version: str, *, expect: bool) -> list[Any]:
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
-
-
-def read_artifacts(flow_run_id: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
-            )
-        )
 
 
 def spec_file(name: str) -> str:

@@ -14,12 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import nbformat
 import pandas as pd
 import pytest
 from nbprod_cli import run_nbprod
+from prefect_records import read_artifacts
 
 from flows.errors import DataValidationError, NotebookExecutionError, ParameterError
 from flows.store import RunStore
@@ -61,18 +61,6 @@ def accepted(prefect_server: None, home: Path) -> dict[str, Any]:
         return training_pipeline(triggered_by="test")
     finally:
         os.environ.pop("NBPROD_HOME", None)
-
-
-def read_artifacts(flow_run_id: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
-            )
-        )
 
 
 def test_first_run_is_accepted_versioned_and_packaged(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from prefect_records import run_summary
 from user_projects import write_churn_project, write_price_project, write_tiers_project
 
 pytestmark = pytest.mark.integration
@@ -198,6 +200,16 @@ def test_binary_classifier_in_one_notebook(project: Path) -> None:
     )
     assert "REJECTED" in rejected, rejected
     assert champion(project, "churn")["version"] == first["version"]
+    # From the Prefect UI alone: the rejected run's summary says why, with the candidate's
+    # curves beside the champion's, an image served by nbprod ui over http.
+    latest = json.loads(nbprod(project, "runs", "--pipeline", "churn", "--json"))[-1]
+    assert latest["status"] == "rejected"
+    summary = run_summary(latest["flow_run_id"])
+    assert "ROC and precision-recall curves: the candidate's beside the champion's" in summary
+    assert re.search(
+        rf"!\[[^]]*\]\(http://127\.0\.0\.1:\d+/versions/{latest['version']}/figures/", summary
+    )
+    assert "FAIL" in summary and first["version"] in summary
 
 
 def test_multiclass_string_labels_in_two_notebooks_in_a_subfolder(project: Path) -> None:
@@ -252,6 +264,11 @@ def test_regression_shares_the_store_with_its_own_champion(project: Path) -> Non
     assert "ACCEPTED" in run, run
     price = champion(project, "price")
     assert price["metrics"]["r2"] > 0.8 and "rmse" in price["metrics"]
+    (record,) = json.loads(nbprod(project, "runs", "--pipeline", "price", "--json"))
+    summary = run_summary(record["flow_run_id"])
+    assert "Predicted vs actual and residuals: the candidate's" in summary
+    assert f"/versions/{price['version']}/figures/" in summary
+    assert f"/versions/{price['version']}/reports/" in summary  # reports linked over http
 
     predictions = serve_and_predict(project, "price", "data/new_sales.csv")
     assert predictions["prediction"].dtype.kind == "f" and "sale_id" in predictions.columns

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bento_scripts import isolated_bentoml_env, run_script
 
 from flows import container
 from flows.bento_server import free_port
@@ -307,26 +308,12 @@ def champion(
 ) -> dict[str, Any]:
     """A run store whose champion has a real bento, in a private BentoML home."""
     workdir = tmp_path_factory.mktemp("container")
-    env = {k: v for k, v in os.environ.items() if k not in ("NBPROD_MODEL_TAG", "PREFECT_API_URL")}
-    env.update(
-        BENTOML_HOME=str(workdir / "bentoml"),
-        NBPROD_RUN_STORE_URL=str(workdir / "runs"),
-        BENTOML_DO_NOT_TRACK="true",
-        DO_NOT_TRACK="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    env = isolated_bentoml_env(
+        workdir / "bentoml", NBPROD_RUN_STORE_URL=str(workdir / "runs"), DO_NOT_TRACK="1"
     )
+    env.pop("PREFECT_API_URL", None)
     env.pop("NBPROD_ONNX_RUNTIME", None)  # a user's default: ONNX Runtime, when it checks out
-    proc = subprocess.run(
-        [sys.executable, __file__, str(workdir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, f"packaging script failed:\n{proc.stdout}\n{proc.stderr}"
-    result = json.loads((workdir / "result.json").read_text())
+    result = run_script(__file__, workdir, env, timeout=300)
     result["env"] = env
     return result
 

@@ -32,8 +32,8 @@ venv: $(STAMP) ## Create .venv and install nbprod with pinned dependencies
 demo: $(STAMP) ## Train twice on the bundled data (accepted, rejected), then serve, detect drift and retrain via the automation
 	$(PY) -m flows.demo
 
-test: $(STAMP) ## Run the whole test suite (unit and integration)
-	$(PY) -m pytest tests
+test: $(STAMP) ## Run the whole test suite (unit and integration); lists the 25 slowest tests
+	$(PY) -m pytest tests --durations=25
 
 lint: $(STAMP) ## Ruff, over the package, tests, bentos and benchmarks
 	$(VENV)/bin/ruff check flows tests bentos benchmarks

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -22,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from flows.bento_server import stop_server
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -124,16 +124,7 @@ def server(
         wait_http(ready_url, proc, 180, f"{name} (log: {out.name})")
         yield proc
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived their parent
+        stop_server(proc, grace_s=20)  # its whole process group, workers included
         out.close()
 
 

@@ -149,17 +149,13 @@ def compare(reference: Outputs, candidate: Outputs, task: str) -> tuple[str | No
     if want.shape != got.shape:
         return f"{got.size} answers for {want.size} rows", float("inf")
     if task == "regression":
-        want, got = want.astype("float64"), got.astype("float64")
-        delta = np.abs(got - want) / np.maximum(1.0, np.abs(want))
-        return _worst(delta, want, got, "values")
-    labels, own = got.tolist(), want.tolist()
-    pairs = zip(own, labels, strict=True)
-    differ = [i for i, (a, b) in enumerate(pairs) if a != b or type(a) is not type(b)]
-    if differ:
-        row = differ[0]
+        return _worst(_relative_delta(want, got), want, got, "values")
+    differ = np.flatnonzero(_labels_differ(want, got))
+    if differ.size:
+        row = int(differ[0])
         return (
-            f"{len(differ)} of {len(want)} labels differ "
-            f"(row {row}: {labels[row]!r}, scikit-learn {own[row]!r})",
+            f"{differ.size} of {len(want)} labels differ "
+            f"(row {row}: {got.tolist()[row]!r}, scikit-learn {want.tolist()[row]!r})",
             float("inf"),
         )
     if (want_proba is None) != (got_proba is None):
@@ -168,8 +164,7 @@ def compare(reference: Outputs, candidate: Outputs, task: str) -> tuple[str | No
         return None, 0.0
     if np.shape(want_proba) != np.shape(got_proba):
         return f"probabilities of shape {np.shape(got_proba)}, not {np.shape(want_proba)}", 1.0
-    delta = np.abs(np.asarray(got_proba) - np.asarray(want_proba)).max(axis=1)
-    return _worst(delta, want_proba, got_proba, "probabilities")
+    return _worst(_proba_delta(want_proba, got_proba), want_proba, got_proba, "probabilities")
 
 
 def differing(reference: Outputs, candidate: Outputs, task: str) -> Any:
@@ -180,14 +175,34 @@ def differing(reference: Outputs, candidate: Outputs, task: str) -> Any:
     (want, want_proba), (got, got_proba) = reference, candidate
     want, got = np.asarray(want).reshape(-1), np.asarray(got).reshape(-1)
     if task == "regression":
-        want, got = want.astype("float64"), got.astype("float64")
-        return ~(np.abs(got - want) / np.maximum(1.0, np.abs(want)) <= TOLERANCE)
-    pairs = zip(want.tolist(), got.tolist(), strict=True)
-    rows = np.array([a != b or type(a) is not type(b) for a, b in pairs], dtype=bool)
+        return ~(_relative_delta(want, got) <= TOLERANCE)
+    rows = _labels_differ(want, got)
     if want_proba is not None and got_proba is not None:
-        delta = np.abs(np.asarray(got_proba) - np.asarray(want_proba)).max(axis=1)
-        rows |= ~(delta <= TOLERANCE)
+        rows |= ~(_proba_delta(want_proba, got_proba) <= TOLERANCE)
     return rows
+
+
+def _labels_differ(want: Any, got: Any) -> Any:
+    """Per row: another label, or the same value of another type (``1`` vs ``"1"``)."""
+    import numpy as np
+
+    pairs = zip(want.tolist(), got.tolist(), strict=True)
+    return np.array([a != b or type(a) is not type(b) for a, b in pairs], dtype=bool)
+
+
+def _relative_delta(want: Any, got: Any) -> Any:
+    """Per row, the regression difference, relative to the value when it is above 1."""
+    import numpy as np
+
+    want, got = want.astype("float64"), got.astype("float64")
+    return np.abs(got - want) / np.maximum(1.0, np.abs(want))
+
+
+def _proba_delta(want_proba: Any, got_proba: Any) -> Any:
+    """Per row, the largest difference between the two answers' probabilities."""
+    import numpy as np
+
+    return np.abs(np.asarray(got_proba) - np.asarray(want_proba)).max(axis=1)
 
 
 def _worst(delta: Any, want: Any, got: Any, what: str) -> tuple[str | None, float]:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.errors import ServingError
 from flows.process_guard import guard_command
@@ -164,8 +164,9 @@ def _log_reason(server_log: Path) -> str:
     return tail[-1][:500] if tail else "no output"
 
 
-def stop_server(server: subprocess.Popen[bytes], *, grace_s: float = 15) -> None:
-    """SIGTERM the server's process group (graceful: logs are flushed), SIGKILL if it lingers."""
+def stop_server(server: subprocess.Popen[Any], *, grace_s: float = 15) -> None:
+    """SIGTERM the process group of a server (or any process started in its own session):
+    graceful, so logs are flushed; SIGKILL if it lingers, and whatever outlived it."""
     import signal
     import subprocess
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from flows.bento_server import use_bentoml_home
+from flows.bento_server import stop_server, use_bentoml_home
 from flows.errors import ContainerizeError
 from flows.options import add_pipeline_option, add_store_option, open_store, resolve_pipeline
 
@@ -333,7 +333,7 @@ def build_image(
                 tail.append(line.rstrip())
             code = proc.wait()
         except KeyboardInterrupt:
-            _terminate(proc)
+            stop_server(proc, grace_s=20)  # the build's whole process group
             raise
     built = image_id(client, image_tag)
     if code == 0 and built:
@@ -357,19 +357,6 @@ def _last_error(lines: collections.deque[str]) -> str:
         if any(marker in line.lower() for marker in markers):
             return line.strip()[:300]
     return next((line.strip()[:300] for line in reversed(lines) if line.strip()), "no output")
-
-
-def _terminate(proc: subprocess.Popen[str]) -> None:
-    """Stop the build's process group: SIGTERM, then SIGKILL if it lingers."""
-    import signal
-
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def render_success(

@@ -20,8 +20,9 @@ API (all POST, JSON):
   ``fast_paths`` the worker proved at start-up (``predictor.Paths``).
 - BentoML's ``GET /livez``, ``/healthz`` and ``/readyz``.
 
-BentoML's defaults otherwise (access log, ``/metrics``), but ``/predict`` is not traced (see the
-``tracing`` option below).
+BentoML's defaults otherwise (access log, ``/metrics``), but ``/predict`` is neither traced nor
+in the access log: each answer is in the inference log under its request id (see the ``tracing``
+and ``logging`` options below).
 
 A bento only contains this directory: no module here imports the ``flows`` package.
 """
@@ -52,6 +53,8 @@ PREDICT_ROUTE = "/predict"
 MAX_BATCH_SIZE = 1_000
 MAX_LATENCY_MS = 5_000
 TRAFFIC_TIMEOUT_S = 30
+# BentoML's own default for logging.access.skip_paths (a service's setting replaces it).
+ACCESS_LOG_SKIPPED_BY_BENTOML = ["/metrics", "/healthz", "/livez", "/readyz"]
 
 PIN = read_pin()
 MODEL_METADATA = load_model_metadata(PIN.model_tag)
@@ -150,6 +153,9 @@ globals()[IDENTITY.class_name] = bentoml.service(
     # /predict that was 40 % of a request's CPU. Each answer is in the inference log under its
     # request id; configuring services.<name>.tracing.excluded_urls: [] re-enables it.
     tracing={"excluded_urls": [PREDICT_ROUTE]},
+    # The same for BentoML's access log: /predict's lines are the inference log's (request id,
+    # latency), every other route keeps its access line.
+    logging={"access": {"skip_paths": [*ACCESS_LOG_SKIPPED_BY_BENTOML, PREDICT_ROUTE]}},
 )(PipelineService)
 globals()[IDENTITY.class_name].add_asgi_middleware(
     RequestGuard,

@@ -9,7 +9,9 @@ notebook finished says the folder is complete. A ``--no-cache`` run executes in 
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -65,6 +67,7 @@ def run_notebook(
     cache_key: str | None = None,
     secrets: dict[str, dict[str, str]] | None = None,
     warm_kernel: bool = True,
+    threads: int | None = None,
 ) -> NotebookOutputs:
     out_dir = Path(parameters["output_dir"])
     # Runs with the same content key share the folder: one executes, the others then reuse it.
@@ -76,7 +79,7 @@ def run_notebook(
         shutil.rmtree(out_dir, ignore_errors=True)  # a re-execution never mixes with stale files
         out_dir.mkdir(parents=True, exist_ok=True)
         execute_scrubbed(
-            notebook, executed, parameters, kernel_name, timeout_s, secrets, warm_kernel
+            notebook, executed, parameters, kernel_name, timeout_s, secrets, warm_kernel, threads
         )
         outputs = read_outputs(notebook.name, out_dir)
         if cache_key is not None:
@@ -103,6 +106,7 @@ def execute_scrubbed(
     timeout_s: int,
     secrets: dict[str, dict[str, str]] | None,
     warm_kernel: bool,
+    threads: int | None = None,
 ) -> None:
     """Execute with the secrets' values; no file or error message it leaves holds one."""
     out_dir = Path(parameters["output_dir"])
@@ -116,6 +120,7 @@ def execute_scrubbed(
             kernel_name=kernel_name,
             timeout_s=timeout_s,
             warm_kernel=warm_kernel,
+            threads=threads,
         )
     except Exception as exc:
         redacted = scrub_text(str(exc), values.values())
@@ -196,13 +201,19 @@ def run_grid(
     if len(calls) == 1:
         outputs, status = call_notebook(calls[0], settings, refresh=no_cache)
         return outputs, 0, {"cache": {calls[0].name: status}}
-    futures = [
-        run_notebook.with_options(
+    at_once = points_at_once(settings, len(calls))
+    # The kernels running at once share this machine's cores (a cluster's workers count theirs).
+    threads = max(1, (os.cpu_count() or 1) // at_once) if at_once else None
+    slots = threading.Semaphore(at_once or len(calls))  # a point starts once another ends
+    futures = []
+    for i, c in enumerate(calls):
+        slots.acquire()
+        future = run_notebook.with_options(
             task_run_name=f"run-notebook-{c.name}-grid-{i}",
             refresh_cache=must_refresh(c, no_cache),
-        ).submit(**c.task_arguments(settings))
-        for i, c in enumerate(calls)
-    ]
+        ).submit(**c.task_arguments(settings), threads=threads)
+        future.add_done_callback(lambda _done: slots.release())
+        futures.append(future)
     results: list[dict[str, Any]] = []
     outputs_by_index: dict[int, NotebookOutputs] = {}
     first_error: BaseException | None = None
@@ -238,6 +249,18 @@ def run_grid(
         "cache": {f"{calls[0].name}-grid-{r['index']}": r["cache"] for r in results},
     }
     return outputs_by_index[best], best, record
+
+
+def points_at_once(settings: NbprodSettings, points: int) -> int | None:
+    """Grid points in flight when this process's threads run the tasks (on its cores):
+    ``settings.notebooks_at_once`` at most; None when a cluster (Dask) schedules them."""
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    context = FlowRunContext.get()
+    if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
+        return None
+    return min(points, settings.notebooks_at_once)
 
 
 def wire_inputs(produced: dict[str, Path], declared: dict[str, Any]) -> dict[str, str]:

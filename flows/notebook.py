@@ -319,6 +319,7 @@ def execute_notebook(
     timeout_s: int = 600,
     cwd: Path | None = None,
     warm_kernel: bool = False,
+    threads: int | None = None,
 ) -> Path:
     """Run one notebook with papermill; keep the executed copy (and its HTML) even on failure.
 
@@ -326,7 +327,9 @@ def execute_notebook(
     (which the Prefect task retries) and a cell over ``timeout_s`` NotebookTimeoutError, both
     naming the notebook and the cell that was running. ``warm_kernel``: take the kernel this
     process's pool started ahead for the notebook, its imports done (:mod:`flows.kernels`);
-    checks of reproducibility leave it off, so each run there gets a cold kernel.
+    checks of reproducibility leave it off, so each run there gets a cold kernel. ``threads``:
+    the numeric libraries' threads in the kernel (default: the cores shared by the notebooks
+    this process runs at that moment, :func:`kernel_threads`).
     """
     import papermill
 
@@ -340,7 +343,7 @@ def execute_notebook(
                 notebook,
                 kernel_name=kernel_name,
                 cwd=workdir,
-                env=kernel_environment(kernel_threads()),
+                env=kernel_environment(threads or kernel_threads()),
                 warm=warm_kernel,
             )
             try:

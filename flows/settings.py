@@ -7,6 +7,7 @@ tests agree without passing paths through every call. Defaults are under the pro
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -55,6 +56,12 @@ class NbprodSettings(BaseSettings):
         "flows.kernels) with the notebooks' installed imports already done and an empty "
         "namespace: saves each run seconds. Off: every kernel starts when its notebook does.",
     )
+    parallel_notebooks: int | None = Field(
+        default=None,
+        gt=0,
+        description="Grid points executed at once (default: the CPU count). More kernels than "
+        "cores only share the cores, each with its libraries' memory.",
+    )
 
     @property
     def resolved_run_store_url(self) -> str:
@@ -63,6 +70,11 @@ class NbprodSettings(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.home / "scratch"
+
+    @property
+    def notebooks_at_once(self) -> int:
+        """How many notebooks of a grid run at once: ``parallel_notebooks`` or the CPU count."""
+        return self.parallel_notebooks or os.cpu_count() or 1
 
 
 def load_settings() -> NbprodSettings:

@@ -37,7 +37,8 @@ print("calling the API with", api_token)
     "outputs": {"result": "result.txt"},
     "metrics": {"roc_auc": value / 10, "total": total},
     "values": {"token_sha256": hashlib.sha256(api_token.encode()).hexdigest(),
-               "interval": [started, time.time()], "kernel_parent": os.getppid()},
+               "interval": [started, time.time()], "kernel_parent": os.getppid(),
+               "threads": os.environ.get("OMP_NUM_THREADS")},
 }))
 """
 
@@ -271,8 +272,11 @@ def test_cache_hit_from_another_process(prefect_server: None, project: Path) -> 
 
 
 def test_grid_runs_in_parallel_keeps_every_point_and_picks_the_best(
-    prefect_server: None, project: Path, tmp_path: Path
+    prefect_server: None, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("NBPROD_PARALLEL_NOTEBOOKS", "2")
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
     policy = write_ranking_policy(project, "higher_is_better")
     spec = write_spec(project, grid={"step": {"value": [3, 1, 4, 2]}}, policy=policy)
     record = run(spec)
@@ -291,19 +295,24 @@ def test_grid_runs_in_parallel_keeps_every_point_and_picks_the_best(
         store.fs.cat_file(store.version_path(record["version"], "outputs/step/result.txt")).decode()
         == "24"
     )
-    intervals, parents = [], set()
+    intervals, parents, threads = [], set(), set()
     for i in range(4):
         out = json.loads(
             store.fs.cat_file(store.version_path(record["version"], f"grid/step/{i}/outputs.json"))
         )
         intervals.append(out["values"]["interval"])
         parents.add(out["values"]["kernel_parent"])
+        threads.add(out["values"]["threads"])
     # Every point's kernel is this process's own child, started by jupyter_client: no fork.
     assert parents == {os.getpid()}
     intervals.sort()
     assert any(b[0] < a[1] for a, b in itertools.pairwise(intervals)), (
         "no two grid points ran at the same time"
     )
+    # NBPROD_PARALLEL_NOTEBOOKS=2: never three at once, each kernel told half the cores.
+    at_once = max(sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals)
+    assert at_once == 2, intervals
+    assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
 def test_secret_value_never_stored_logged_or_published(

@@ -18,6 +18,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -443,6 +444,22 @@ def test_inference_log_has_every_record_under_concurrency(stack: Stack) -> None:
         assert rows["probability_1"].tolist() == [o["probabilities"]["1"] for o in outputs]
     # One file per worker process that served a prediction.
     assert 1 <= len(list(stack.log_dir.glob("*.jsonl"))) <= WORKERS
+
+
+def test_predict_is_in_the_inference_log_not_in_bentomls_access_log(stack: Stack) -> None:
+    records = _records("churn", _frame(stack, "churn").iloc[:2])
+    for _ in range(2 * WORKERS):
+        status, body, _ = post_json(stack.base + "/predict", {"records": records}, timeout=60)
+        assert status == 200, body
+    # A worker writes an access line before the response is sent: the /predict lines, if any,
+    # are in the log once these answers are in; the /metadata line shows access logging is on.
+    assert post_json(stack.base + "/metadata", {}, timeout=60)[0] == 200
+    server_log = stack.workdir / "serve.log"
+    deadline = time.monotonic() + REQUESTS_DEADLINE_S
+    while "path=/metadata" not in server_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "no access line for /metadata in the server log"
+        time.sleep(0.1)
+    assert "path=/predict" not in server_log.read_text(errors="replace")
 
 
 # --- the command line ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -29,9 +30,8 @@ from flows.deploy import deploy, ensure_work_pool
 from flows.errors import DeployError
 from flows.localstack import (
     FINAL_STATES,
-    PREFECT,
-    start_process,
     start_server,
+    start_worker,
     stop_process,
     wait_for_worker,
 )
@@ -46,7 +46,6 @@ SERVER_START_TIMEOUT_S = 120.0
 WORKER_START_TIMEOUT_S = 90.0
 RUN_TIMEOUT_S = 240.0
 WORKER_NAME = "nbprod-test"
-WORKER_ARGS = ["--pool", "nbprod-process", "--type", "process", "--name", WORKER_NAME]
 
 
 def _write_notebook(path: Path) -> Path:
@@ -101,34 +100,33 @@ def running_stack(
     processes: list[subprocess.Popen[bytes]] = []
     server_log, worker_log = base / "server.log", base / "worker.log"
     try:
-        try:
-            server, url = start_server(
-                base / "prefect-home", server_log, env=env, timeout_s=SERVER_START_TIMEOUT_S
+        with ThreadPoolExecutor(max_workers=1) as background:
+            # The server boots (a while on two cores) while the project is copied and promoted:
+            # promotion writes files only, it needs no server.
+            booting = background.submit(
+                start_server,
+                base / "prefect-home",
+                server_log,
+                env=env,
+                timeout_s=SERVER_START_TIMEOUT_S,
             )
-        except DeployError as exc:
-            pytest.fail(str(exc))
-        processes.append(server)
+            try:
+                project, notebook = _copy_project(base / "project", project_dirs)
+                result = promote(
+                    notebook, name=name, cron=cron, skip_repro=True, project_root=project
+                )
+            finally:
+                server, url = _booted(booting)  # stopped below, whatever happened meanwhile
+                processes.append(server)
         env.update(PREFECT_HOME=str(base / "prefect-home"), PREFECT_API_URL=url)
-
-        project = base / "project"
-        (project / "deployments").mkdir(parents=True)
-        for folder in ("flows", *project_dirs):
-            shutil.copytree(
-                ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
-            )
-        shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
-        for spec_file in ("training.yaml", "policy.yaml"):
-            shutil.copy(ROOT / "deployments" / spec_file, project / "deployments" / spec_file)
-        notebook = _write_notebook(project / "notebooks" / "tiny.ipynb")
-
         with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_API_URL: url}):
-            result = promote(notebook, name=name, cron=cron, skip_repro=True, project_root=project)
             # The pool first (what `nbprod deploy` does when it is missing), so the worker can
-            # boot while `prefect deploy` runs: both take a while on two cores.
+            # boot while `prefect deploy` runs: both take a while on two cores. The worker polls
+            # every 2 s (Prefect's default is 10 s): a triggered run starts promptly.
             created_pool = ensure_work_pool("nbprod-process")
             worker_env = {**env, "NBPROD_HOME": str(base / "nbprod-home")}
-            worker = start_process(
-                [*PREFECT, "worker", "start", *WORKER_ARGS], worker_env, base, worker_log
+            worker = start_worker(
+                url, worker_log, name=WORKER_NAME, cwd=base, env=worker_env, wait=False
             )
             processes.append(worker)
             registered = deploy([name, *deployments], project_root=project)
@@ -160,6 +158,30 @@ def running_stack(
             stop_process(proc)
 
 
+def _booted(
+    booting: Future[tuple[subprocess.Popen[bytes], str]],
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The started server and its API URL, or the test fails with the server's log."""
+    try:
+        return booting.result()
+    except DeployError as exc:
+        pytest.fail(str(exc))
+
+
+def _copy_project(project: Path, project_dirs: tuple[str, ...]) -> tuple[Path, Path]:
+    """A temporary copy of the project (``flows/``, ``project_dirs``, prefect.yaml and the
+    training spec and policy) with the tiny notebook; returns the project and the notebook."""
+    (project / "deployments").mkdir(parents=True)
+    for folder in ("flows", *project_dirs):
+        shutil.copytree(
+            ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
+    for spec_file in ("training.yaml", "policy.yaml"):
+        shutil.copy(ROOT / "deployments" / spec_file, project / "deployments" / spec_file)
+    return project, _write_notebook(project / "notebooks" / "tiny.ipynb")
+
+
 def drain_prefect_clients() -> None:
     """Flush this process's events and logs to the stack's server while it still runs.
 
@@ -180,12 +202,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield running
 
 
-def _run_to_completion(deployment: str, parameters: dict[str, Any], log: Path) -> Any:
-    """Trigger a deployment run and poll its state until final (deadline, not a fixed sleep)."""
-    from prefect.client.orchestration import get_client
+def _trigger(deployment: str, parameters: dict[str, Any]) -> Any:
+    """A new run of the deployment, scheduled now; returned at once (the worker picks it up)."""
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=0)
+    return run_deployment(deployment, parameters=parameters, timeout=0)
+
+
+def _until_final(flow_run: Any, log: Path) -> Any:
+    """Poll the flow run's state until final (deadline, not a fixed sleep); the final run."""
+    from prefect.client.orchestration import get_client
+
     deadline = time.monotonic() + RUN_TIMEOUT_S
     with get_client(sync_client=True) as client:
         while True:
@@ -198,6 +225,11 @@ def _run_to_completion(deployment: str, parameters: dict[str, Any], log: Path) -
                     f"after {RUN_TIMEOUT_S:.0f} s; worker log:\n{_log_tail(log)}"
                 )
             time.sleep(1)
+
+
+def _run_to_completion(deployment: str, parameters: dict[str, Any], log: Path) -> Any:
+    """Trigger a deployment run and wait until it is final."""
+    return _until_final(_trigger(deployment, parameters), log)
 
 
 def _artifacts(flow_run_id: UUID) -> dict[str, Any]:

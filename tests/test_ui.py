@@ -4,9 +4,10 @@ A real ``prefect server start`` on 127.0.0.1 (its own PREFECT_HOME), a tiny note
 with a daily cron schedule and the shipped training deployment registered from a temporary copy
 of the project (``nbprod deploy``, ``flows.deploy.deploy``), a process worker, runs triggered
 with ``run_deployment`` (so they belong to their deployments, as scheduled runs would): the
-tiny notebook once, the training pipeline twice (the first accepted, the champion; the second,
-the demo's degraded configuration, gated against it and rejected), and one monitoring run of
-the champion in this process (its retrain-on-drift automation paused: no third training run).
+tiny notebook once, beside the training pipeline's first run (accepted, the champion); then the
+training pipeline again, the demo's degraded configuration, gated against it and rejected, while
+this process monitors the champion (its retrain-on-drift automation paused: no third training
+run).
 ``nbprod ui`` serves the run store on a free port (``NBPROD_UI_PORT``, which the worker
 inherits, so the artifacts link to it).
 
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
-from test_deployment import _artifacts, _log_tail, _run_to_completion, running_stack
+from test_deployment import _artifacts, _log_tail, _trigger, _until_final, running_stack
 
 from flows.artifacts import METRICS_KEY, SUMMARY_KEY, artifact_key
 from flows.demo import DEGRADED
@@ -139,6 +140,14 @@ def _pause_retraining() -> None:
             client.pause_automation(automation.id)
 
 
+def _completed(*flow_runs: Any, log: Path) -> None:
+    """Every one of the flow runs completed, or the failure with the worker log's tail."""
+    for flow_run in flow_runs:
+        assert flow_run.state.type.value == "COMPLETED", (
+            f"{flow_run.state.name}: {flow_run.state.message}\n{_log_tail(log, 80)}"
+        )
+
+
 @pytest.fixture(scope="module")
 def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Server, the tiny deployment run once, the training one twice, a monitoring run, nbprod ui."""
@@ -159,26 +168,20 @@ def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             project_dirs=("notebooks", "data", "bentos"),
         ) as running:
             store = RunStore(str(running["nbprod_home"] / "runs"))
+            worker_log = running["worker_log"]
+            _pause_retraining()
+            # The tiny run and the champion's are independent: the worker runs them side by side.
+            tiny = _trigger(f"notebook_pipeline/{NAME}", {"parameters": {"n": 5}})
+            training = _trigger(TRAINING, {"triggered_by": "ui-test"})
             ui_url, ui_pid = ensure_running(store, base / "nbprod-ui.log")
             try:
-                worker_log = running["worker_log"]
-                _pause_retraining()
-                tiny = _run_to_completion(
-                    f"notebook_pipeline/{NAME}", {"parameters": {"n": 5}}, worker_log
-                )
-                training = _run_to_completion(TRAINING, {"triggered_by": "ui-test"}, worker_log)
+                tiny, training = (_until_final(run, worker_log) for run in (tiny, training))
+                _completed(tiny, training, log=worker_log)
                 # The second run has a champion to be gated against: its summary shows both.
                 degraded = {"parameters": {"train": DEGRADED}, "triggered_by": "ui-test"}
-                challenger = _run_to_completion(TRAINING, degraded, worker_log)
-                for flow_run in (tiny, training, challenger):
-                    assert flow_run.state.type.value == "COMPLETED", (
-                        f"{flow_run.state.name}: {flow_run.state.message}\n"
-                        f"{_log_tail(worker_log, 80)}"
-                    )
-                record, rejected = store.list_runs(PIPELINE)
-                assert record["status"] == "accepted", record.get("reasons")
-                assert rejected["status"] == "rejected", rejected.get("reasons")
-                assert rejected["champion_before"]["version"] == record["version"]
+                challenger = _trigger(TRAINING, degraded)
+                # Meanwhile, in this process: the champion monitored (the challenger is gated
+                # against it and rejected, so the champion stays the one monitored).
                 monitored = monitoring_pipeline(
                     SPEC,
                     "2024-10-01",
@@ -188,6 +191,14 @@ def ui_stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     triggered_by="ui-test",
                 )
                 assert monitored["drift"]["verdict"] == "drift"
+                challenger = _until_final(challenger, worker_log)
+                _completed(challenger, log=worker_log)
+                record, rejected = (
+                    r for r in store.list_runs(PIPELINE) if r["version"] != monitored["version"]
+                )
+                assert record["status"] == "accepted", record.get("reasons")
+                assert rejected["status"] == "rejected", rejected.get("reasons")
+                assert rejected["champion_before"]["version"] == record["version"]
                 yield {
                     # The UI is served by the same server; PREFECT_UI_API_URL points its JS here.
                     "ui": running["url"].removesuffix("/api"),
@@ -423,15 +434,22 @@ def test_every_report_and_notebook_link_opens_with_its_title(
 ) -> None:
     """Artifacts tab → the link's card → its link, clicked: nbprod ui answers 200 with the page.
 
-    The Prefect UI renders a link artifact as markdown; the link opens in the same tab.
+    The Prefect UI renders a link artifact as markdown; the link opens in the same tab. The
+    first time the run is found from the dashboard, as a person does; then its page is reopened.
     """
     from playwright.sync_api import expect
 
     links = _link_artifacts(ui_stack["training"].id)
     assert set(links) == set(LINK_TITLES), links
+    run_page = ""
     for text, url in links.items():
         assert url.startswith(ui_stack["nbprod_ui"] + "/versions/"), url  # never file://
-        _open_run(page, ui_stack["training"].name)
+        if run_page:
+            page.goto(run_page)
+            page.get_by_role("tab", name="Artifacts").click()
+        else:
+            _open_run(page, ui_stack["training"].name)
+            run_page = page.url
         page.get_by_text(artifact_key(text), exact=True).click()
         with page.expect_response(url) as answered:
             page.get_by_role("link", name=text, exact=True).click()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +180,18 @@ def test_binary_classifier_in_one_notebook(project: Path) -> None:
     assert {"probability_0", "probability_1"} <= set(predictions.columns)
     assert "churned" not in predictions.columns and "signup_date" not in predictions.columns
 
-    monitored = nbprod(project, "monitor", "data/new_customers.csv", "--pipeline", "churn")
+    # Two independent monitoring runs, side by side as from two shells (each mostly one core).
+    with ThreadPoolExecutor(max_workers=2) as shells:
+        on_file = shells.submit(
+            nbprod, project, "monitor", "data/new_customers.csv", "--pipeline", "churn"
+        )
+        # The service's own inference log (what `nbprod serve` wrote while predict ran), last 24 h.
+        on_log = shells.submit(nbprod, project, "monitor", "--pipeline", "churn", "--start", "-24h")
+        monitored, logged = on_file.result(), on_log.result()
     assert "DRIFT" in monitored.upper(), monitored
-    # The service's own inference log (what `nbprod serve` wrote while predict ran), last 24 h.
-    logged = nbprod(project, "monitor", "--pipeline", "churn", "--start", "-24h")
     assert "300 rows" in logged or "drift" in logged.lower(), logged
 
+    # After monitoring: its drift events must not meet the retrain automation deploy creates.
     deployed = nbprod(project, "deploy")
     assert "churn" in deployed, deployed
     assert deployment_names() >= {"training_pipeline/churn", "monitoring_pipeline/churn-monitoring"}
@@ -234,13 +241,16 @@ def test_multiclass_string_labels_in_two_notebooks_in_a_subfolder(project: Path)
     metrics = champion(project, "tiers")["metrics"]
     assert metrics["accuracy"] > 0.5 and 0.5 < metrics["roc_auc"] <= 1
 
-    predictions = serve_and_predict(project, "tiers", "data/new_accounts.csv")
+    with ThreadPoolExecutor(max_workers=1) as shell:  # monitoring a file needs no service
+        monitoring = shell.submit(
+            nbprod, project, "monitor", "data/new_accounts.csv", "--pipeline", "tiers"
+        )
+        predictions = serve_and_predict(project, "tiers", "data/new_accounts.csv")
+        monitored = monitoring.result()
     assert set(predictions["prediction"]) <= {"bronze", "silver", "gold"}
     probabilities = predictions[[f"probability_{t}" for t in ("bronze", "gold", "silver")]]
     assert (probabilities.sum(axis=1) - 1).abs().max() < 1e-6
     assert list(predictions["account_key"])[:3] == ["new-0000", "new-0001", "new-0002"]
-
-    monitored = nbprod(project, "monitor", "data/new_accounts.csv", "--pipeline", "tiers")
     assert "tiers" in monitored or "drift" in monitored.lower(), monitored
 
 
@@ -272,9 +282,13 @@ def test_regression_shares_the_store_with_its_own_champion(project: Path) -> Non
     assert f"/versions/{price['version']}/figures/" in summary
     assert f"/versions/{price['version']}/reports/" in summary  # reports linked over http
 
-    predictions = serve_and_predict(project, "price", "data/new_sales.csv")
+    with ThreadPoolExecutor(max_workers=1) as shell:  # monitoring a file needs no service
+        monitoring = shell.submit(
+            nbprod, project, "monitor", "data/new_sales.csv", "--pipeline", "price"
+        )
+        predictions = serve_and_predict(project, "price", "data/new_sales.csv")
+        monitoring.result()
     assert predictions["prediction"].dtype.kind == "f" and "sale_id" in predictions.columns
-    nbprod(project, "monitor", "data/new_sales.csv", "--pipeline", "price")
 
     # The churn pipeline's champion is untouched by the price pipeline, and each lists its own.
     if (project / "deployments" / "churn.yaml").exists():

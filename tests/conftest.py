@@ -10,8 +10,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from fault_projects import PromotedProject
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +60,15 @@ def nbprod_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NBPROD_HOME", str(home))
     monkeypatch.delenv("NBPROD_RUN_STORE_URL", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def promoted_fault_project(
+    tmp_path_factory: pytest.TempPathFactory, prefect_server: None
+) -> PromotedProject:
+    """The fault project (tests/fault_projects.py), promoted, with its first champion: built
+    once per session; a fault module copies it (``fault_projects.copy_project``), never edits it.
+    """
+    from fault_projects import build_promoted_project
+
+    return build_promoted_project(tmp_path_factory.mktemp("fault-template") / "churn-project")

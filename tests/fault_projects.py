@@ -4,11 +4,19 @@ The notebook is tests/user_projects.py's churn notebook plus two parameters — 
 a third cell reads to fail on purpose, and ``api_token``, a secret the spec takes from the
 environment — so every fault happens inside the same promoted pipeline whose champion, history
 and bentos the fault tests then check were left alone.
+
+Promoting it and training its first champion is done once per session
+(:func:`build_promoted_project`, conftest's ``promoted_fault_project``); each fault module works
+on its own copy (:func:`copy_project`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -42,6 +50,25 @@ if fault == "leak-secret":
     raise PermissionError(f"the scoring API refused token {api_token}")
 """
 FAULT_CELL_INDEX = 3
+# nbprod's state variables: unset in a user's shell, so nbprod defaults them to the project's.
+STATE_ENV = ("NBPROD_HOME", "BENTOML_HOME", "NBPROD_PROJECT_DIR", "NBPROD_RUN_STORE_URL")
+
+
+@dataclass(frozen=True)
+class PromotedProject:
+    """A promoted fault project whose first (and only) run, accepted, printed ``token``."""
+
+    root: Path
+    token: str
+
+
+def user_env(token: str) -> dict[str, str]:
+    """The user's shell: the Prefect server's URL and the secret; nbprod's state defaulted."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if k not in STATE_ENV}
+    env.update(PREFECT_API_URL=str(PREFECT_API_URL.value()), **{SECRET_ENV: token})
+    return env
 
 
 def write_fault_project(root: Path) -> None:
@@ -73,6 +100,48 @@ def add_secret(spec: Path) -> None:
     raw = yaml.safe_load(spec.read_text())
     raw["secrets"] = {PIPELINE: {"api_token": {"env": SECRET_ENV}}}
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def build_promoted_project(root: Path) -> PromotedProject:
+    """The fault project at ``root``, promoted (lint only), its secret declared, and one accepted
+    run whose notebook printed the secret (the secrets tests check it was scrubbed)."""
+    write_fault_project(root)
+    token = "tok-" + os.urandom(12).hex()
+
+    def nbprod(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=root,
+            env=user_env(token),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    promoted = nbprod(
+        "promote",
+        "notebooks/churn.ipynb",
+        "--name",
+        PIPELINE,
+        "--target",
+        "churned",
+        "--data",
+        "data/churn.csv",
+        "--skip-repro",
+    )
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    add_secret(root / "deployments" / f"{PIPELINE}.yaml")
+    first = nbprod("run", "--pipeline", PIPELINE, "--param", "fault=print-secret")
+    assert first.returncode == 0 and "ACCEPTED" in first.stdout, first.stdout + first.stderr
+    assert token not in first.stdout + first.stderr
+    return PromotedProject(root=root, token=token)
+
+
+def copy_project(promoted: PromotedProject, dest: Path) -> PromotedProject:
+    """A copy of the project at ``dest``, its ``.nbprod`` (run store, notebook cache, BentoML
+    store) included: nbprod finds all of it from the project folder, wherever that is."""
+    shutil.copytree(promoted.root, dest, symlinks=True)
+    return PromotedProject(root=dest, token=promoted.token)
 
 
 def corrupt_inputs(folder: Path, good_csv: Path) -> dict[str, Path]:

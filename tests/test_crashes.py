@@ -1,13 +1,14 @@
 """The fault matrix's hard faults: a run killed with SIGKILL at each step, a full disk at each
 store write, and racing ``--no-cache`` runs, each followed by the state it must leave.
 
-One promoted churn project (tests/fault_projects.py) with an accepted champion; every case runs
-``nbprod run`` in a subprocess with ``NBPROD_FAULT`` (flows.faults) naming where to die or fail,
-then checks: nothing half-written is listed, the champion is unchanged (or fully moved), its
-history ends at it without gaps, no process the run started survives it, ``nbprod gc`` removes
-what is left (bentos, models, partial versions, scratch) and marks the Prefect flow run crashed,
-BentoML's ``latest`` names an accepted model, and the next run is accepted with no manual step.
-Real Prefect server, kernels, ``bentoml serve``.
+One promoted churn project (tests/fault_projects.py; this module's copy of the session's) with
+an accepted champion; every case runs ``nbprod run`` in a subprocess with ``NBPROD_FAULT``
+(flows.faults) naming where to die or fail, then checks: nothing half-written is listed, the
+champion is unchanged (or fully moved), its history ends at it without gaps, no process the run
+started survives it, ``nbprod gc`` removes what is left (bentos, models, partial versions,
+scratch) and marks the Prefect flow run crashed, BentoML's ``latest`` names an accepted model,
+and the next run is accepted with no manual step. Real Prefect server, kernels,
+``bentoml serve``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_projects import PIPELINE, write_fault_project
+from fault_projects import PIPELINE, SECRET_ENV, PromotedProject, copy_project
 
 pytestmark = pytest.mark.integration
 
@@ -62,23 +64,16 @@ def ok(project: Path, *args: str, code: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Path]:
-    """The churn fault project, promoted, with one accepted run as champion."""
-    root = tmp_path_factory.mktemp("crash-project")
-    write_fault_project(root)
-    ok(
-        root,
-        "promote",
-        "notebooks/churn.ipynb",
-        "--name",
-        PIPELINE,
-        "--target",
-        "churned",
-        "--data",
-        "data/churn.csv",
-    )
-    ok(root, "run", "--spec", SPEC)
-    yield root
+def project(
+    tmp_path_factory: pytest.TempPathFactory, promoted_fault_project: PromotedProject
+) -> Iterator[Path]:
+    """The churn fault project, promoted, with one accepted run as champion: this module's copy
+    of the session's. Its spec takes a secret from the environment, so the shell has one (not
+    test_faults' token, which that module looks for everywhere)."""
+    copied = copy_project(promoted_fault_project, tmp_path_factory.mktemp("crash") / "project")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(SECRET_ENV, f"crash-token-{uuid.uuid4().hex}")
+        yield copied.root
 
 
 class State:
@@ -259,24 +254,60 @@ def test_a_run_killed_while_a_cell_runs_leaves_no_kernel(project: Path) -> None:
     State(project).check_consistent()
 
 
-WRITES = ["write:run.json", "write:champion.json", "write:gate.json"]
+# In this order each fault's run has to get past the write the one before it failed at.
+WRITES = ["write:gate.json", "write:run.json", "write:champion.json"]
+
+
+@dataclass(frozen=True)
+class FullDisk:
+    """A run that met a full disk at one store write, and what it left."""
+
+    done: subprocess.CompletedProcess[str]
+    before: State
+    after: State
+    temp_files: list[Path]
+    bentos: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def full_disk_runs(project: Path) -> dict[str, FullDisk]:
+    """A run with ENOSPC at each of WRITES, one after the other, each with what it left.
+
+    Every run after the first must reach a later write than the previous one failed at, so each
+    is also a next run working after a full disk; test_the_next_run_after_full_disks_is_accepted
+    checks the last one is followed by an accepted run.
+    """
+    outcomes = {}
+    for point in WRITES:
+        before = State(project)
+        done = nbprod(project, "run", "--spec", SPEC, NBPROD_FAULT=f"enospc:{point}")
+        temp_files = list((project / ".nbprod/runs").rglob("*.tmp-*"))
+        bentos, _ = bentoml_tags(project)
+        outcomes[point] = FullDisk(done, before, State(project), temp_files, bentos)
+    return outcomes
 
 
 @pytest.mark.parametrize("point", WRITES)
-def test_a_full_disk_at_a_store_write_fails_the_run_and_the_next_one_works(
-    project: Path, point: str
+def test_a_full_disk_at_a_store_write_fails_the_run_and_leaves_the_store_consistent(
+    full_disk_runs: dict[str, FullDisk], point: str
 ) -> None:
-    before = State(project)
-    done = nbprod(project, "run", "--spec", SPEC, NBPROD_FAULT=f"enospc:{point}")
+    outcome = full_disk_runs[point]
+    done, after = outcome.done, outcome.after
     assert done.returncode == 1, done.stderr
     assert "No space left on device" in done.stderr.strip().splitlines()[-1]
-    after = State(project)
-    assert after.champion == before.champion
+    assert after.champion == outcome.before.champion
     after.check_consistent()
-    assert not list((project / ".nbprod/runs").rglob("*.tmp-*"))
-    bentos, _ = bentoml_tags(project)
-    assert set(bentos.values()) <= {v for v, s in after.versions.items() if s == "accepted"}
+    assert outcome.temp_files == []
+    accepted = {v for v, s in after.versions.items() if s == "accepted"}
+    assert set(outcome.bentos.values()) <= accepted
+
+
+def test_the_next_run_after_full_disks_is_accepted(
+    project: Path, full_disk_runs: dict[str, FullDisk]
+) -> None:
+    """No manual step after the full disks: the next run is accepted."""
     assert "ACCEPTED" in ok(project, "run", "--spec", SPEC)
+    State(project).check_consistent()
 
 
 def test_concurrent_no_cache_runs_with_the_same_key_all_complete(project: Path) -> None:

@@ -1,14 +1,14 @@
 """The fault matrix (issue 18): each fault, and the consistent state it leaves.
 
 One user project (tests/fault_projects.py: the churn notebook with a fault switch and a secret
-parameter) is promoted and run once, accepted, for the whole module; every fault then happens in
-that same pipeline through the real ``nbprod`` command (a subprocess, a real Prefect server,
-papermill kernels), and each test checks the fault's one-line message and exit status AND what
-it left: the run listed as failed or rejected with its run.json, the champion and its history
-unchanged, no scratch folder for the run, no new bento or model in the BentoML store, and for
-some faults the next normal run accepted. Serving is hammered with good and malformed requests
-on a real ``bentoml serve`` of the champion's bento. The kill -9 and disk-full faults of nbprod
-itself are another module's.
+parameter) is promoted and run once, accepted, for the session, and this module gets its own
+copy; every fault then happens in that same pipeline through the real ``nbprod`` command (a
+subprocess, a real Prefect server, papermill kernels), and each test checks the fault's one-line
+message and exit status AND what it left: the run listed as failed or rejected with its
+run.json, the champion and its history unchanged, no scratch folder for the run, no new bento
+or model in the BentoML store, and for some faults the next normal run accepted. Serving is
+hammered with good and malformed requests on a real ``bentoml serve`` of the champion's bento.
+The kill -9 and disk-full faults of nbprod itself are another module's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +32,15 @@ from fault_projects import (
     FAULT_CELL_INDEX,
     PIPELINE,
     SECRET_ENV,
-    add_secret,
+    PromotedProject,
+    copy_project,
     corrupt_inputs,
-    write_fault_project,
+    user_env,
 )
 
 pytestmark = pytest.mark.integration
 
 NON_FEATURES = ["customer_id", "signup_date", "churned"]
-STATE_ENV = ("NBPROD_HOME", "BENTOML_HOME", "NBPROD_PROJECT_DIR", "NBPROD_RUN_STORE_URL")
 RUN_TIMEOUT_S = 300
 # A failed run's failed_step: the notebook's stem while it ran, else the step before kernels.
 NOTEBOOK_STEP = "churn"
@@ -117,15 +117,6 @@ class Project:
         )
 
 
-def user_env(token: str) -> dict[str, str]:
-    """The user's shell: the Prefect server's URL and the secret; nbprod's state defaulted."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {k: v for k, v in os.environ.items() if k not in STATE_ENV}
-    env.update(PREFECT_API_URL=str(PREFECT_API_URL.value()), **{SECRET_ENV: token})
-    return env
-
-
 def nbprod_lines(stderr: str) -> list[str]:
     """nbprod's own lines on stderr (Prefect's log lines and tracebacks are not its message)."""
     return [line for line in stderr.splitlines() if line.startswith("nbprod:")]
@@ -140,33 +131,15 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Project]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory, promoted_fault_project: PromotedProject
+) -> Project:
     """The churn project, promoted (lint only), its secret declared, and one accepted run
-    whose notebook printed the secret."""
+    whose notebook printed the secret: this module's copy of the session's."""
     base = tmp_path_factory.mktemp("faults")
     # Deep enough that ../../x from the project or its store still lands inside base.
-    root = base / "home" / "user" / "churn-project"
-    write_fault_project(root)
-    token = "tok-" + os.urandom(12).hex()
-    project = Project(base=base, root=root, env=user_env(token), token=token)
-    promoted = project.nbprod(
-        "promote",
-        "notebooks/churn.ipynb",
-        "--name",
-        PIPELINE,
-        "--target",
-        "churned",
-        "--data",
-        "data/churn.csv",
-        "--skip-repro",
-    )
-    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
-    add_secret(root / "deployments" / f"{PIPELINE}.yaml")
-    # The first champion comes from a run whose cell prints the secret (see the secrets tests).
-    first = project.nbprod("run", "--pipeline", PIPELINE, "--param", "fault=print-secret")
-    assert first.returncode == 0 and "ACCEPTED" in first.stdout, first.stdout + first.stderr
-    assert project.token not in first.stdout + first.stderr
-    yield project
+    copied = copy_project(promoted_fault_project, base / "home" / "user" / "churn-project")
+    return Project(base=base, root=copied.root, env=user_env(copied.token), token=copied.token)
 
 
 def failed_cleanly(project: Project, before: State, status: str = "failed") -> dict[str, Any]:

@@ -202,7 +202,7 @@ def test_kernel_gets_its_share_of_threads_unless_the_user_chose(
 
 
 def test_html_copy_matches_nbconvert_html_exporter(tmp_path: Path) -> None:
-    """render_html skips HTMLExporter's BeautifulSoup pass; the page must not change for it."""
+    """render_html is nbconvert's HTMLExporter (one kept per process, quiet about alt text)."""
     import base64
 
     from bs4 import BeautifulSoup

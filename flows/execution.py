@@ -182,6 +182,8 @@ def call_notebook(
 
 
 Ranker = Callable[[NotebookOutputs], float | None]
+# Threads of the flows' task runner (flows.pipeline): at most this many tasks run at once.
+FLOW_TASK_THREADS = 4
 
 
 def run_grid(
@@ -253,14 +255,15 @@ def run_grid(
 
 def points_at_once(settings: NbprodSettings, points: int) -> int | None:
     """Grid points in flight when this process's threads run the tasks (on its cores):
-    ``settings.notebooks_at_once`` at most; None when a cluster (Dask) schedules them."""
+    ``settings.notebooks_at_once`` at most, and no more than the flow's task threads; None when
+    a cluster (Dask) schedules them."""
     from prefect.context import FlowRunContext
     from prefect.task_runners import ThreadPoolTaskRunner
 
     context = FlowRunContext.get()
     if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
         return None
-    return min(points, settings.notebooks_at_once)
+    return min(points, settings.notebooks_at_once, FLOW_TASK_THREADS)
 
 
 def wire_inputs(produced: dict[str, Path], declared: dict[str, Any]) -> dict[str, str]:

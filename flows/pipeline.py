@@ -17,7 +17,7 @@ from flows import gate as gate_mod
 from flows import runs
 from flows.errors import ConfigError
 from flows.evaluation import Evaluation, evaluate_models, grid_point_scorer
-from flows.execution import reported_metric, run_chain
+from flows.execution import FLOW_TASK_THREADS, reported_metric, run_chain
 from flows.inputs import DataSources, DataWindow, data_sources, load_data_window
 from flows.lineage import store_lineage, store_reports
 from flows.manifest import data_fingerprint
@@ -124,7 +124,11 @@ def spec_file(spec: str | None) -> Path:
     return resolve_project_path(spec or f"deployments/{default_pipeline()}.yaml").resolve()
 
 
-@flow(name="training_pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(
+    name="training_pipeline",
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_THREADS),
+)
 def training_pipeline(
     spec: str | None = None,
     start_date: str | None = None,
@@ -197,7 +201,11 @@ def _policy_file(policy: str | None) -> Path | None:
     return resolve_project_path(policy).resolve() if policy else None
 
 
-@flow(name="notebook_pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(
+    name="notebook_pipeline",
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_THREADS),
+)
 def notebook_pipeline(
     spec: str,
     parameters: dict[str, Any] | None = None,

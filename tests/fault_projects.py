@@ -62,13 +62,13 @@ class PromotedProject:
     token: str
 
 
-def user_env(token: str) -> dict[str, str]:
-    """The user's shell: the Prefect server's URL and the secret; nbprod's state defaulted."""
+def user_env(**extra: str) -> dict[str, str]:
+    """The user's shell: the test's Prefect server, nbprod's state defaulted, plus ``extra``."""
     from prefect.settings import PREFECT_API_URL
 
     env = {k: v for k, v in os.environ.items() if k not in STATE_ENV}
-    env.update(PREFECT_API_URL=str(PREFECT_API_URL.value()), **{SECRET_ENV: token})
-    return env
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+    return {**env, **extra}
 
 
 def write_fault_project(root: Path) -> None:
@@ -112,7 +112,7 @@ def build_promoted_project(root: Path) -> PromotedProject:
         return subprocess.run(
             [sys.executable, "-m", "flows.cli", *args],
             cwd=root,
-            env=user_env(token),
+            env=user_env(**{SECRET_ENV: token}),
             capture_output=True,
             text=True,
             timeout=600,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,24 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_projects import PIPELINE, SECRET_ENV, PromotedProject, copy_project
+from fault_projects import PIPELINE, SECRET_ENV, PromotedProject, copy_project, user_env
 
 pytestmark = pytest.mark.integration
 
 SPEC = f"deployments/{PIPELINE}.yaml"
-
-
-def user_env(**extra: str) -> dict[str, str]:
-    """A user's shell in the project: the test's Prefect server, nbprod's defaults otherwise."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NBPROD_HOME", "BENTOML_HOME", "NBPROD_PROJECT_DIR", "NBPROD_RUN_STORE_URL")
-    }
-    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
-    return {**env, **extra}
 
 
 def nbprod(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -139,7 +139,9 @@ def project(
     base = tmp_path_factory.mktemp("faults")
     # Deep enough that ../../x from the project or its store still lands inside base.
     copied = copy_project(promoted_fault_project, base / "home" / "user" / "churn-project")
-    return Project(base=base, root=copied.root, env=user_env(copied.token), token=copied.token)
+    return Project(
+        base=base, root=copied.root, env=user_env(**{SECRET_ENV: copied.token}), token=copied.token
+    )
 
 
 def failed_cleanly(project: Project, before: State, status: str = "failed") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The one workaround for a BentoML defect, applied only to the versions known to have it.
+"""The serve-time workaround for a BentoML defect, applied only to the versions known to have it.
 
 Upstream behaviour (BentoML 1.4.0 to 1.4.40, ``bentoml/_internal/server/http/traffic.py``):
 ``TimeoutMiddleware.__call__`` schedules ``loop.call_later(timeout, ...)`` for every request and
@@ -12,7 +12,8 @@ The fix is the same method with the timer cancelled once the request is answered
 installed only when the running BentoML is in ``AFFECTED_VERSIONS`` and its middleware still
 has the shape it replaces; otherwise BentoML is left as it is. tests/test_serving.py checks that
 upstream still leaks (so the workaround goes when a fixed BentoML is installed) and that the
-fixed method keeps the 504 on timeouts.
+fixed method keeps the 504 on timeouts. The store's defect under concurrent writers (same
+file) is met where nbprod writes the store: flows/packaging.py's lock.
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 Readers see the old content or the new, never a part; a failure (a full disk, a kill between
 the steps aside) leaves no temp file. The temp file's name holds ``.tmp-`` so ``nbprod gc``
-finds one a killed process left.
+finds one a killed process left. ``exclusive_lock`` is the one way processes take turns.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_MARKER = ".tmp-"
@@ -51,3 +53,22 @@ def sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(lock_file: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block.
+
+    The kernel releases it when the process dies. Not reentrant: taking it again while holding
+    it (even from another thread of the same process) waits forever.
+    """
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

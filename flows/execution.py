@@ -21,6 +21,7 @@ from typing import Any
 
 from prefect import task
 
+from flows.atomic import exclusive_lock
 from flows.calls import COMPLETE_MARKER, NotebookCall, is_cached, is_complete, plan_notebook
 from flows.errors import ConfigError, NotebookExecutionError
 from flows.notebook import NotebookOutputs, execute_notebook, read_outputs
@@ -90,11 +91,7 @@ def run_notebook(
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on ``<folder>.lock`` for the block (released if the process dies)."""
-    import fcntl
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):
         yield
 
 

@@ -144,6 +144,7 @@ def stray_temp_files(store: Any, busy: list[str]) -> list[str]:
 def packages_of(versions: set[str]) -> tuple[list[str], list[str]]:
     """The bentos and models nbprod built (labelled with their run version) for ``versions``."""
     from flows.bento_server import use_bentoml_home
+    from flows.packaging import store_lock
 
     use_bentoml_home()
     import bentoml
@@ -155,7 +156,8 @@ def packages_of(versions: set[str]) -> tuple[list[str], list[str]]:
             if (item.info.labels or {}).get("run_version") in versions
         )
 
-    return built_for(bentoml.list()), built_for(bentoml.models.list())
+    with store_lock():  # a listing meeting another process's delete fails
+        return built_for(bentoml.list()), built_for(bentoml.models.list())
 
 
 def collect(store: Any, scratch_dir: Path, *, dry_run: bool) -> Garbage:

@@ -16,6 +16,12 @@ Pinning: the service in ``bentos/`` reads its model tag and pipeline from ``mode
 to it. ``build_bento`` copies ``bentos/`` to a temporary build context, writes the pin there and
 builds from that copy, so the source directory never holds a pin and every bento carries its own.
 ``:latest`` is refused everywhere: the newest saved model is not necessarily the approved one.
+
+Concurrency: every nbprod write to the store (save, build, delete) holds ``store_lock``, an
+exclusive lock on ``.nbprod-store.lock`` in the store's folder. BentoML 1.4's store moves a
+name's ``latest`` pointer with an unlocked read-compare-write, so a save that overlaps another
+process's save or delete of the same name fails after the item is stored (docs/upstream/bentoml.md;
+tests/test_packaging.py checks the installed BentoML still does).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -34,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from flows.atomic import exclusive_lock
 from flows.errors import PackagingError
 from flows.faults import checkpoint
 
@@ -49,6 +57,8 @@ PIN_FILE = "model_pin.json"
 ONNX_FILE = "model.onnx"
 RUNTIME_KEY = "runtime"
 BENTOFILE = "bentofile.yaml"
+# In the store's folder; see store_lock.
+STORE_LOCK_FILE = ".nbprod-store.lock"
 # Metadata key the service reads to build its request schema (bentos/pinning.py).
 FEATURE_SCHEMA_KEY = "feature_schema"
 TASKS = ("classification", "regression")
@@ -110,8 +120,11 @@ def package_model(
         bento_tag = build_bento(
             model_tag, pipeline=pipeline, bentos_dir=bentos_dir, version=version, labels=labels
         )
-    except Exception:
-        delete_model(model_tag)
+    except Exception as exc:
+        try:
+            delete_model(model_tag)
+        except PackagingError as undo_exc:  # the build's own error is the one to report
+            exc.add_note(f"{model_tag} stays in the store (nbprod gc removes it): {undo_exc}")
         raise
     return model_tag, bento_tag
 
@@ -175,9 +188,10 @@ def save_model(
     import bentoml
 
     try:
-        with bentoml.models.create(
-            name, labels=dict(labels), metadata=full_metadata
-        ) as bento_model:
+        with (
+            store_lock(),
+            bentoml.models.create(name, labels=dict(labels), metadata=full_metadata) as bento_model,
+        ):
             shutil.copyfile(model_path, bento_model.path_of(MODEL_FILE))
             for file_name, content in (extra_files or {}).items():
                 Path(bento_model.path_of(file_name)).write_bytes(content)
@@ -207,6 +221,20 @@ def build_bento(
     Rebuilding an existing bento returns it when it pins the same model (a retried flow), and
     fails otherwise.
     """
+    with store_lock():
+        return _build_pinned_bento(
+            model_tag, pipeline=pipeline, bentos_dir=bentos_dir, version=version, labels=labels
+        )
+
+
+def _build_pinned_bento(
+    model_tag: str,
+    *,
+    pipeline: str,
+    bentos_dir: Path,
+    version: str,
+    labels: dict[str, str] | None,
+) -> str:
     _require_exact_tag(model_tag)
     _require_str_labels(labels or {}, what=f"the bento for model {model_tag}")
     bentos_dir = Path(bentos_dir)
@@ -301,24 +329,25 @@ def delete_model(tag: str) -> None:
 
     import bentoml
 
-    users = [
-        str(bento.tag)
-        for bento in bentoml.bentos.list()
-        if tag in {str(m.tag) for m in bento.info.all_models}
-    ]
-    if users:
-        raise PackagingError(
-            f"Refusing to delete model {tag}: bentos {users} use it; fix: delete those first"
-        )
-    try:
-        bentoml.models.delete(tag)
-    except bentoml.exceptions.NotFound:
-        return
-    except (bentoml.exceptions.BentoMLException, OSError) as exc:
-        raise PackagingError(
-            f"Deleting model {tag} from the BentoML store failed: {exc}; "
-            "fix: check BENTOML_HOME permissions, or run `bentoml models delete` by hand"
-        ) from exc
+    with store_lock():
+        users = [
+            str(bento.tag)
+            for bento in bentoml.bentos.list()
+            if tag in {str(m.tag) for m in bento.info.all_models}
+        ]
+        if users:
+            raise PackagingError(
+                f"Refusing to delete model {tag}: bentos {users} use it; fix: delete those first"
+            )
+        try:
+            bentoml.models.delete(tag)
+        except bentoml.exceptions.NotFound:
+            return
+        except (bentoml.exceptions.BentoMLException, OSError) as exc:
+            raise PackagingError(
+                f"Deleting model {tag} from the BentoML store failed: {exc}; "
+                "fix: check BENTOML_HOME permissions, or run `bentoml models delete` by hand"
+            ) from exc
 
 
 def delete_bento(tag: str) -> None:
@@ -328,7 +357,8 @@ def delete_bento(tag: str) -> None:
     import bentoml
 
     try:
-        bentoml.bentos.delete(tag)
+        with store_lock():
+            bentoml.bentos.delete(tag)
     except bentoml.exceptions.NotFound:
         return
     except (bentoml.exceptions.BentoMLException, OSError) as exc:
@@ -336,6 +366,15 @@ def delete_bento(tag: str) -> None:
             f"Deleting bento {tag} from the BentoML store failed: {exc}; "
             "fix: check BENTOML_HOME permissions, or run `bentoml delete` by hand"
         ) from exc
+
+
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    """Hold the BentoML store's write lock for the block (``BENTOML_HOME``, else BentoML's
+    default ``~/bentoml``). Not reentrant: no function holding it calls another that takes it."""
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
+    with exclusive_lock(home / STORE_LOCK_FILE):
+        yield
 
 
 def _json_value(value: Any) -> Any:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flows.atomic import write_atomic
+from flows.atomic import exclusive_lock, write_atomic
 from flows.errors import RunStoreError
 from flows.faults import checkpoint
 from flows.run_records import (
@@ -378,16 +378,8 @@ class RunStore:
         if not self.is_local:
             yield
             return
-        import fcntl
-
-        path = self.pipeline_path(pipeline, LOCK_FILE)
-        os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.pipeline_path(pipeline, LOCK_FILE)):
             yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
 
     def set_champion(
         self,

@@ -32,8 +32,12 @@ venv: $(STAMP) ## Create .venv and install nbprod with pinned dependencies
 demo: $(STAMP) ## Train twice on the bundled data (accepted, rejected), then serve, detect drift and retrain via the automation
 	$(PY) -m flows.demo
 
-test: $(STAMP) ## Run the whole test suite (unit and integration); lists the 25 slowest tests
-	$(PY) -m pytest tests --durations=25
+# Test modules run in this many pytest-xdist workers (each module stays on one; each worker has
+# its own Prefect server and stores). The suite is CPU-bound: one per core.
+TEST_WORKERS ?= 2
+
+test: $(STAMP) ## Run the whole test suite (unit and integration) in TEST_WORKERS processes; lists the 25 slowest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 lint: $(STAMP) ## Ruff, over the package, tests, bentos and benchmarks
 	$(VENV)/bin/ruff check flows tests bentos benchmarks

@@ -61,6 +61,10 @@ INTERPRETER_VARIABLES = (
 IPYKERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:",)
 START_TIMEOUT_S = 60.0  # papermill's start_timeout: a kernel answers within this
 START_ATTEMPTS = 3  # a kernel that dies before answering (its ports taken meanwhile) is replaced
+# jupyter_client's shutdown_wait_time: a kernel asked to exit gets half of it to finish on its own
+# (atexit handlers, the user's unclosed files flushed) before SIGTERM, which skips all of that.
+# Its default (5 s) is too short on a loaded machine.
+SHUTDOWN_WAIT_S = 30.0
 READY_TIMEOUT_S = 120.0  # how long a run waits for its pooled kernel's imports
 
 
@@ -263,9 +267,16 @@ class WarmKernel:
     async def _start(self) -> None:
         from jupyter_client.manager import AsyncKernelManager
 
+        from flows.kernel_client import ReadyKernelClient
+
         # CurveZMQ keys for kernels whose spec declares support (ipykernel's does): the kernel's
         # traffic over local TCP is encrypted, and it says nothing about running without.
-        self.manager = AsyncKernelManager(kernel_name=self.kernel_name, transport_encryption="auto")
+        self.manager = AsyncKernelManager(
+            kernel_name=self.kernel_name,
+            transport_encryption="auto",
+            client_factory=ReadyKernelClient,
+            shutdown_wait_time=SHUTDOWN_WAIT_S,
+        )
         arguments = list(IPYKERNEL_ARGUMENTS) if self.manager.ipykernel else []
         await self.manager.start_kernel(cwd=self.cwd, env=self.env, extra_arguments=arguments)
 

@@ -336,6 +336,27 @@ def test_a_warm_kernel_finalises_the_notebook_at_exit_like_a_fresh_interpreter(
     }
 
 
+SLOW_EXIT = """
+import atexit, pathlib, time
+out = pathlib.Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+def slow_goodbye():
+    time.sleep(4)  # a notebook whose exit work outlasts jupyter_client's default 2.5 s grace
+    (out / "atexit.txt").write_text("ran")
+atexit.register(slow_goodbye)
+"""
+
+
+@pytest.mark.integration
+def test_a_kernel_is_given_time_to_finish_its_exit_work(tmp_path: Path, fresh_pool: None) -> None:
+    nb = make_notebook(tmp_path, SLOW_EXIT)
+    kernels.start_kernel_pool([nb])
+    execute_notebook(
+        nb, tmp_path / "out.ipynb", {"output_dir": str(tmp_path / "out")}, warm_kernel=True
+    )
+    assert (tmp_path / "out" / "atexit.txt").read_text() == "ran"
+
+
 @pytest.mark.integration
 def test_warm_kernel_death_is_reported_not_hung(tmp_path: Path, fresh_pool: None) -> None:
     from nbclient.exceptions import DeadKernelError

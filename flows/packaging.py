@@ -34,7 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -339,15 +339,7 @@ def delete_model(tag: str) -> None:
             raise PackagingError(
                 f"Refusing to delete model {tag}: bentos {users} use it; fix: delete those first"
             )
-        try:
-            bentoml.models.delete(tag)
-        except bentoml.exceptions.NotFound:
-            return
-        except (bentoml.exceptions.BentoMLException, OSError) as exc:
-            raise PackagingError(
-                f"Deleting model {tag} from the BentoML store failed: {exc}; "
-                "fix: check BENTOML_HOME permissions, or run `bentoml models delete` by hand"
-            ) from exc
+        _delete_exact(bentoml.models.delete, tag, kind="model", by_hand="bentoml models delete")
 
 
 def delete_bento(tag: str) -> None:
@@ -356,15 +348,22 @@ def delete_bento(tag: str) -> None:
 
     import bentoml
 
+    with store_lock():
+        _delete_exact(bentoml.bentos.delete, tag, kind="bento", by_hand="bentoml delete")
+
+
+def _delete_exact(delete: Callable[[str], None], tag: str, *, kind: str, by_hand: str) -> None:
+    """``delete(tag)``, where an already-missing item is fine (the caller holds the lock)."""
+    import bentoml
+
     try:
-        with store_lock():
-            bentoml.bentos.delete(tag)
+        delete(tag)
     except bentoml.exceptions.NotFound:
         return
     except (bentoml.exceptions.BentoMLException, OSError) as exc:
         raise PackagingError(
-            f"Deleting bento {tag} from the BentoML store failed: {exc}; "
-            "fix: check BENTOML_HOME permissions, or run `bentoml delete` by hand"
+            f"Deleting {kind} {tag} from the BentoML store failed: {exc}; "
+            f"fix: check BENTOML_HOME permissions, or run `{by_hand}` by hand"
         ) from exc
 
 

@@ -59,8 +59,8 @@ def sync_folder(folder: Path) -> None:
 def exclusive_lock(lock_file: str | Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block.
 
-    The kernel releases it when the process dies. Not reentrant: taking it again while holding
-    it (even from another thread of the same process) waits forever.
+    The kernel releases it when the process dies. Another thread waits its turn as another
+    process does; the thread holding it must not take it again (that waits forever).
     """
     import fcntl
 

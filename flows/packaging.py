@@ -21,7 +21,7 @@ Concurrency: every nbprod write to the store (save, build, delete) holds ``store
 exclusive lock on ``.nbprod-store.lock`` in the store's folder. BentoML 1.4's store moves a
 name's ``latest`` pointer with an unlocked read-compare-write, so a save that overlaps another
 process's save or delete of the same name fails after the item is stored (docs/upstream/bentoml.md;
-tests/test_packaging.py checks the installed BentoML still does).
+tests/test_packaging_concurrency.py checks the installed BentoML still does).
 """
 
 from __future__ import annotations

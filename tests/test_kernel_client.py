@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,8 @@ from flows.kernel_client import ReadyKernelClient
 pytestmark = pytest.mark.integration
 
 
-def started_kernel(tmp_path: Path) -> object:
+def started_kernel(tmp_path: Path) -> Any:
+    """A fresh kernel's started AsyncKernelManager (nbprod's: it hands out ReadyKernelClient)."""
     return kernels.start_kernel("python3", tmp_path, kernels.kernel_environment(1))
 
 

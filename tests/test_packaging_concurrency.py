@@ -9,9 +9,9 @@ their own ``BENTOML_HOME``: this file is also the script they run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,12 +78,12 @@ def _half_written_latest(workdir: Path) -> None:
     (workdir / "result.json").write_text(json.dumps(result), encoding="utf-8")
 
 
-def _save_and_delete_rounds() -> None:
+def _save_and_delete_rounds(workdir: Path) -> None:
     """Save and delete one version of MODEL_NAME per round; print the failures as JSON."""
     from flows.errors import PackagingError
     from flows.packaging import delete_model, save_model
 
-    model_file = Path(tempfile.mkdtemp()) / "model.joblib"
+    model_file = workdir / f"model-{os.getpid()}.joblib"
     model_file.write_bytes(b"model")
     failed = []
     for _ in range(ROUNDS_EACH):
@@ -99,6 +99,6 @@ def _save_and_delete_rounds() -> None:
 
 if __name__ == "__main__":
     if sys.argv[2:] == ["writer"]:
-        _save_and_delete_rounds()
+        _save_and_delete_rounds(Path(sys.argv[1]))
     else:
         _half_written_latest(Path(sys.argv[1]))

@@ -88,6 +88,19 @@ def check_tools() -> None:
         sys.exit("benchmarks: missing " + "; ".join(missing))
 
 
+def compile_sources() -> None:
+    """Byte-compile nbprod's sources, as pip does when it installs a package.
+
+    Why: the checkout is installed editable; with bytecode writing off (PYTHONDONTWRITEBYTECODE,
+    as on CI machines) every nbprod process would compile its modules again, which the
+    baselines' installed packages never do.
+    """
+    import compileall
+
+    for folder in ("flows", "bentos"):
+        compileall.compile_dir(REPO / folder, quiet=1)
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -223,6 +236,7 @@ def main() -> int:
     args = parser.parse_args()
     only = {x.strip().upper() for x in args.only.split(",")}
     check_tools()
+    compile_sources()
     started = time.perf_counter()
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="nbprod-bench-"))

@@ -146,17 +146,18 @@ _HTML_WARM_UP = "html-rendering"
 
 
 def warm_up_html_rendering() -> None:
-    """Import nbconvert and render a small notebook, once per process (flows.warmup).
+    """Import nbconvert and build its HTML exporter, once per process (flows.warmup).
 
-    Why: the first HTML render of a process pays ~1.5 s of imports and template compilation
-    (nbconvert, jinja2, pygments, mistune), and the first of each kind of cell and output more.
-    Started while the kernel runs the notebook, where this process mostly waits, that cost
-    leaves the run's critical path. Once: a grid's parallel tasks must not each start one.
+    Why: importing nbconvert costs ~0.3 s of CPU; started while the kernel runs the notebook,
+    where this process mostly waits, it leaves the run's critical path. No sample is rendered:
+    a first render's template and regex compilation would compete with the notebook's own
+    threads for the cores; after the notebook it runs alongside the kernel's exit instead.
+    Once: a grid's parallel tasks must not each start one.
     """
 
     def warm() -> None:
         with _HTML_RENDERING:
-            _html_exporter().from_notebook_node(_sample_notebook())
+            _html_exporter()
 
     # nbconvert imports what running a notebook imports (nbclient, jupyter_client): this thread
     # imports it first (papermill brings both), so no notebook task or kernel start imports those
@@ -165,25 +166,6 @@ def warm_up_html_rendering() -> None:
     import papermill  # noqa: F401
 
     warm_up(_HTML_WARM_UP, warm)
-
-
-def _sample_notebook() -> Any:
-    """A Python notebook with each kind of cell and the common outputs (warm-up only)."""
-    import nbformat
-
-    v4 = nbformat.v4
-    notebook = v4.new_notebook()
-    notebook.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
-    outputs = [
-        v4.new_output("stream", name="stdout", text="1\n"),
-        v4.new_output("execute_result", data={"text/plain": "1", "text/html": "<b>1</b>"}),
-        v4.new_output("error", ename="ValueError", evalue="x", traceback=["ValueError: x"]),
-    ]
-    notebook.cells = [
-        v4.new_markdown_cell("# Title\n\nSome *text* and `code`."),
-        v4.new_code_cell("import json\nprint(json.dumps({'a': 1}))", outputs=outputs),
-    ]
-    return notebook
 
 
 # One exporter per process: a new HTMLExporter loads and compiles its Jinja templates again

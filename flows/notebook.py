@@ -148,10 +148,10 @@ _HTML_WARM_UP = "html-rendering"
 def warm_up_html_rendering() -> None:
     """Import nbconvert and build its HTML exporter, once per process (flows.warmup).
 
-    Why: importing nbconvert costs ~0.3 s of CPU; started while the kernel runs the notebook,
-    where this process mostly waits, it leaves the run's critical path. No sample is rendered:
-    a first render's template and regex compilation would compete with the notebook's own
-    threads for the cores; after the notebook it runs alongside the kernel's exit instead.
+    Why: the import is slow; started while the kernel runs the notebook, where this process
+    mostly waits, it leaves the run's critical path. No sample is rendered: a first render's
+    template and regex compilation would compete with the notebook's own threads for the cores
+    (docs/performance.md); after the notebook it runs alongside the kernel's exit instead.
     Once: a grid's parallel tasks must not each start one.
     """
 

@@ -63,7 +63,8 @@ START_TIMEOUT_S = 60.0  # papermill's start_timeout: a kernel answers within thi
 START_ATTEMPTS = 3  # a kernel that dies before answering (its ports taken meanwhile) is replaced
 # jupyter_client's shutdown_wait_time: a kernel asked to exit gets half of it to finish on its own
 # (atexit handlers, the user's unclosed files flushed) before SIGTERM, which skips all of that.
-# Its default (5 s) is too short on a loaded machine.
+# Its default (5 s) is too short on a loaded machine. ipykernel 7.4.0 sometimes hangs at exit
+# until that SIGTERM (docs/upstream/ipykernel.md): such a run waits the whole half.
 SHUTDOWN_WAIT_S = 30.0
 READY_TIMEOUT_S = 120.0  # how long a run waits for its pooled kernel's imports
 

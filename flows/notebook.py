@@ -168,9 +168,9 @@ def warm_up_html_rendering() -> None:
     warm_up(_HTML_WARM_UP, warm)
 
 
-# One exporter per process: a new HTMLExporter loads and compiles its Jinja templates again
-# (~0.15 s of CPU per render). Exporters register filters on themselves while rendering, so
-# renders from a grid's threads take turns.
+# One exporter per process: a new HTMLExporter loads and compiles its Jinja templates again.
+# Exporters register filters on themselves while rendering, so renders from a grid's threads
+# take turns.
 _HTML_RENDERING = threading.Lock()
 
 
